@@ -1,0 +1,67 @@
+"""Erase one concept from a pipeline folder and write ``edit.safetensors`` + ``erase.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.concepts import Concept
+from bench.envinfo import environment
+from bench.errors import InputError
+from bench.images import load_images
+from bench.io import ensure_writable_dir, write_json
+from bench.method import build_method
+from bench.pipeline import load_pipeline, pipeline_device, pipeline_dtype
+
+
+def erase_to_folder(
+    method_spec: str,
+    model: str,
+    concept_name: str,
+    images: str | Path,
+    out: Path,
+    concept_type: str = "object",
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    pipe: Any = None,
+) -> dict[str, Any]:
+    """Validate every input first (a bad one writes nothing), erase, then write the record last.
+
+    The record is written after the edit, so its presence means the folder is complete.
+    """
+    method = build_method(method_spec, overrides)
+    concept = Concept(name=concept_name, type=concept_type)
+    pictures = load_images(images)
+    out = Path(out)
+    if (out / "erase.json").exists() and not overwrite:
+        raise InputError(f"output folder {out} already holds an erase record; pass --overwrite to replace it")
+    if pipe is None:
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    ensure_writable_dir(out)
+    edit = method.erase(pipe, concept, pictures, seed=seed)
+    edit.save(out / "edit.safetensors")
+    record = {
+        "method": method.name,
+        "method_spec": method_spec,
+        "method_version": method.version,
+        "config": method.config.to_dict(),
+        "concept": {"name": concept.name, "type": concept.type},
+        "images": {"folder": str(Path(images).resolve()), "count": len(pictures)},
+        "model": str(model),
+        "seed": seed,
+        "seconds": edit.seconds,
+        "trainable_params": edit.trainable_params,
+        "storage_bytes": edit.storage_bytes,
+        "edited_parameters": len(edit.param_names),
+        "edit_format": edit.format,
+        "edit_file": "edit.safetensors",
+        "info": edit.info,
+        "dtype": str(pipeline_dtype(pipe)).replace("torch.", ""),
+        "environment": environment(pipeline_device(pipe)),
+    }
+    write_json(out / "erase.json", record)
+    record["_edit"] = edit
+    return record

@@ -1,0 +1,128 @@
+"""The method interface every eraser implements, and the method registry.
+
+A method is one file in ``methods/`` exposing ``METHOD = <Eraser subclass>``; outside packages
+add methods through the ``erasebench.methods`` entry-point group. The harness only ever
+looks methods up by name, so adding one never touches ``bench/``.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from bench.concepts import Concept
+from bench.config import MethodConfig
+from bench.edit import Edit
+from bench.errors import ConfigError
+from bench.registry import Registry
+
+ENTRY_POINT_GROUP = "erasebench.methods"
+
+
+class Eraser(ABC):
+    """Erases one concept from a diffusers pipeline given a few images of it.
+
+    Subclasses set ``name``, ``version`` (bump when results may change), ``Config`` (a frozen
+    ``MethodConfig``) and may list named ``variants`` (config overrides worth reporting).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type[MethodConfig]]
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, config: MethodConfig | dict[str, Any] | None = None) -> None:
+        if config is None:
+            config = self.Config()
+        elif isinstance(config, dict):
+            config = self.Config.from_dict(config)
+        elif not isinstance(config, self.Config):
+            raise ConfigError(f"{self.name} takes a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    @classmethod
+    def variant(cls, variant: str | None) -> Eraser:
+        """An instance configured as the named variant (None: the defaults)."""
+        if variant is None:
+            return cls()
+        if variant not in cls.variants:
+            raise ConfigError(f"method {cls.name!r} has no variant {variant!r} (variants: {sorted(cls.variants)})")
+        return cls(cls.variants[variant])
+
+    @abstractmethod
+    def edited_parameters(self, pipe: Any) -> list[str]:
+        """Names (``component.path``) of the pipeline parameters this method may change."""
+
+    @abstractmethod
+    def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Edit:
+        """Erase ``concept`` from ``pipe`` in place and return the applied ``Edit``."""
+
+    def make_edit(
+        self,
+        pipe: Any,
+        originals: dict[str, torch.Tensor],
+        seconds: float,
+        trainable_params: int,
+        concept: Concept,
+        seed: int,
+        **info: Any,
+    ) -> Edit:
+        """A dense Edit of the current values of ``originals``' parameters, bound to ``pipe``."""
+        from bench.edit import _resolve
+
+        tensors = {name: _resolve(pipe, name).detach().cpu().clone() for name in originals}
+        edit = Edit(
+            method=self.name,
+            config=self.config.to_dict(),
+            format="dense",
+            tensors=tensors,
+            trainable_params=trainable_params,
+            seconds=seconds,
+            info={"method_version": self.version, "concept": concept.name, "seed": seed, **info},
+        )
+        return edit.bind(pipe, originals)
+
+
+def _build_registry() -> Registry[type[Eraser]]:
+    import methods
+
+    reg: Registry[type[Eraser]] = Registry("method")
+    for mod in pkgutil.iter_modules(methods.__path__):
+        if not mod.name.startswith("_"):
+            reg.register(mod.name, f"methods.{mod.name}:METHOD", origin=f"methods/{mod.name}.py")
+    reg.load_entry_points(ENTRY_POINT_GROUP)
+    return reg
+
+
+_REGISTRY: Registry[type[Eraser]] | None = None
+
+
+def method_registry(refresh: bool = False) -> Registry[type[Eraser]]:
+    """The registry of methods: built-ins from ``methods/`` plus installed plugins."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        _REGISTRY = _build_registry()
+    return _REGISTRY
+
+
+def get_method(name: str) -> type[Eraser]:
+    """The Eraser class registered as ``name`` (with a suggestion on a typo)."""
+    cls = method_registry().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Eraser)):
+        raise ConfigError(f"method {name!r} does not resolve to an Eraser subclass (got {cls!r})")
+    if getattr(cls, "name", None) != name:
+        raise ConfigError(f"method registered as {name!r} declares name {getattr(cls, 'name', None)!r}")
+    return cls
+
+
+def build_method(spec: str, overrides: dict[str, Any] | None = None) -> Eraser:
+    """``"fuchi"`` or ``"fuchi@paper_era"`` (a variant), plus config overrides."""
+    name, _, variant = spec.partition("@")
+    cls = get_method(name)
+    base = cls.variant(variant or None).config
+    return cls(base.replace(**overrides) if overrides else base)

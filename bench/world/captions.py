@@ -1,0 +1,143 @@
+"""Captions for ConceptWorld scenes and the concept set they define.
+
+Training captions mix partial descriptions ("a star", "a red star", "a striped red star"),
+synonyms (so leakage through synonyms can be measured) and ~10% empty captions (classifier-free
+guidance). The paraphrase templates below are never used in training: they are held out for
+robustness tests and listed in the concept set as ``paraphrases``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bench.world.render import CHARACTERS, COLOURS, NONE_CHARACTER, SHAPES, STYLES, Scene
+
+CONCEPT_SET_NAME = "conceptworld"
+CONCEPT_SET_VERSION = "1.0"
+
+OBJECT_SYNONYMS = {
+    "circle": ("disc", "disk"),
+    "ring": ("donut", "hoop"),
+    "square": ("box", "block"),
+    "diamond": ("rhombus", "lozenge"),
+    "triangle": ("pyramid", "trigon"),
+    "moon": ("crescent", "sickle"),
+    "star": ("pentagram", "starburst"),
+    "cross": ("plus sign", "plus"),
+}
+STYLE_SYNONYMS = {
+    "solid": ("plain", "flat"),
+    "striped": ("stripy", "banded"),
+    "dotted": ("spotted", "polka-dot"),
+    "checkered": ("chequered", "checked"),
+}
+COLOUR_SYNONYMS = {
+    "red": ("crimson",), "orange": ("amber",), "yellow": ("golden",), "green": ("emerald",),
+    "cyan": ("turquoise",), "blue": ("azure",), "purple": ("violet",), "pink": ("rose",),
+}
+NOUN = "shape"  # the noun when the object is not named
+# Trained wordings: the first of each is the concept's plain prompt.
+TEMPLATES = ("a picture of a {}", "a {}", "an image of a {}", "a drawing of a {}", "a photo of a {}")
+CHARACTER_TEMPLATES = ("a picture of {}", "{}", "an image of {}", "a drawing of {}", "a photo of {}")
+# Held out of training (robustness issue).
+PARAPHRASE_TEMPLATES = ("a snapshot showing a {}", "there is a {} in this scene", "a {} on a plain backdrop")
+CHARACTER_PARAPHRASES = ("a snapshot showing {}", "there is {} in this scene", "{} on a plain backdrop")
+
+EMPTY_PROB = 0.10
+SYNONYM_PROB = 0.3  # chance a named attribute uses a synonym instead of its name
+INCLUDE_PROB = {"object": 0.75, "colour": 0.6, "style": 0.6}
+
+
+def _word(rng: np.random.Generator, name: str, synonyms: dict[str, tuple[str, ...]]) -> str:
+    syn = synonyms.get(name, ())
+    if syn and rng.random() < SYNONYM_PROB:
+        return str(syn[rng.integers(len(syn))])
+    return name
+
+
+def describe(shape: str | None = None, colour: str | None = None, style: str | None = None,
+             adjective_order: tuple[str, str] = ("style", "colour")) -> str:
+    """A noun phrase such as 'striped red star'; missing object -> 'shape'."""
+    adj = {"style": style, "colour": colour}
+    words = [adj[k] for k in adjective_order if adj[k]]
+    return " ".join([*words, shape or NOUN])
+
+
+def caption_for(scene: Scene, rng: np.random.Generator) -> str:
+    """One random training caption for ``scene``."""
+    if rng.random() < EMPTY_PROB:
+        return ""
+    if scene.character != NONE_CHARACTER:
+        return CHARACTER_TEMPLATES[rng.integers(len(CHARACTER_TEMPLATES))].format(scene.character)
+    keep = {k: rng.random() < p for k, p in INCLUDE_PROB.items()}
+    if not any(keep.values()):
+        keep[("object", "colour", "style")[rng.integers(3)]] = True
+    order = ("style", "colour") if rng.random() < 0.5 else ("colour", "style")
+    phrase = describe(
+        _word(rng, scene.shape, OBJECT_SYNONYMS) if keep["object"] else None,
+        _word(rng, scene.colour, COLOUR_SYNONYMS) if keep["colour"] else None,
+        _word(rng, scene.style, STYLE_SYNONYMS) if keep["style"] else None,
+        adjective_order=order,
+    )
+    return TEMPLATES[rng.integers(len(TEMPLATES))].format(phrase)
+
+
+def concept_prompt(name: str, kind: str) -> str:
+    """The plain prompt of a concept, as trained: 'a picture of a star', 'a picture of zorbo'."""
+    if kind == "character":
+        return CHARACTER_TEMPLATES[0].format(name)
+    if kind == "object":
+        return TEMPLATES[0].format(name)
+    return TEMPLATES[0].format(f"{name} {NOUN}")
+
+
+# ---- the concept set ---------------------------------------------------------------------------------
+
+TEST_CONCEPTS = ("circle", "square", "star", "moon", "striped", "dotted", "zorbo", "blimsy")
+_NEIGHBOURS = {
+    "circle": ("ring", "moon"), "ring": ("circle",), "square": ("diamond",), "diamond": ("square",),
+    "triangle": ("diamond",), "moon": ("circle",), "star": ("cross",), "cross": ("star",),
+    "solid": ("striped",), "striped": ("checkered",), "dotted": ("checkered",), "checkered": ("dotted",),
+    "red": ("orange", "pink"), "orange": ("red", "yellow"), "yellow": ("orange",), "green": ("cyan",),
+    "cyan": ("green", "blue"), "blue": ("purple", "cyan"), "purple": ("blue", "pink"), "pink": ("red", "purple"),
+}
+
+
+def _entry(name: str, kind: str, head: str, others: list[str], cross: list[str]) -> dict[str, Any]:
+    if kind == "character":
+        templates, paraphrases, synonyms = CHARACTER_TEMPLATES, CHARACTER_PARAPHRASES, ()
+        spec = CHARACTERS[name]
+        near = [spec["shape"], spec["colour"], spec["style"]]
+        extra: dict[str, Any] = {"head": head, "label": name, **spec}
+        para = [p.format(name) for p in paraphrases]
+    else:
+        noun = "" if kind == "object" else f" {NOUN}"
+        templates = tuple(t.replace("{}", "{}" + noun) for t in TEMPLATES)
+        synonyms = {"object": OBJECT_SYNONYMS, "style": STYLE_SYNONYMS, "colour": COLOUR_SYNONYMS}[kind][name]
+        near = list(_NEIGHBOURS[name])
+        extra = {"head": head, "label": name}
+        para = [p.format(name + noun) for p in PARAPHRASE_TEMPLATES]
+    return {
+        "name": name,
+        "type": kind,
+        "templates": list(templates),
+        "synonyms": list(synonyms),
+        "paraphrases": para,
+        "near_neighbours": near,
+        "retain_in_domain": [o for o in others if o != name and o not in near],
+        "retain_cross_domain": cross,
+        "split": "test" if name in TEST_CONCEPTS else "dev",
+        "extra": extra,
+    }
+
+
+def concept_set_dict() -> dict[str, Any]:
+    """The ConceptWorld concept set as a YAML-ready mapping (written to concepts.yaml by the build)."""
+    shapes, colours, styles, chars = list(SHAPES), list(COLOURS), list(STYLES), list(CHARACTERS)
+    concepts = [_entry(s, "object", "object", shapes, ["striped", "red", "zorbo"]) for s in shapes]
+    concepts += [_entry(s, "style", "style", styles, ["circle", "blue", "blimsy"]) for s in styles]
+    concepts += [_entry(c, "character", "character", chars, ["triangle", "solid", "yellow"]) for c in chars]
+    concepts += [_entry(c, "colour", "colour", colours, ["square", "dotted"]) for c in colours]
+    return {"name": CONCEPT_SET_NAME, "version": CONCEPT_SET_VERSION, "concepts": concepts}

@@ -1,0 +1,82 @@
+"""Build configuration of ConceptWorld: every size, step count and seed in one record."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+
+from bench.errors import ConfigError
+
+
+@dataclass
+class WorldConfig:
+    """Everything that decides the trained world; the manifest records it."""
+
+    seed: int = 0
+    # data
+    n_train: int = 60_000  # rendered training scenes (diffusion + VAE)
+    n_judge: int = 30_000  # rendered judge scenes (another seed)
+    character_prob: float = 0.15
+    # VAE: 32x32x3 -> 8x8x4
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_steps: int = 700
+    vae_batch: int = 64
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-5
+    # judge
+    judge_channels: tuple[int, ...] = (32, 64, 128)
+    judge_steps: int = 1200
+    judge_batch: int = 128
+    judge_lr: float = 2e-3
+    # text encoder (trained from scratch with the UNet)
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_ff: int = 256
+    text_lr: float = 1e-3
+    # UNet on 8x8x4 latents, cross-attention at every resolution
+    unet_channels: tuple[int, ...] = (64, 96, 128)
+    unet_head_dim: int = 32
+    unet_steps: int = 2500
+    unet_batch: int = 128
+    unet_lr: float = 6e-4
+    warmup: int = 100
+    ema_decay: float = 0.999
+    min_snr: float = 5.0
+    caption_dropout: float = 0.1
+    ckpt_every: int = 200
+    # evaluation
+    eval_seeds: int = 64
+    eval_composed: int = 32  # composed prompts (object+colour+style), 1 seed each of eval_seeds // 4
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def override(self, pairs: list[str]) -> WorldConfig:
+        """Apply ``key=value`` overrides (tests build a miniature world this way)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep or key not in fields:
+                raise ConfigError(f"bad world override {pair!r}: expected key=value with key one of {sorted(fields)}")
+            current = getattr(self, key)
+            try:
+                if isinstance(current, tuple):
+                    value = tuple(int(v) for v in raw.split(","))
+                elif isinstance(current, bool):
+                    value = raw.lower() in ("1", "true", "yes")
+                else:
+                    value = type(current)(raw)
+            except ValueError:
+                raise ConfigError(f"bad world override {pair!r}: {raw!r} is not a {type(current).__name__}") from None
+            setattr(self, key, value)
+        return self
+
+
+MINI_OVERRIDES = [
+    "n_train=512", "n_judge=512", "vae_channels=8,16,16", "vae_steps=4", "vae_batch=16", "judge_channels=8,16,16",
+    "judge_steps=4", "judge_batch=16", "text_hidden=16", "text_layers=1", "text_heads=2", "text_ff=32",
+    "unet_channels=16,16,32", "unet_head_dim=8", "unet_steps=6", "unet_batch=8", "ckpt_every=3", "warmup=2",
+    "eval_seeds=2", "eval_composed=2",
+]

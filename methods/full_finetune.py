@@ -1,0 +1,33 @@
+"""Full fine-tune baseline: Fuchi & Takagi's objective with *everything* trainable.
+
+Same negated denoising loss, data, prompts and step budget as ``fuchi``, but every parameter of
+the text encoder and the UNet trains (the VAE only encodes the images). It is the heavyweight
+reference: its storage is a whole model and it shows what unconstrained ascent costs in
+collateral damage. The learning rate is a separate field (default 1e-5, to be tuned on dev
+concepts, not test ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.edit import pipeline_parameters
+from bench.training import AscentConfig, AscentEraser
+
+
+@dataclass(frozen=True)
+class FullFinetuneConfig(AscentConfig):
+    """Fuchi's data and step budget; its own class so its JSON names the method."""
+
+
+class FullFinetune(AscentEraser):
+    name = "full_finetune"
+    version = "1"
+    Config = FullFinetuneConfig
+
+    def edited_parameters(self, pipe: Any) -> list[str]:
+        return sorted(pipeline_parameters(pipe, ("text_encoder", "unet")))
+
+
+METHOD = FullFinetune
