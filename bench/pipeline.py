@@ -65,13 +65,20 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: st
         source = text  # a hub id such as "CompVis/stable-diffusion-v1-4"
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
-            use_safetensors=True,
+            source, safety_checker=None, requires_safety_checker=False, use_safetensors=True,
+            **{_dtype_keyword(): torch_dtype},
         )
     except Exception as e:  # diffusers raises many types; the user needs the path and the reason
         raise InputError(f"could not load a StableDiffusionPipeline from {text!r}: {e}") from e
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
+
+
+def _dtype_keyword() -> str:
+    """Newer diffusers name the argument ``dtype`` and deprecate ``torch_dtype``."""
+    import diffusers.utils.deprecation_utils as dep
+
+    return "dtype" if hasattr(dep, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
 
 
 def pipeline_device(pipe: Any) -> torch.device:

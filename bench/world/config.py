@@ -18,15 +18,15 @@ class WorldConfig:
     n_judge: int = 30_000  # rendered judge scenes (another seed)
     character_prob: float = 0.15
     # VAE: 32x32x3 -> 8x8x4
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    vae_steps: int = 700
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 1500
     vae_batch: int = 64
     vae_lr: float = 1e-3
     vae_kl: float = 1e-5
     # judge
-    judge_channels: tuple[int, ...] = (32, 64, 128)
-    judge_steps: int = 1200
-    judge_batch: int = 128
+    judge_channels: tuple[int, ...] = (16, 32, 64)
+    judge_steps: int = 1000
+    judge_batch: int = 96
     judge_lr: float = 2e-3
     # text encoder (trained from scratch with the UNet)
     text_hidden: int = 64
@@ -35,10 +35,10 @@ class WorldConfig:
     text_ff: int = 256
     text_lr: float = 1e-3
     # UNet on 8x8x4 latents, cross-attention at every resolution
-    unet_channels: tuple[int, ...] = (64, 96, 128)
+    unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_head_dim: int = 32
-    unet_steps: int = 2500
-    unet_batch: int = 128
+    unet_steps: int = 2000
+    unet_batch: int = 96
     unet_lr: float = 6e-4
     warmup: int = 100
     ema_decay: float = 0.999

@@ -235,4 +235,4 @@ def to_tensor(images: np.ndarray):
     """uint8 (n, 32, 32, 3) -> float tensor (n, 3, 32, 32) in [0, 1]."""
     import torch
 
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).contiguous()

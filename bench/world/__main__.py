@@ -1,0 +1,62 @@
+"""CLI: ``python -m bench.world build --out DIR`` rebuilds the world; ``evaluate --world DIR`` measures it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.world.config import MINI_OVERRIDES, WorldConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.world")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the world (resumable) and write it to --out")
+    b.add_argument("--out", default="datasets/conceptworld")
+    b.add_argument("--work", default="work/conceptworld", help="checkpoints and intermediate files (not committed)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a WorldConfig field")
+    b.add_argument("--mini", action="store_true", help="a miniature world (tests)")
+    b.add_argument("--no-eval", action="store_true")
+    e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
+    e.add_argument("--world", default="datasets/conceptworld")
+    e.add_argument("--seeds", type=int, default=64)
+    e.add_argument("--composed", type=int, default=32)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--guidance", type=float, default=None)
+    e.add_argument("--json", default=None, help="write the full result here")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            from bench.world.build import build
+
+            cfg = WorldConfig().override((MINI_OVERRIDES if args.mini else []) + args.set)
+            res = build(args.out, args.work, cfg, evaluate=not args.no_eval)
+            if res["quality"]:
+                print(json.dumps(res["quality"]["summary"], indent=2))
+        else:
+            from dataclasses import replace
+
+            from bench.protocol import WORLD_SAMPLER
+            from bench.world.quality import evaluate
+
+            sampler = WORLD_SAMPLER
+            if args.steps is not None:
+                sampler = replace(sampler, steps=args.steps)
+            if args.guidance is not None:
+                sampler = replace(sampler, guidance=args.guidance)
+            res = evaluate(Path(args.world), seeds=args.seeds, composed=args.composed, sampler=sampler)
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=2))
+            print(json.dumps(res["summary"], indent=2))
+            print(f"throughput {res['throughput_images_per_s']:.1f} images/s")
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

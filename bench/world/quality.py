@@ -1,0 +1,155 @@
+"""Measure ConceptWorld's quality gates: judge accuracy, per-concept generation accuracy, throughput.
+
+Generation goes through the pipeline's ordinary ``__call__`` with the benchmark's default sampler
+(``bench.protocol.WORLD_SAMPLER``) and one ``torch.Generator().manual_seed(seed)`` per image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from bench.concepts import ConceptSet, load_concept_set
+from bench.protocol import WORLD_SAMPLER, SamplerSpec
+from bench.world.captions import TEMPLATES, describe
+from bench.world.judge import WorldJudge, accuracy
+from bench.world.render import CHARACTERS, COLOURS, HEADS, SHAPES, STYLES, render_batch, to_tensor
+
+GATES = {"judge": 0.98, "object": 0.90, "style": 0.90, "character": 0.90, "colour": 0.90, "composed": 0.75}
+
+
+def load_pipeline(model_dir: str | Path, sampler: SamplerSpec = WORLD_SAMPLER) -> diffusers.StableDiffusionPipeline:
+    """The world model with the sampler's scheduler, on CPU in fp32."""
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None)
+    pipe.scheduler = getattr(diffusers, sampler.scheduler).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompt: str | list[str], seeds: list[int], sampler: SamplerSpec = WORLD_SAMPLER,
+             batch: int = 64) -> torch.Tensor:
+    """Images (N x 3 x H x W in [0, 1]) for one prompt per seed (or one prompt each)."""
+    prompts = [prompt] * len(seeds) if isinstance(prompt, str) else list(prompt)
+    out = []
+    for i in range(0, len(seeds), batch):
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
+        res = pipe(prompts[i : i + batch], num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
+                   eta=sampler.eta, height=sampler.height, width=sampler.width, generator=gens, output_type="pt")
+        out.append(res.images.float().cpu())
+    return torch.cat(out)
+
+
+def _tile(images: torch.Tensor, label: str, scale: int = 2) -> Image.Image:
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    row = Image.fromarray(np.concatenate(list(arr), axis=1))
+    row = row.resize((row.width * scale, row.height * scale), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (row.width + 110, row.height), (255, 255, 255))
+    canvas.paste(row, (110, 0))
+    ImageDraw.Draw(canvas).text((4, row.height // 2 - 6), label, fill=(0, 0, 0))
+    return canvas
+
+
+def _stack(rows: list[Image.Image]) -> Image.Image:
+    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
+    y = 0
+    for r in rows:
+        grid.paste(r, (0, y))
+        y += r.height
+    return grid
+
+
+def judge_quality(judge: WorldJudge, vae=None, n: int = 2000, seed: int = 987_654) -> dict[str, dict[str, float]]:
+    """Judge accuracy per head on freshly rendered scenes (and on their VAE round trip)."""
+    images, scenes = render_batch(seed, n)
+    x = to_tensor(images)
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
+    res = {"rendered": accuracy(judge, x, labels)}
+    if vae is not None:
+        from bench.world.train import vae_roundtrip
+
+        res["vae_roundtrip"] = accuracy(judge, vae_roundtrip(vae, x), labels)
+    return res
+
+
+def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: SamplerSpec = WORLD_SAMPLER,
+             grid_path: str | Path | None = None) -> dict:
+    """All gates of the world in ``world`` (model/, judge/, concepts.yaml); returns the quality table."""
+    world = Path(world)
+    cs: ConceptSet = load_concept_set(world / "concepts.yaml")
+    judge = WorldJudge.load(world / "judge")
+    pipe = load_pipeline(world / "model", sampler)
+    result: dict = {"sampler": sampler.to_dict(), "seeds": seeds, "judge_id": judge.id,
+                    "judge": judge_quality(judge, pipe.vae)}
+    seed_list = list(range(seeds))
+    per_concept, rows, gen_time, gen_n = {}, [], 0.0, 0
+    for c in tqdm(cs.concepts, desc="concepts"):
+        head, label = c.extra["head"], c.extra["label"]
+        prompt = c.prompts()[0]
+        t0 = time.time()
+        images = generate(pipe, prompt, seed_list, sampler)
+        gen_time += time.time() - t0
+        gen_n += len(images)
+        pred = judge.predict(images)[head]
+        per_concept[c.name] = {"type": c.type, "split": c.split, "prompt": prompt,
+                               "accuracy": float((pred == HEADS[head].index(label)).float().mean())}
+        rows.append(_tile(images[:12], f"{c.name} ({c.type})"))
+    result["concepts"] = per_concept
+    # characters must stay separable from their plain ingredients ("purple dotted star" is not zorbo)
+    ingredients = {}
+    for name, spec in CHARACTERS.items():
+        prompt = TEMPLATES[0].format(describe(spec["shape"], spec["colour"], spec["style"]))
+        images = generate(pipe, prompt, seed_list, sampler)
+        pred = judge.predict(images)
+        ingredients[name] = {
+            "prompt": prompt,
+            "judged_as_character": float((pred["character"] == HEADS["character"].index(name)).float().mean()),
+            "all_attributes_right": float(((pred["object"] == SHAPES.index(spec["shape"]))
+                                           & (pred["colour"] == list(COLOURS).index(spec["colour"]))
+                                           & (pred["style"] == STYLES.index(spec["style"]))).float().mean()),
+        }
+        rows.append(_tile(images[:12], f"{spec['colour']} {spec['style']} {spec['shape']}"[:18]))
+    result["character_ingredients"] = ingredients
+    # composed prompts: object + colour + style all right
+    rng = np.random.default_rng(4242)
+    per_prompt = max(1, seeds // 4)
+    hits, total, composed_rows = 0, 0, []
+    for k in tqdm(range(composed), desc="composed"):
+        shape, colour, style = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(STYLES))
+        prompt = TEMPLATES[0].format(describe(shape, colour, style))
+        images = generate(pipe, prompt, list(range(per_prompt)), sampler)
+        pred = judge.predict(images)
+        ok = ((pred["object"] == SHAPES.index(shape)) & (pred["colour"] == list(COLOURS).index(colour))
+              & (pred["style"] == STYLES.index(style)))
+        hits += int(ok.sum())
+        total += len(ok)
+        if k < 6:
+            composed_rows.append(_tile(images[:12], f"{style} {colour} {shape}"[:18]))
+    result["composed"] = {"prompts": composed, "seeds_per_prompt": per_prompt, "all_right": hits / max(total, 1)}
+    result["throughput_images_per_s"] = gen_n / max(gen_time, 1e-9)
+    result["torch_threads"] = torch.get_num_threads()
+    result["summary"] = summarise(result)
+    if grid_path is not None:
+        Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
+        _stack(rows + composed_rows).save(grid_path)
+    return result
+
+
+def summarise(result: dict) -> dict:
+    """Worst case per gate and whether it passes."""
+    out = {}
+    judge_min = min(min(v.values()) for v in result["judge"].values())
+    out["judge_min_head_accuracy"] = {"value": judge_min, "gate": GATES["judge"], "pass": judge_min >= GATES["judge"]}
+    for kind in ("object", "style", "character", "colour"):
+        accs = [v["accuracy"] for v in result["concepts"].values() if v["type"] == kind]
+        if accs:
+            out[f"{kind}_min_accuracy"] = {"value": min(accs), "mean": float(np.mean(accs)), "gate": GATES[kind],
+                                           "pass": min(accs) >= GATES[kind]}
+    c = result["composed"]["all_right"]
+    out["composed_all_right"] = {"value": c, "gate": GATES["composed"], "pass": c >= GATES["composed"]}
+    return out

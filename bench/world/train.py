@@ -1,0 +1,346 @@
+"""Rebuild ConceptWorld from a seed, stage by stage, resumable after a kill.
+
+Stages (each leaves its result in the work folder; a rerun skips finished stages and resumes
+the diffusion stage from its last checkpoint):
+  data -> vae -> judge -> latents -> diffusion -> export.
+The diffusion stage trains the text encoder (from scratch) jointly with the UNet, with v-prediction,
+min-SNR weighting and an EMA of both; the export writes an ordinary StableDiffusionPipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from bench.tokenizer import MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
+from bench.world.captions import caption_for
+from bench.world.config import WorldConfig
+from bench.world.judge import WorldJudge, accuracy, train_judge
+from bench.world.render import HEADS, Scene, render_scene, sample_scene
+
+SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+            "prediction_type": "v_prediction"}
+
+
+def _log(work: Path, msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    with open(work / "build.log", "a") as f:
+        f.write(line + "\n")
+
+
+class Stages:
+    """Marks finished stages in ``work/stages.json`` with their wall time."""
+
+    def __init__(self, work: Path):
+        self.path = work / "stages.json"
+        self.work = work
+        self.done: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, name: str, fn: Callable[[], dict | None]) -> None:
+        if name in self.done:
+            _log(self.work, f"stage {name}: done already ({self.done[name]['seconds']:.0f} s), skipped")
+            return
+        _log(self.work, f"stage {name}: start")
+        t0 = time.time()
+        info = fn() or {}
+        prev = info.pop("_previous_seconds", 0.0)
+        self.done[name] = {"seconds": time.time() - t0 + prev, **info}
+        self.path.write_text(json.dumps(self.done, indent=2))
+        _log(self.work, f"stage {name}: finished in {self.done[name]['seconds']:.0f} s {info}")
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def render_set(seed: int, n: int, character_prob: float, desc: str) -> tuple[np.ndarray, list[Scene]]:
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
+    images = np.stack([render_scene(s) for s in tqdm(scenes, desc=desc, mininterval=5)])
+    return images, scenes
+
+
+def _save_set(path: Path, images: np.ndarray, scenes: list[Scene]) -> None:
+    labels = {h: np.array([s.labels()[h] for s in scenes], np.int64) for h in HEADS}
+    np.savez(path, images=images, **{f"label_{h}": v for h, v in labels.items()})
+    path.with_suffix(".scenes.json").write_text(json.dumps([s.to_dict() for s in scenes]))
+
+
+def load_set(path: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Scene]]:
+    z = np.load(path)
+    scenes = [Scene(**{**d, "background": tuple(d["background"])})
+              for d in json.loads(path.with_suffix(".scenes.json").read_text())]
+    images = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).float().div(255).contiguous()
+    return images, {h: torch.from_numpy(z[f"label_{h}"]) for h in HEADS}, scenes
+
+
+# ---- models -----------------------------------------------------------------------------------------
+
+
+def make_vae(cfg: WorldConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels, norm_num_groups=min(8, cfg.vae_channels[0]),
+        mid_block_add_attention=False,
+    )
+
+
+def make_text_encoder(cfg: WorldConfig) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_ff,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=MAX_LENGTH,
+        projection_dim=cfg.text_hidden, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return CLIPTextModel(config)
+
+
+def make_unet(cfg: WorldConfig) -> UNet2DConditionModel:
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=cfg.unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.unet_head_dim,
+        norm_num_groups=min(16, cfg.unet_channels[0]),
+    )
+
+
+def make_scheduler() -> DDIMScheduler:
+    """The sampler shipped with the model: DDIM, trailing spacing (starts from pure noise)."""
+    return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                         timestep_spacing="trailing")
+
+
+# ---- stages -----------------------------------------------------------------------------------------
+
+
+def stage_data(cfg: WorldConfig, work: Path) -> dict:
+    images, scenes = render_set(cfg.seed, cfg.n_train, cfg.character_prob, "render train")
+    _save_set(work / "train.npz", images, scenes)
+    images, scenes = render_set(cfg.seed + 1, cfg.n_judge, cfg.character_prob, "render judge")
+    _save_set(work / "judge.npz", images, scenes)
+    return {"n_train": cfg.n_train, "n_judge": cfg.n_judge}
+
+
+def stage_vae(cfg: WorldConfig, work: Path) -> dict:
+    torch.manual_seed(cfg.seed)
+    images, _, _ = load_set(work / "train.npz")
+    vae = make_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.vae_lr, total_steps=max(cfg.vae_steps, 1),
+                                                pct_start=0.1)
+    g = torch.Generator().manual_seed(cfg.seed + 10)
+    vae.train()
+    bar = tqdm(range(cfg.vae_steps), desc="vae", mininterval=5)
+    for _ in bar:
+        x = images[torch.randint(0, len(images), (cfg.vae_batch,), generator=g)] * 2 - 1
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        y = vae.decode(z).sample
+        rec = (y - x).abs().mean() + F.mse_loss(y, x)
+        loss = rec + cfg.vae_kl * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}", refresh=False)
+    vae.eval()
+    with torch.no_grad():
+        z = vae.encode(images[:2048] * 2 - 1).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(work / "vae")
+    return {"rec_loss": float(rec), "scaling_factor": vae.config.scaling_factor}
+
+
+@torch.no_grad()
+def vae_roundtrip(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Encode -> decode (posterior mean), as generated images come out of the decoder."""
+    out = [vae.decode(vae.encode(images[i : i + batch] * 2 - 1).latent_dist.mean).sample
+           for i in range(0, len(images), batch)]
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+
+def stage_judge(cfg: WorldConfig, work: Path) -> dict:
+    images, labels, _ = load_set(work / "judge.npz")
+    vae = AutoencoderKL.from_pretrained(work / "vae").eval()
+    half = len(images) // 2
+    images = torch.cat([images[:half], vae_roundtrip(vae, images[half:])])
+    judge = train_judge(images, labels, cfg.judge_channels, cfg.judge_steps, cfg.judge_batch, cfg.judge_lr, cfg.seed)
+    judge.save(work / "judge", cfg.judge_channels)
+    # held-out: fresh renders from a seed used nowhere else
+    test, test_labels, _ = _fresh(cfg.seed + 2, 2000 if cfg.n_judge >= 2000 else 64, cfg.character_prob)
+    acc = accuracy(judge, test, test_labels)
+    acc_rt = accuracy(judge, vae_roundtrip(vae, test), test_labels)
+    return {"heldout_accuracy": acc, "heldout_accuracy_vae": acc_rt}
+
+
+def _fresh(seed: int, n: int, character_prob: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Scene]]:
+    images, scenes = render_set(seed, n, character_prob, "render held-out")
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous(), labels, scenes
+
+
+def stage_latents(cfg: WorldConfig, work: Path) -> dict:
+    images, _, _ = load_set(work / "train.npz")
+    vae = AutoencoderKL.from_pretrained(work / "vae").eval()
+    means, stds = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images), 512), desc="latents", mininterval=5):
+            post = vae.encode(images[i : i + 512] * 2 - 1).latent_dist
+            means.append(post.mean)
+            stds.append(post.std)
+    save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}, work / "latents.safetensors")
+    return {"n": len(images)}
+
+
+class _Tokens:
+    """Caches the 77-token ids of each distinct caption (there are a few thousand)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in set(captions) if c not in self.cache]
+        if missing:
+            ids = self.tok(missing, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                           return_tensors="pt").input_ids
+            self.cache.update(zip(missing, ids, strict=True))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - decay)
+
+
+def _lr_factor(step: int, cfg: WorldConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.unet_steps - cfg.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
+    torch.manual_seed(cfg.seed)
+    lat = load_file(work / "latents.safetensors")
+    scale = AutoencoderKL.load_config(work / "vae")["scaling_factor"]
+    _, _, scenes = load_set(work / "train.npz")
+    tokens = _Tokens(build_clip_tokenizer())
+    unet, text = make_unet(cfg), make_text_encoder(cfg)
+    ema_unet, ema_text = make_unet(cfg), make_text_encoder(cfg)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text.load_state_dict(text.state_dict())
+    opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": cfg.unet_lr},
+                             {"params": text.parameters(), "lr": cfg.text_lr}], weight_decay=0.0)
+    base_lrs = [cfg.unet_lr, cfg.text_lr]
+    noise_sched = DDPMScheduler(**SCHEDULE)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    ckpt = work / "diffusion_ckpt.pt"
+    start, losses, prev_seconds = 0, [], 0.0
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            m.load_state_dict(state[k])
+        opt.load_state_dict(state["opt"])
+        start, losses, prev_seconds = state["step"], state["losses"], state["seconds"]
+        _log(work, f"diffusion: resumed from step {start}")
+    t0 = time.time()
+    unet.train()
+    text.train()
+    bar = tqdm(range(start, cfg.unet_steps), desc="diffusion", initial=start, total=cfg.unet_steps, mininterval=5)
+    for step in bar:
+        # everything random in a step comes from the step index: a resumed run repeats it exactly
+        rng = np.random.default_rng([cfg.seed, step])
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = rng.integers(0, len(scenes), cfg.unet_batch)
+        captions = [caption_for(scenes[i], rng) for i in idx]
+        ids = tokens(captions)
+        it = torch.from_numpy(idx)
+        z0 = (lat["mean"][it] + lat["std"][it] * torch.randn(lat["mean"][it].shape, generator=g)) * scale
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
+        zt = noise_sched.add_noise(z0, noise, t)
+        target = noise_sched.get_velocity(z0, noise, t)
+        for grp, base in zip(opt.param_groups, base_lrs, strict=True):
+            grp["lr"] = base * _lr_factor(step, cfg)
+        cond = text(ids)[0]
+        pred = unet(zt, t, cond).sample
+        weight = torch.clamp(snr[t], max=cfg.min_snr) / (snr[t] + 1)
+        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text.parameters()], 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text, decay)
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.unet_steps:
+            seconds = prev_seconds + time.time() - t0
+            state = {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                     "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": done, "losses": losses,
+                     "seconds": seconds}
+            torch.save(state, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
+            _log(work, f"diffusion: step {done}/{cfg.unet_steps} loss {np.mean(losses[-cfg.ckpt_every:]):.4f}")
+    ema_unet.save_pretrained(work / "unet")
+    ema_text.save_pretrained(work / "text_encoder")
+    final = float(np.mean(losses[-100:])) if losses else float("nan")
+    return {"final_loss": final, "_previous_seconds": prev_seconds}
+
+
+def _fp16_files(folder: Path) -> None:
+    """Store weights in fp16 (half the size); configs still say float32, so they load as fp32."""
+    for f in folder.glob("*.safetensors"):
+        save_file({k: v.half().contiguous() for k, v in load_file(f).items()}, f)
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg:
+            cfg[key] = "float32"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
+    """Assemble the ordinary StableDiffusionPipeline folder and copy the judge."""
+    model_dir = out / "model"
+    tokenizer = build_clip_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(work / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder", dtype=torch.float32),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel.from_pretrained(work / "unet"),
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(model_dir, safe_serialization=True)
+    for sub in ("vae", "text_encoder", "unet"):
+        _fp16_files(model_dir / sub)
+    judge = WorldJudge.load(work / "judge")
+    judge.save(out / "judge", cfg.judge_channels)
+    return {"model": str(model_dir)}

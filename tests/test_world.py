@@ -1,0 +1,158 @@
+"""ConceptWorld: renderer, captions, concept set, committed model and judge, miniature build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bench.concepts import load_concept_set, parse_concept_set
+from bench.errors import ConfigError
+from bench.world.captions import CHARACTER_PARAPHRASES, PARAPHRASE_TEMPLATES, caption_for, concept_set_dict
+from bench.world.config import MINI_OVERRIDES, WorldConfig
+from bench.world.render import CHARACTERS, HEADS, Scene, render_batch, render_scene, sample_scene, to_tensor
+
+WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+needs_world = pytest.mark.skipif(not (WORLD / "model" / "model_index.json").is_file(), reason="world not built")
+
+
+def test_renderer_is_deterministic():
+    a, sa = render_batch(7, 16)
+    b, sb = render_batch(7, 16)
+    c, _ = render_batch(8, 16)
+    assert a.shape == (16, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and sa == sb
+    assert not np.array_equal(a, c)
+
+
+def test_character_differs_from_its_plain_ingredients():
+    for name, spec in CHARACTERS.items():
+        char = sample_scene(np.random.default_rng(0), character=name)
+        plain = Scene(**{**char.to_dict(), "character": "none"})
+        assert (char.shape, char.colour, char.style) == (spec["shape"], spec["colour"], spec["style"])
+        diff = np.abs(render_scene(char).astype(int) - render_scene(plain).astype(int)).sum(-1)
+        assert (diff > 60).sum() >= 6, f"{name}'s mark is not visible"
+
+
+def test_scene_labels_cover_every_head():
+    _, scenes = render_batch(0, 400)
+    for head, classes in HEADS.items():
+        seen = {s.labels()[head] for s in scenes}
+        assert seen == set(range(len(classes))), head
+
+
+def test_captions_are_seeded_and_keep_paraphrases_out():
+    _, scenes = render_batch(1, 2000)
+    rng1, rng2 = np.random.default_rng(0), np.random.default_rng(0)
+    caps = [caption_for(s, rng1) for s in scenes]
+    assert caps == [caption_for(s, rng2) for s in scenes]
+    assert 0.06 < sum(c == "" for c in caps) / len(caps) < 0.14
+    held_out = [t.split("{}") for t in PARAPHRASE_TEMPLATES + CHARACTER_PARAPHRASES]
+    assert not any(c.startswith(pre) and c.endswith(post) for c in caps for pre, post in held_out)
+    assert any("striped" in c and "star" in c for c in caps)
+
+
+def test_committed_concept_set_matches_the_generator():
+    cs = load_concept_set(WORLD / "concepts.yaml")
+    expected = parse_concept_set(concept_set_dict())
+    assert cs.concepts == expected.concepts
+    test = [c for c in cs.concepts if c.split == "test"]
+    assert len(test) >= 8
+    assert {"object", "style", "character"} <= {c.type for c in test}
+    for c in cs.concepts:
+        if c.type in ("object", "style"):
+            assert len(c.synonyms) >= 2 and c.paraphrases
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["concepts"][0].update(type="shape"), "type 'shape' is not one of"),
+        (lambda d: d["concepts"][0].update(templates=["a picture of a star"]), "exactly one"),
+        (lambda d: d["concepts"][0].update(near_neighbours=["hexagon"]), "unknown concept 'hexagon'"),
+        (lambda d: d["concepts"][0].update(synonym=["x"]), "did you mean 'synonyms'"),
+        (lambda d: d["concepts"][0].update(split="train"), "split 'train'"),
+        (lambda d: d["concepts"].append(dict(d["concepts"][1])), "listed more than once"),
+        (lambda d: d.pop("version"), "missing top-level key 'version'"),
+        (lambda d: d["concepts"][0].update(synonyms="disc"), "must be a list of strings"),
+    ],
+)
+def test_concept_set_validation_errors(tmp_path, mutate, message):
+    data = concept_set_dict()
+    mutate(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_concept_set(path)
+
+
+def test_config_override_rejects_unknown_keys():
+    cfg = WorldConfig().override(["unet_steps=3", "unet_channels=8,16"])
+    assert cfg.unet_steps == 3 and cfg.unet_channels == (8, 16)
+    with pytest.raises(ConfigError, match="unet_step"):
+        WorldConfig().override(["unet_step=3"])
+
+
+@needs_world
+def test_manifest_hashes_every_committed_file():
+    manifest = json.loads((WORLD / "MANIFEST.json").read_text())
+    files = {str(p.relative_to(WORLD)) for p in WORLD.rglob("*") if p.is_file() and p.name != "MANIFEST.json"}
+    assert files == set(manifest["files"])
+    for rel, info in manifest["files"].items():
+        assert hashlib.sha256((WORLD / rel).read_bytes()).hexdigest() == info["sha256"], rel
+    assert not any(f.endswith((".pt", ".pkl", ".bin", "__init__.py")) for f in files)
+    assert sum(i["bytes"] for i in manifest["files"].values()) <= 25 * 2**20
+
+
+@needs_world
+def test_committed_pipeline_generates_deterministically():
+    from bench.protocol import WORLD_SAMPLER
+    from bench.world.quality import generate, load_pipeline
+
+    pipe = load_pipeline(WORLD / "model")
+    a = generate(pipe, "a picture of a red star", [0, 1], WORLD_SAMPLER)
+    b = generate(pipe, "a picture of a red star", [0, 1], WORLD_SAMPLER)
+    assert a.shape == (2, 3, 32, 32)
+    assert torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])
+
+
+@needs_world
+def test_judge_recognises_fresh_renders():
+    from bench.world.judge import WorldJudge
+
+    judge = WorldJudge.load(WORLD / "judge")
+    images, scenes = render_batch(424_242, 256, character_prob=0.3)
+    x = to_tensor(images)
+    pred = judge.predict(x)
+    for head in HEADS:
+        truth = torch.tensor([s.labels()[head] for s in scenes])
+        assert (pred[head] == truth).float().mean() >= 0.95, head
+    probs = judge.probs(x[:4])
+    assert torch.allclose(probs["object"].sum(-1), torch.ones(4), atol=1e-5)
+    assert judge.features(x[:4]).shape == (4, judge.net.feature_dim)
+    assert judge.version and judge.id
+
+
+@pytest.mark.slow
+def test_miniature_world_builds_end_to_end(tmp_path):
+    from bench.world.build import build
+    from bench.world.judge import WorldJudge
+    from bench.world.quality import load_pipeline
+
+    cfg = WorldConfig().override(MINI_OVERRIDES)
+    res = build(tmp_path / "out", tmp_path / "work", cfg)
+    assert set(res["stages"]) == {"data", "vae", "judge", "latents", "diffusion", "export"}
+    assert (tmp_path / "out" / "samples" / "grid.png").is_file()
+    assert "quality" in json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    pipe = load_pipeline(tmp_path / "out" / "model")
+    assert pipe.text_encoder.dtype == torch.float32
+    WorldJudge.load(tmp_path / "out" / "judge")
+    # a rerun resumes: every stage is skipped, the result is the same
+    again = build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)
+    assert again["stages"] == res["stages"]
