@@ -1,0 +1,241 @@
+"""Expand a benchmark into (method, concept) cells, skip complete ones, run and record the rest.
+
+One cell: erase -> generate the cell's prompts x seeds with the edited model -> judge them next
+to the original model's images (cached) -> metrics -> an atomic run folder -> restore the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.concepts import Concept, ConceptSet, load_concept_set
+from bench.envinfo import environment
+from bench.errors import InputError
+from bench.generation import ReferenceCache, generate
+from bench.io import ensure_writable_dir
+from bench.judges.base import Judge
+from bench.measure import PeakMemory
+from bench.method import Eraser, build_method
+from bench.metrics import COMPOSITE_FORMULA, METRICS_VERSION, composite, kid, summary
+from bench.pipeline import is_pipeline_folder, load_pipeline, pipeline_device
+from bench.protocol import WORLD_SAMPLER, EvalProtocol, SamplerSpec
+from bench.records import RunSpec, cell_dir, clean_partial, is_complete, model_fingerprint, write_cell
+
+WORLD = Path(__file__).resolve().parent.parent / "datasets" / "conceptworld"
+GROUPS = ("target", "synonym", "in_domain", "cross_domain", "near_neighbour")
+RETAIN_GROUPS = {"in_domain": "retain_in_domain", "cross_domain": "retain_cross_domain",
+                 "near_neighbour": "near_neighbours"}
+_RENDER_KEY = {"object": "shape", "colour": "colour", "style": "style", "character": "character"}
+
+
+@dataclass(frozen=True)
+class Track:
+    """What a leaderboard is measured on: model, concept set, judge, sampler, few-shot images."""
+
+    model: str = str(WORLD / "model")
+    concept_set: str = str(WORLD / "concepts.yaml")
+    judge: str = str(WORLD / "judge")
+    sampler: SamplerSpec = WORLD_SAMPLER
+    images: str = "render"  # "render" (ConceptWorld renderer) or a folder ROOT with ROOT/<concept>/
+
+
+@dataclass
+class Bench:
+    track: Track
+    methods: list[str]
+    concepts: list[str] | None = None  # None: the concept set's test split
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple[str, Concept, str]]:
+    """(group, concept the judge looks for, prompt) for every prompt a cell generates."""
+    plan = [("target", concept, t) for t in concept.prompts()[: p.target_prompts]]
+    for syn in concept.synonyms:
+        plan += [("synonym", concept, t) for t in concept.prompts(syn)[: p.synonym_prompts]]
+    for group, key in RETAIN_GROUPS.items():
+        for name in getattr(concept, key):
+            other = cs.get(name)
+            plan += [(group, other, t) for t in other.prompts()[: p.retain_prompts]]
+    return plan
+
+
+def few_shot_images(track: Track, concept: Concept, p: EvalProtocol) -> tuple[list[Image.Image], dict[str, Any]]:
+    """The few images a method learns from, and a record of where they came from."""
+    if track.images == "render":
+        from bench.world.render import render_batch
+
+        head, label = concept.extra.get("head"), concept.extra.get("label")
+        if head not in _RENDER_KEY:
+            raise InputError(f"concept {concept.name!r} has no renderer attribute (extra.head)")
+        arr, _ = render_batch(p.few_shot_seed, p.few_shot_images, **{_RENDER_KEY[head]: label})
+        return [Image.fromarray(a) for a in arr], {"source": "rendered", "n": p.few_shot_images,
+                                                  "seed": p.few_shot_seed}
+    from bench.images import load_images
+
+    folder = Path(track.images) / concept.name
+    images = load_images(folder)[: p.few_shot_images]
+    return images, {"source": "folder", "folder": str(folder), "n": len(images)}
+
+
+def load_judge(track: Track) -> Judge:
+    from bench.judges.world import WorldConceptJudge
+
+    return WorldConceptJudge(track.judge)
+
+
+def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, concept: Concept,
+              model_sha: str, judge: Judge, images: dict[str, Any]) -> RunSpec:
+    p = bench.protocol
+    return RunSpec(
+        model=bench.track.model, model_sha256=model_sha, method=method_spec,
+        method_config=method.config.to_dict(), method_version=method.version, concept_set=cs.id,
+        concept_set_sha256=cs.sha256, concept=concept.name, erase_seed=p.erase_seed, eval_seeds=p.seeds,
+        sampler=bench.track.sampler.to_dict(), judge=judge.ref, metrics_version=METRICS_VERSION,
+        images=images, protocol=p.to_dict(),
+    )
+
+
+def _u8_to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div(255.0)
+
+
+def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
+    """Run every missing cell of ``bench`` into ``out``; returns the cell folders (all complete)."""
+    from tqdm.auto import tqdm
+
+    track, p = bench.track, bench.protocol
+    # validate everything before any work: a bad input fails fast and writes nothing
+    cs = load_concept_set(track.concept_set)
+    names = bench.concepts or cs.names("test")
+    concepts = [cs.get(n) for n in names]
+    methods = [(spec, build_method(spec, bench.method_overrides.get(spec))) for spec in bench.methods]
+    if not Path(track.model).exists() or not is_pipeline_folder(track.model):
+        if Path(track.model).exists() or track.model.startswith((".", "/", "~")):
+            raise InputError(f"model {track.model!r} is not a diffusers pipeline folder (no model_index.json)")
+    judge = load_judge(track)
+    images = {c.name: few_shot_images(track, c, p) for c in concepts}
+    ensure_writable_dir(out)
+    clean_partial(out)
+
+    model_sha = model_fingerprint(track.model)
+    cells = []
+    for spec_str, method in methods:
+        for c in concepts:
+            spec = cell_spec(bench, cs, method, spec_str, c, model_sha, judge, images[c.name][1])
+            cells.append((spec, method, c))
+    todo = [x for x in cells if not is_complete(cell_dir(out, x[0]))]
+    if progress:
+        print(f"{len(cells)} cells ({len(cells) - len(todo)} already complete) -> {out}")
+    if todo:
+        pipe = load_pipeline(track.model)
+        cache = ReferenceCache(out / "reference", model_sha, track.sampler)
+        for spec, method, concept in tqdm(todo, desc="cells", disable=not progress):
+            run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler, p,
+                     out, progress)
+    return [cell_dir(out, s) for s, _, _ in cells]
+
+
+def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
+             images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
+             p: EvalProtocol, out: Path, progress: bool = True) -> Path:
+    from tqdm.auto import tqdm
+
+    t_cell = time.perf_counter()
+    plan = prompt_plan(cs, concept, p)
+    rows = [(g, c, prompt, s) for g, c, prompt in plan for s in p.seeds]
+    prompts, seeds = [r[2] for r in rows], [r[3] for r in rows]
+    bar = tqdm(total=2 * len(rows), desc=f"  {spec.method}/{concept.name}", leave=False, disable=not progress)
+    t0 = time.perf_counter()
+    original = cache.get_or_generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
+    t_ref = time.perf_counter() - t0
+    device = pipeline_device(pipe)
+    with PeakMemory(device) as mem:
+        edit = method.erase(pipe, concept, images, seed=spec.erase_seed)
+    try:
+        t0 = time.perf_counter()
+        edited = generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
+        t_gen = time.perf_counter() - t0
+    finally:
+        edit.restore()
+    bar.close()
+
+    t0 = time.perf_counter()
+    det = {"edited": torch.zeros(len(rows), dtype=torch.bool), "original": torch.zeros(len(rows), dtype=torch.bool)}
+    by_concept: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_concept.setdefault(r[1].name, []).append(i)
+    for kind, imgs in (("edited", edited), ("original", original)):
+        for name, idx in by_concept.items():
+            det[kind][idx] = judge.detect(_u8_to_float(imgs[idx]), cs.get(name))
+    desc = {k: judge.describe(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
+    retain_idx = [i for i, r in enumerate(rows) if r[0] in RETAIN_GROUPS]
+    f_orig = judge.features(_u8_to_float(original[retain_idx])) if retain_idx else torch.zeros(0, 1)
+    f_edit = judge.features(_u8_to_float(edited[retain_idx])) if retain_idx else torch.zeros(0, 1)
+    t_judge = time.perf_counter() - t0
+
+    metrics = cell_metrics(rows, det, f_orig, f_edit)
+    metrics.update({"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb, "peak_memory_kind": mem.kind,
+                    "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,
+                    "edited_parameters": len(edit.param_names), "composite_formula": COMPOSITE_FORMULA})
+    per_image = []
+    for i, (g, c, prompt, s) in enumerate(rows):
+        for kind in ("original", "edited"):
+            per_image.append({"model": kind, "group": g, "judged_concept": c.name, "prompt": prompt, "seed": s,
+                              "detected": bool(det[kind][i]), "judge": desc[kind][i]})
+    target = [i for i, r in enumerate(rows) if r[0] == "target"][: min(8, len(p.seeds) * p.target_prompts)]
+    samples = _samples_bytes(original[target], edited[target])
+    timing = {"erase_seconds": edit.seconds, "reference_seconds": t_ref, "generate_seconds": t_gen,
+              "judge_seconds": t_judge, "images_generated": len(rows), "cell_seconds": time.perf_counter() - t_cell}
+    return write_cell(out, spec, metrics, per_image, timing, environment(device),
+                      extra_files={"samples.safetensors": samples})
+
+
+def cell_metrics(rows: list[tuple], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
+                 f_edit: torch.Tensor) -> dict[str, Any]:
+    """UA (target, synonyms), retain accuracies, KID — each for the edited and the original model."""
+    m: dict[str, Any] = {}
+    groups = np.array([r[0] for r in rows])
+    seeds = np.array([r[3] for r in rows])
+    for kind, suffix in (("edited", ""), ("original", "_original")):
+        d = det[kind].numpy()
+        for g, key in (("target", "ua"), ("synonym", "ua_synonyms")):
+            sel = groups == g
+            m[key + suffix] = summary(~d[sel], seeds[sel]) if sel.any() else None
+        for g, key in RETAIN_GROUPS.items():
+            sel = groups == g
+            m[key + suffix] = summary(d[sel], seeds[sel]) if sel.any() else None
+        retain = [m[k + suffix]["value"] for k in RETAIN_GROUPS.values() if m[k + suffix] is not None]
+        m["retain_mean" + suffix] = float(np.mean(retain)) if retain else float("nan")
+        m["composite" + suffix] = composite(m["ua" + suffix]["value"], retain)
+    m["kid_retain"] = kid(f_orig, f_edit)
+    n, dim = len(f_orig), f_orig.shape[1] if f_orig.ndim == 2 else 0
+    m["fid_retain"] = None  # FID needs more samples than feature dimensions for a stable covariance
+    m["fid_note"] = f"not computed: {n} retain images <= {dim} feature dimensions" if n <= dim else ""
+    if n > dim > 0:
+        m["fid_retain"] = _fid(f_orig, f_edit)
+    return m
+
+
+def _fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from bench.metrics import _Identity
+
+    fid = FrechetInceptionDistance(feature=_Identity(a.shape[1]))
+    fid.update(a.double(), real=True)
+    fid.update(b.double(), real=False)
+    return float(fid.compute())
+
+
+def _samples_bytes(original: torch.Tensor, edited: torch.Tensor) -> bytes:
+    from safetensors.torch import save
+
+    return save({"original": original.contiguous(), "edited": edited.contiguous()})
