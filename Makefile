@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world
+.PHONY: setup test test-slow lint bench smoke world regress goldens perf report
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,26 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
-bench: smoke
+# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline
+METHODS  ?= fuchi,lora_eraser,full_finetune
+CONCEPTS ?=
+SEEDS    ?=
+MODEL    ?=
+bench: $(STAMP)
+	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --out runs/bench --report reports
+
+report: $(STAMP)
+	$(PY) -m bench report --runs runs/bench --out reports
+
+regress: $(STAMP)
+	$(PY) -m bench regress
+
+goldens: $(STAMP)
+	$(PY) -m bench regress --update
+
+perf: $(STAMP)
+	$(PY) -m pytest -q -m perf -p no:randomly tests/perf --benchmark-columns=min,mean,rounds -s
 
 # Every method on a tiny *random* pipeline: the real code path end to end, a mechanics check.
 smoke: $(STAMP)

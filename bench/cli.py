@@ -49,6 +49,101 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``"0-7"`` or ``"0,1,5"``."""
+    from bench.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        if "-" in text and "," not in text:
+            a, b = text.split("-", 1)
+            return tuple(range(int(a), int(b) + 1))
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: use a range like 0-7 or a list like 0,1,2") from None
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _bench_from_args(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from bench.config import parse_overrides
+    from bench.errors import ConfigError
+    from bench.protocol import EvalProtocol
+    from bench.runner import Bench, Track
+
+    track = Track()
+    for key in ("model", "concept_set", "judge", "images"):
+        if getattr(args, key, None):
+            track = replace(track, **{key: getattr(args, key)})
+    sampler = track.sampler
+    if args.steps is not None:
+        sampler = replace(sampler, steps=args.steps)
+    if args.guidance is not None:
+        sampler = replace(sampler, guidance=args.guidance)
+    track = replace(track, sampler=sampler)
+    protocol = EvalProtocol()
+    seeds = _parse_seeds(args.seeds)
+    if seeds is not None:
+        protocol = replace(protocol, seeds=seeds)
+    methods = _split(args.methods) or []
+    overrides: dict[str, dict] = {}
+    for key, value in parse_overrides(args.set or []).items():
+        if "." not in key:
+            raise ConfigError(f"--set {key}=...: name the method, e.g. --set fuchi.lr=2e-5")
+        method, field = key.split(".", 1)
+        if method not in methods:
+            raise ConfigError(f"--set {key}: method {method!r} is not among --methods {methods}")
+        overrides.setdefault(method, {})[field] = value
+    return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
+                 method_overrides=overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.report import build_report, overall_table
+    from bench.runner import run_bench
+
+    bench = _bench_from_args(args)
+    out = Path(args.out)
+    cells = run_bench(bench, out)
+    paths = build_report(out, Path(args.report), only=cells)
+    from bench.report import load_cells, markdown_table
+
+    table = overall_table(load_cells(out, only=cells))
+    print(markdown_table(table[["method", "UA", "UA CI", "UA syn", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]]))
+    print(f"report: {paths['html']} ({paths['markdown']}, {paths['csv']})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report
+
+    paths = build_report(Path(args.runs), Path(args.out))
+    print(f"report: {paths['html']}")
+    return 0
+
+
+def _cmd_regress(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.regress import GOLDENS, run_regress
+
+    t0 = time.perf_counter()
+    problems = run_regress(update=args.update)
+    took = time.perf_counter() - t0
+    if args.update:
+        print(f"goldens written to {GOLDENS} ({took:.0f} s)")
+        return 0
+    for line in problems:
+        print(f"REGRESSION: {line}", file=sys.stderr)
+    print(f"regress: {'FAILED' if problems else 'ok'} in {took:.0f} s")
+    return 1 if problems else 0
+
+
 def _cmd_smoke(args: argparse.Namespace) -> int:
     from bench.smoke import run_smoke
 
@@ -77,6 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto", help="float32 (CPU default), float16 or bfloat16")
     e.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
     e.set_defaults(func=_cmd_erase)
+
+    r = sub.add_parser("run", help="run the benchmark grid (resumable) and build the report")
+    r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune", help="comma-separated method specs")
+    r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
+    r.add_argument("--concept-set", dest="concept_set", default=None, help="concept-set YAML")
+    r.add_argument("--judge", default=None, help="judge folder")
+    r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
+    r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
+    r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
+    r.add_argument("--guidance", type=float, default=None)
+    r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
+    r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
+    r.add_argument("--report", default="reports", help="where the leaderboard is written")
+    r.set_defaults(func=_cmd_run)
+
+    rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")
+    rp.add_argument("--runs", default="runs/bench")
+    rp.add_argument("--out", default="reports")
+    rp.set_defaults(func=_cmd_report)
+
+    g = sub.add_parser("regress", help="quick configuration from scratch vs committed goldens")
+    g.add_argument("--update", action="store_true", help="rewrite the goldens (make goldens)")
+    g.set_defaults(func=_cmd_regress)
 
     s = sub.add_parser("smoke", help="every method on a tiny random pipeline (mechanics check)")
     s.add_argument("--out", default="runs/smoke")

@@ -103,6 +103,16 @@ def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, co
     )
 
 
+def method_label(spec: str, method: Eraser) -> str:
+    """``fuchi`` for the defaults; ``fuchi+1a2b3c`` when the config was overridden."""
+    from bench.method import build_method
+    from bench.records import sha256_json
+
+    default = build_method(spec).config.to_dict()
+    config = method.config.to_dict()
+    return spec if config == default else f"{spec}+{sha256_json(config)[:6]}"
+
+
 def _u8_to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255.0)
 
@@ -182,7 +192,8 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
     t_judge = time.perf_counter() - t0
 
     metrics = cell_metrics(rows, det, f_orig, f_edit)
-    metrics.update({"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb, "peak_memory_kind": mem.kind,
+    metrics.update({"method_label": method_label(spec.method, method), "concept_type": concept.type,
+                    "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb, "peak_memory_kind": mem.kind,
                     "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,
                     "edited_parameters": len(edit.param_names), "composite_formula": COMPOSITE_FORMULA})
     per_image = []

@@ -1,0 +1,261 @@
+"""The leaderboard, built only from run folders (never from a run's memory).
+
+``build_report(runs, out)`` scans complete cells and writes ``leaderboard.md``,
+``leaderboard.csv`` and a self-contained ``index.html`` (plots embedded) to ``out``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.io import ensure_writable_dir
+from bench.metrics import COMPOSITE_FORMULA, composite, summary
+from bench.records import scan_cells
+
+ACCURACIES = [("ua", "UA"), ("ua_synonyms", "UA syn"), ("retain_in_domain", "IRA"),
+              ("retain_cross_domain", "CRA"), ("near_neighbours", "NNA")]
+_GROUP_OF = {"ua": "target", "ua_synonyms": "synonym", "retain_in_domain": "in_domain",
+             "retain_cross_domain": "cross_domain", "near_neighbours": "near_neighbour"}
+
+
+PROTOCOL_KEYS = ("model_sha256", "concept_set", "concept_set_sha256", "sampler", "eval_seeds", "protocol",
+                 "judge", "metrics_version", "erase_seed", "images")
+
+
+def load_cells(runs: Path, only: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Complete cells under ``runs`` (or just the folders in ``only``), checked to share one protocol."""
+    cells = scan_cells(Path(runs))
+    if only is not None:
+        keep = {Path(p).resolve() for p in only}
+        cells = [c for c in cells if Path(c["folder"]).resolve() in keep]
+    protocols = {json.dumps({k: c["spec"].get(k) for k in PROTOCOL_KEYS if k != "images"}, sort_keys=True)
+                 for c in cells}
+    if len(protocols) > 1:
+        from bench.errors import InputError
+
+        raise InputError(f"{runs} holds cells from {len(protocols)} different protocols (model, sampler, seeds, "
+                         "prompts or judge differ); a leaderboard compares one protocol: use separate --out folders")
+    for c in cells:
+        c["label"] = c["metrics"].get("method_label", c["spec"]["method"])
+        folder = Path(c["folder"])
+        c["per_image"] = [json.loads(line) for line in (folder / "per_image.jsonl").read_text().splitlines() if line]
+        c["environment"] = json.loads((folder / "environment.json").read_text())
+    return cells
+
+
+def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (method, concept) cell with every headline number."""
+    rows = []
+    for c in cells:
+        s, m = c["spec"], c["metrics"]
+        row = {"method": c["label"], "concept": s["concept"], "cell": Path(c["folder"]).name}
+        for key, _ in ACCURACIES:
+            for suffix in ("", "_original"):
+                v = m.get(key + suffix)
+                row[key + suffix] = v["value"] if v else np.nan
+                if not suffix and v:
+                    row[key + "_ci"] = f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+        row.update({"retain_mean": m["retain_mean"], "composite": m["composite"],
+                    "composite_original": m["composite_original"], "kid_retain": m["kid_retain"]["mean"],
+                    "seconds": m["seconds_per_concept"], "peak_memory_mb": m["peak_memory_mb"],
+                    "trainable_params": m["trainable_params"], "storage_bytes": m["storage_bytes"]})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["method", "concept"]).reset_index(drop=True)
+
+
+def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per method: accuracies pooled over concepts with bootstrap CIs over seeds, costs averaged."""
+    out = []
+    for method in sorted({c["label"] for c in cells}):
+        mine = [c for c in cells if c["label"] == method]
+        row: dict[str, Any] = {"method": method, "concepts": len(mine)}
+        values = {}
+        for key, label in ACCURACIES:
+            hits, seeds = [], []
+            for c in mine:
+                for r in c["per_image"]:
+                    if r["model"] == "edited" and r["group"] == _GROUP_OF[key]:
+                        hits.append(not r["detected"] if key.startswith("ua") else r["detected"])
+                        seeds.append(r["seed"])
+            s = summary(hits, seeds)
+            values[key] = s["value"]
+            row[label] = s["value"]
+            row[label + " CI"] = f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if hits else ""
+        retain = [values[k] for k in ("retain_in_domain", "retain_cross_domain", "near_neighbours")]
+        row["H"] = composite(values["ua"], retain)
+        row["UA orig"] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
+        row["KID"] = float(np.mean([c["metrics"]["kid_retain"]["mean"] for c in mine]))
+        row["s/concept"] = float(np.mean([c["metrics"]["seconds_per_concept"] for c in mine]))
+        row["peak MB"] = float(np.max([c["metrics"]["peak_memory_mb"] for c in mine]))
+        row["trainable"] = int(np.mean([c["metrics"]["trainable_params"] for c in mine]))
+        row["storage"] = int(np.mean([c["metrics"]["storage_bytes"] for c in mine]))
+        out.append(row)
+    return pd.DataFrame(out).sort_values("H", ascending=False).reset_index(drop=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else (f"{v:.3g}" if abs(v) >= 100 or (v != 0 and abs(v) < 0.01) else f"{v:.2f}")
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def protocol_text(cells: list[dict[str, Any]]) -> list[str]:
+    s = cells[0]["spec"]
+    env = cells[0]["environment"]
+    p, smp = s.get("protocol", {}), s["sampler"]
+    hw = f"{env.get('device', '?')} ({env.get('gpu') or env.get('platform', '')}, {env.get('cpu_threads')} threads)"
+    methods = sorted({c["label"] for c in cells})
+    splits = sorted({c["metrics"].get("split", "?") for c in cells})
+    return [
+        f"- model: `{Path(s['model']).name}` (sha256 {s['model_sha256'][:12]}), concept set `{s['concept_set']}`",
+        f"- sampler: {smp['scheduler']}, {smp['steps']} steps, guidance {smp['guidance']}, eta {smp['eta']}",
+        f"- evaluation seeds: {p.get('seeds', s['eval_seeds'])}; per concept {p.get('target_prompts')} target "
+        f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept",
+        f"- few-shot images: {s['images'].get('n')} ({s['images'].get('source')}, seed {s['images'].get('seed', '-')}); "
+        f"erase seed {s['erase_seed']}",
+        f"- judge: `{s['judge']}`; metrics version {s['metrics_version']}",
+        f"- hardware: {hw}; package versions in each cell's environment.json",
+        "- hyper-parameters: chosen on the dev concepts; this table reports "
+        + ("test concepts only" if splits == ["test"] else f"concepts of splits {splits} (NOT a test-only leaderboard)"),
+        f"- methods: {', '.join(methods)}; {len(cells)} cells",
+        f"- composite: {COMPOSITE_FORMULA}",
+        "- UA: share of target-prompt images in which the judge does not see the concept (higher = erased); "
+        "IRA/CRA/NNA: judge accuracy on in-domain, cross-domain and near-neighbour concepts (higher = kept); "
+        "KID: edited vs original images on retain prompts, on judge features (lower = closer); "
+        "CIs: bootstrap 95% over evaluation seeds",
+    ]
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataFrame) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for _, r in overall.iterrows():
+        ax.scatter(r["IRA"] * 0 + np.nanmean([r["IRA"], r["CRA"], r["NNA"]]), r["UA"], s=60)
+        ax.annotate(r["method"], (np.nanmean([r["IRA"], r["CRA"], r["NNA"]]), r["UA"]), fontsize=8)
+    ax.set_xlabel("mean retain accuracy (IRA, CRA, NNA)")
+    ax.set_ylabel("UA (erasure)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("erasure vs retention")
+    ax.grid(alpha=0.3)
+    out["tradeoff.png"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.barh(overall["method"], overall["s/concept"])
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per concept (erase only, log scale)")
+    out["seconds.png"] = _png(fig)
+
+    pivot = per_cell.pivot(index="method", columns="concept", values="composite")
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * pivot.shape[1], 0.8 + 0.5 * pivot.shape[0]))
+    im = ax.imshow(pivot.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(pivot.shape[1]), pivot.columns, rotation=45, ha="right")
+    ax.set_yticks(range(pivot.shape[0]), pivot.index)
+    for i in range(pivot.shape[0]):
+        for j in range(pivot.shape[1]):
+            v = pivot.values[i, j]
+            ax.text(j, i, "" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=ax, label="composite H")
+    ax.set_title("per-concept composite")
+    out["heatmap.png"] = _png(fig)
+
+    for concept in sorted(per_cell["concept"].unique()):
+        out[f"grid_{concept}.png"] = _grid(cells, concept)
+    return out
+
+
+def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
+    import matplotlib.pyplot as plt
+    from safetensors.torch import load_file
+
+    mine = sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"])
+    rows = [("original", load_file(str(Path(mine[0]["folder"]) / "samples.safetensors"))["original"])]
+    rows += [(c["label"], load_file(str(Path(c["folder"]) / "samples.safetensors"))["edited"]) for c in mine]
+    n = max(len(r[1]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.7 * n + 1.2, 0.75 * len(rows)), squeeze=False)
+    for i, (label, imgs) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(imgs):
+                ax.imshow(imgs[j].permute(1, 2, 0).numpy())
+        axes[i][0].text(-4, 16, label, ha="right", va="center", fontsize=7)
+    fig.suptitle(f"'{concept}': target prompts before (original) and after erasure", fontsize=8)
+    return _png(fig)
+
+
+# -- writing -------------------------------------------------------------------------------------
+def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[str, Path]:
+    cells = load_cells(Path(runs), only)
+    if not cells:
+        from bench.errors import InputError
+
+        raise InputError(f"no complete run cells under {runs}: run the benchmark first")
+    out = ensure_writable_dir(out)
+    overall, per_cell = overall_table(cells), cell_table(cells)
+    images = plots(cells, overall, per_cell)
+    (out / "figures").mkdir(exist_ok=True)
+    for name, data in images.items():
+        (out / "figures" / name).write_bytes(data)
+    per_cell.to_csv(out / "leaderboard.csv", index=False)
+    short = per_cell[["method", "concept", "ua", "ua_original", "ua_synonyms", "retain_in_domain",
+                      "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds"]]
+    md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
+          markdown_table(overall), "", "## Per concept", "", markdown_table(short), "",
+          "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
+          "", "## Before / after", ""]
+    md += [f"![{n}](figures/{n})" for n in images if n.startswith("grid_")]
+    (out / "leaderboard.md").write_text("\n".join(md) + "\n")
+    (out / "index.html").write_text(_html(cells, overall, short, images))
+    return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html"}
+
+
+def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes]) -> str:
+    def img(name: str) -> str:
+        return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
+
+    protocol = "".join(f"<li>{html.escape(x[2:])}</li>" for x in protocol_text(cells) if x)
+    grids = "".join(img(n) for n in images if n.startswith("grid_"))
+    fmt = {c: _fmt for c in overall.columns}
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>erasebench leaderboard</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:4px}}</style></head><body>
+<h1>Concept-erasure leaderboard</h1><h2>Protocol</h2><ul>{protocol}</ul>
+<h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}
+<div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
+<h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}
+<h2>Before / after</h2><div>{grids}</div></body></html>
+"""

@@ -1,0 +1,156 @@
+"""``make perf``: the harness against bare loops doing the same work on the same model.
+
+(a) a method's erase vs a bare training loop with the same steps (target: ratio <= 1.2);
+(b) the harness's generation throughput vs a bare batched denoising loop (target: >= 0.8).
+Speed is reported, not asserted: benchmarks are not tests.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import torch
+
+from bench.method import build_method
+from bench.protocol import WORLD_SAMPLER
+from bench.runner import Track, few_shot_images
+from bench.training import (
+    denoising_loss,
+    encode_prompts,
+    few_shot_latents,
+    noise_scheduler,
+    token_override,
+)
+from tests.perf.conftest import RATIOS
+
+pytestmark = pytest.mark.perf
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def world():
+    from bench.concepts import load_concept_set
+    from bench.pipeline import load_pipeline
+    from bench.protocol import EvalProtocol
+
+    track = Track()
+    pipe = load_pipeline(track.model, device="cpu")
+    concept = load_concept_set(track.concept_set).get("circle")
+    images, _ = few_shot_images(track, concept, EvalProtocol())
+    return pipe, concept, images
+
+
+def _min_time(fn, rounds: int = ROUNDS) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _bare_ascent(pipe, params, latents, prompts, steps, batch, lr, two_prompts=None):
+    """The same optimisation with nothing around it: no snapshot, no edit, no bookkeeping."""
+    for p in pipe.unet.parameters():
+        p.requires_grad_(False)
+    for p in pipe.text_encoder.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = noise_scheduler(pipe)
+    g = torch.Generator().manual_seed(0)
+    rng = random.Random(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        loss = -denoising_loss(pipe, sched, latents[idx], encode_prompts(pipe, [rng.choice(prompts)] * batch), g)
+        if two_prompts is not None:
+            with two_prompts():
+                loss = loss - denoising_loss(pipe, sched, latents[idx],
+                                             encode_prompts(pipe, [rng.choice(prompts)] * batch), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("spec", ["fuchi", "fuchi@paper_era", "full_finetune", "lora_eraser"])
+def test_erase_vs_bare_loop(spec, world, benchmark):
+    pipe, concept, images = world
+    method = build_method(spec)
+
+    def erase():
+        method.erase(pipe, concept, images, seed=0).restore()
+
+    benchmark.pedantic(erase, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    ours = benchmark.stats.stats.min
+    cfg = method.config
+    g = torch.Generator().manual_seed(0)
+    state = {k: v.detach().clone() for k, v in pipe.text_encoder.state_dict().items()}
+    ustate = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+
+    if spec == "lora_eraser":
+        from peft import LoraConfig, get_peft_model
+
+        def bare():
+            latents = few_shot_latents(pipe, images, cfg, g)
+            vec = pipe.text_encoder.get_input_embeddings().weight[320].detach().clone().requires_grad_(True)
+            tid = pipe.tokenizer("sks", add_special_tokens=False).input_ids[0]
+            with token_override(pipe.text_encoder, tid, vec):
+                _bare_ascent(pipe, [vec], latents, [t.format("sks") for t in concept.templates], cfg.ti_steps,
+                             cfg.batch_size, cfg.ti_lr)
+            peft = get_peft_model(pipe.text_encoder, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                                target_modules=method.target_modules(pipe)))
+            lora = [p for n, p in pipe.text_encoder.named_parameters() if "lora_" in n]
+            _bare_ascent(pipe, lora, latents, concept.prompts(), cfg.steps, cfg.batch_size, cfg.lr,
+                         two_prompts=lambda: token_override(pipe.text_encoder, tid, vec.detach()))
+            peft.unload()
+    else:
+        names = set(method.edited_parameters(pipe))
+        params = [p for n, p in list(pipe.text_encoder.named_parameters()) if f"text_encoder.{n}" in names]
+        params += [p for n, p in pipe.unet.named_parameters() if f"unet.{n}" in names]
+        steps = cfg.epochs * -(-len(images) // cfg.batch_size)
+
+        def bare():
+            latents = few_shot_latents(pipe, images, cfg, g)
+            _bare_ascent(pipe, params, latents, concept.prompts(), steps, cfg.batch_size, cfg.lr)
+
+    bare_s = _min_time(bare)
+    pipe.text_encoder.load_state_dict(state)
+    pipe.unet.load_state_dict(ustate)
+    RATIOS.append((f"(a) erase {spec} / bare loop", ours, bare_s, ours / bare_s, "<= 1.2"))
+
+
+@torch.no_grad()
+def _bare_denoise(pipe, prompts, seeds, steps, guidance):
+    """Text encoding, a DDIM loop with classifier-free guidance, VAE decoding: nothing else."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    cond = encode_prompts(pipe, prompts)
+    uncond = encode_prompts(pipe, [""] * len(prompts))
+    emb = torch.cat([uncond, cond])
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        eps = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample
+        e_u, e_c = eps.chunk(2)
+        x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+    return pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+
+
+def test_generation_vs_bare_denoising(world, benchmark):
+    from bench.generation import generate
+
+    pipe = world[0]
+    n = 64
+    prompts = ["a picture of a circle"] * n
+    seeds = list(range(n))
+    benchmark.pedantic(lambda: generate(pipe, prompts, seeds, WORLD_SAMPLER, batch_size=n), rounds=ROUNDS,
+                       iterations=1, warmup_rounds=1)
+    ours = benchmark.stats.stats.min
+    bare = _min_time(lambda: _bare_denoise(pipe, prompts, seeds, WORLD_SAMPLER.steps, WORLD_SAMPLER.guidance))
+    RATIOS.append((f"(b) generation {n} images/s: harness / bare", n / ours, n / bare, bare / ours, ">= 0.8"))
