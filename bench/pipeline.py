@@ -43,6 +43,19 @@ def is_pipeline_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
+def model_source(model: str | os.PathLike) -> str:
+    """A local pipeline folder or a hub id (``owner/name``); anything else is one clear error."""
+    text = str(model)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir() or not is_pipeline_folder(local):
+            raise InputError(f"model {text!r} is not a diffusers pipeline folder (no model_index.json)")
+        return str(local)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise InputError(f"model folder not found: {text!r}")
+    return text  # a hub id such as "CompVis/stable-diffusion-v1-4"
+
+
 def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> Any:
     """Load a StableDiffusionPipeline from a local folder or (where reachable) a hub id.
 
@@ -53,16 +66,7 @@ def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: st
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    text = str(model)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir() or not is_pipeline_folder(local):
-            raise InputError(f"model {text!r} is not a diffusers pipeline folder (no model_index.json)")
-        source = str(local)
-    elif text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise InputError(f"model folder not found: {text!r}")
-    else:
-        source = text  # a hub id such as "CompVis/stable-diffusion-v1-4"
+    text, source = str(model), model_source(model)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             source, safety_checker=None, requires_safety_checker=False, use_safetensors=True,

@@ -24,7 +24,7 @@ from bench.judges.base import Judge
 from bench.measure import PeakMemory
 from bench.method import Eraser, build_method
 from bench.metrics import COMPOSITE_FORMULA, METRICS_VERSION, composite, kid, summary
-from bench.pipeline import is_pipeline_folder, load_pipeline, pipeline_device
+from bench.pipeline import load_pipeline, model_source, pipeline_device
 from bench.protocol import WORLD_SAMPLER, EvalProtocol, SamplerSpec
 from bench.records import RunSpec, cell_dir, clean_partial, is_complete, model_fingerprint, write_cell
 
@@ -127,9 +127,7 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
     names = bench.concepts or cs.names("test")
     concepts = [cs.get(n) for n in names]
     methods = [(spec, build_method(spec, bench.method_overrides.get(spec))) for spec in bench.methods]
-    if not Path(track.model).exists() or not is_pipeline_folder(track.model):
-        if Path(track.model).exists() or track.model.startswith((".", "/", "~")):
-            raise InputError(f"model {track.model!r} is not a diffusers pipeline folder (no model_index.json)")
+    model_source(track.model)
     judge = load_judge(track)
     images = {c.name: few_shot_images(track, c, p) for c in concepts}
     ensure_writable_dir(out)

@@ -1,0 +1,129 @@
+"""The harness on the committed ConceptWorld: cells, resume, determinism, report, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from bench.errors import ConfigError, InputError
+from bench.protocol import EvalProtocol
+from bench.records import CELL_FILES, is_complete
+from bench.report import build_report
+from bench.runner import Bench, Track, run_bench
+
+FAST_TRACK = replace(Track(), sampler=replace(Track().sampler, steps=5))
+FAST = EvalProtocol(seeds=(0, 1))
+COMPARED = ("ua", "ua_original", "ua_synonyms", "retain_in_domain", "retain_cross_domain", "near_neighbours")
+
+
+def _bench(**kw) -> Bench:
+    args = {"track": FAST_TRACK, "methods": ["fuchi"], "concepts": ["circle"], "protocol": FAST,
+            "method_overrides": {"fuchi": {"epochs": 1}}}
+    args.update(kw)
+    return Bench(**args)
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, run_bench(_bench(), out, progress=False)
+
+
+def test_cell_folder_describes_itself(one_run):
+    out, cells = one_run
+    (cell,) = cells
+    assert is_complete(cell) and {p.name for p in cell.iterdir()} == set(CELL_FILES)
+    spec = json.loads((cell / "run_spec.json").read_text())
+    assert spec["method"] == "fuchi" and spec["concept"] == "circle" and spec["eval_seeds"] == [0, 1]
+    assert spec["sampler"]["steps"] == 5 and spec["judge"].startswith("conceptworld-judge")
+    assert len(spec["model_sha256"]) == 64 and spec["method_config"]["epochs"] == 1
+    metrics = json.loads((cell / "metrics.json").read_text())
+    for key in COMPARED:
+        assert 0.0 <= metrics[key]["value"] <= 1.0 and metrics[key]["ci_low"] <= metrics[key]["ci_high"]
+    assert metrics["seconds_per_concept"] > 0 and metrics["trainable_params"] > 0
+    assert metrics["method_label"] == "fuchi+" + metrics["method_label"].split("+")[1]  # overridden config
+    rows = [json.loads(line) for line in (cell / "per_image.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"original", "edited"}
+    assert {r["group"] for r in rows} >= {"target", "in_domain", "cross_domain", "near_neighbour"}
+    env = json.loads((cell / "environment.json").read_text())
+    assert env["packages"]["torch"] and "device" in env
+
+
+def test_rerun_skips_complete_cells_and_is_deterministic(one_run, tmp_path):
+    out, cells = one_run
+    before = (cells[0] / "metrics.json").stat().st_mtime_ns
+    assert run_bench(_bench(), out, progress=False) == cells
+    assert (cells[0] / "metrics.json").stat().st_mtime_ns == before  # skipped, not redone
+    again = run_bench(_bench(), tmp_path, progress=False)
+    a = json.loads((cells[0] / "metrics.json").read_text())
+    b = json.loads((again[0] / "metrics.json").read_text())
+    assert again[0].name == cells[0].name
+    for key in COMPARED:
+        assert a[key] == b[key]
+    assert a["kid_retain"] == b["kid_retain"]
+
+
+def test_report_is_built_from_folders(one_run, tmp_path):
+    out, _ = one_run
+    paths = build_report(out, tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "fuchi+" in md and "circle" in md and "DDIMScheduler, 5 steps" in md and "H = 2 * UA * RA" in md
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert "circle" in paths["csv"].read_text()
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"methods": ["fuchy"]}, ConfigError, "did you mean 'fuchi'"),
+        ({"concepts": ["circel"]}, InputError, "did you mean 'circle'"),
+        ({"method_overrides": {"fuchi": {"lr": -1.0}}}, ConfigError, "lr must be >= 0"),
+        ({"track": replace(FAST_TRACK, model="/nonexistent/model")}, InputError, "model folder not found"),
+        ({"track": replace(FAST_TRACK, judge="/nonexistent/judge")}, InputError, "no judge"),
+    ],
+)
+def test_bad_input_fails_before_writing(tmp_path, kw, error, match):
+    with pytest.raises(error, match=match):
+        run_bench(_bench(**kw), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot be written"):
+        run_bench(_bench(), tmp_path / "file" / "out", progress=False)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_same_numbers(tmp_path):
+    """A run killed with SIGKILL mid-way, then rerun, equals an uninterrupted run."""
+    args = [sys.executable, "-m", "bench", "run", "--methods", "fuchi,lora_eraser", "--concepts", "circle,zorbo",
+            "--seeds", "0-1", "--steps", "5", "--set", "lora_eraser.ti_steps=10", "--set", "lora_eraser.steps=5"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([*args, "--out", str(killed), "--report", str(tmp_path / "r1")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(is_complete(p) for p in (killed / "cells").glob("*")):
+        time.sleep(0.2)
+    time.sleep(1.5)  # now inside the next cell
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for out, report in ((killed, "r1"), (clean, "r2")):
+        res = subprocess.run([*args, "--out", str(out), "--report", str(tmp_path / report)], capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+    a = sorted(p.name for p in (killed / "cells").iterdir())
+    b = sorted(p.name for p in (clean / "cells").iterdir())
+    assert a == b and len(a) == 4
+    for name in a:
+        ma = json.loads((killed / "cells" / name / "metrics.json").read_text())
+        mb = json.loads((clean / "cells" / name / "metrics.json").read_text())
+        assert {k: ma[k] for k in COMPARED} == {k: mb[k] for k in COMPARED}
