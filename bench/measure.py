@@ -14,17 +14,20 @@ class PeakMemory:
         self.device = device
         self.interval = interval
         self.peak_mb = 0.0
+        self.base_mb = 0.0  # at entry: peak - base is what the block added
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "process_rss"
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_mb = torch.cuda.memory_allocated(self.device) / 2**20
             return self
         import psutil
 
         self._proc = psutil.Process()
         self._peak = self._proc.memory_info().rss
+        self.base_mb = self._peak / 2**20
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

@@ -191,7 +191,8 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
 
     metrics = cell_metrics(rows, det, f_orig, f_edit)
     metrics.update({"method_label": method_label(spec.method, method), "concept_type": concept.type,
-                    "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb, "peak_memory_kind": mem.kind,
+                    "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
+                    "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
                     "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,
                     "edited_parameters": len(edit.param_names), "composite_formula": COMPOSITE_FORMULA})
     per_image = []
