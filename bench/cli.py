@@ -92,6 +92,14 @@ def _bench_from_args(args: argparse.Namespace):
         protocol = replace(protocol, seeds=seeds)
     methods = _split(args.methods) or []
     overrides: dict[str, dict] = {}
+    tuned: list[str] = []
+    if not getattr(args, "untuned", True):
+        from bench.tune import load_tuned
+
+        for spec, chosen in load_tuned(track).items():
+            if spec in methods:
+                overrides[spec] = dict(chosen)
+                tuned.append(spec)
     for key, value in parse_overrides(args.set or []).items():
         if "." not in key:
             raise ConfigError(f"--set {key}=...: name the method, e.g. --set fuchi.lr=2e-5")
@@ -99,8 +107,10 @@ def _bench_from_args(args: argparse.Namespace):
         if method not in methods:
             raise ConfigError(f"--set {key}: method {method!r} is not among --methods {methods}")
         overrides.setdefault(method, {})[field] = value
+        if method in tuned:
+            tuned.remove(method)
     return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
-                 method_overrides=overrides)
+                 method_overrides=overrides, tuned=tuple(tuned))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -116,6 +126,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     table = overall_table(load_cells(out, only=cells))
     print(markdown_table(table[["method", "UA", "UA CI", "UA syn", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]]))
     print(f"report: {paths['html']} ({paths['markdown']}, {paths['csv']})")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from bench.tune import parse_grid, tune, tuned_path
+
+    args.methods = args.method
+    bench = _bench_from_args(args)
+    chosen = tune(bench.track, args.method, parse_grid(args.grid), bench.concepts, Path(args.out), bench.protocol)
+    for row in chosen["grid"]:
+        print(f"{json.dumps(row['overrides']):<40} H={row['H']:.3f} UA={row['UA']:.3f} retain={row['retain']:.3f}")
+    print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {tuned_path(bench.track)}")
     return 0
 
 
@@ -186,7 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
     r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
     r.add_argument("--report", default="reports", help="where the leaderboard is written")
+    r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
     r.set_defaults(func=_cmd_run)
+
+    t = sub.add_parser("tune", help="choose a method's hyper-parameters on dev concepts (grid search)")
+    t.add_argument("--method", required=True)
+    t.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2", help="values to try (repeatable)")
+    t.add_argument("--concepts", default=None, help="dev concepts (default: all dev concepts)")
+    t.add_argument("--seeds", default="0-3")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--guidance", type=float, default=None)
+    t.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides")
+    t.add_argument("--out", default="runs/tune")
+    t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None)
 
     rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")
     rp.add_argument("--runs", default="runs/bench")

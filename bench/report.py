@@ -133,7 +133,9 @@ def protocol_text(cells: list[dict[str, Any]]) -> list[str]:
         f"erase seed {s['erase_seed']}",
         f"- judge: `{s['judge']}`; metrics version {s['metrics_version']}",
         f"- hardware: {hw}; package versions in each cell's environment.json",
-        "- hyper-parameters: chosen on the dev concepts; this table reports "
+        "- hyper-parameters: a method marked [tuned] uses the config chosen on dev concepts (`bench tune`, "
+        "recorded in reports/tuned/); an unmarked one uses its published defaults; no choice used test "
+        "concepts. This table reports "
         + ("test concepts only" if splits == ["test"] else f"concepts of splits {splits} (NOT a test-only leaderboard)"),
         f"- methods: {', '.join(methods)}; {len(cells)} cells",
         f"- composite: {COMPOSITE_FORMULA}",

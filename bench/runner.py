@@ -53,6 +53,7 @@ class Bench:
     concepts: list[str] | None = None  # None: the concept set's test split
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned: tuple[str, ...] = ()  # methods whose overrides were chosen on dev concepts (bench tune)
 
 
 def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple[str, Concept, str]]:
@@ -103,6 +104,10 @@ def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, co
     )
 
 
+def bench_config(bench: Bench, spec: str) -> dict[str, Any]:
+    return build_method(spec, bench.method_overrides.get(spec)).config.to_dict()
+
+
 def method_label(spec: str, method: Eraser) -> str:
     """``fuchi`` for the defaults; ``fuchi+1a2b3c`` when the config was overridden."""
     from bench.method import build_method
@@ -146,17 +151,21 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
         pipe = load_pipeline(track.model)
         cache = ReferenceCache(out / "reference", model_sha, track.sampler)
         for spec, method, concept in tqdm(todo, desc="cells", disable=not progress):
+            label = method_label(spec.method, method)
+            if spec.method in bench.tuned and spec.method_config == bench_config(bench, spec.method):
+                label = f"{spec.method}[tuned]"
             run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler, p,
-                     out, progress)
+                     out, progress, label)
     return [cell_dir(out, s) for s, _, _ in cells]
 
 
 def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
              images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
-             p: EvalProtocol, out: Path, progress: bool = True) -> Path:
+             p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None) -> Path:
     from tqdm.auto import tqdm
 
     t_cell = time.perf_counter()
+    label = label or method_label(spec.method, method)
     plan = prompt_plan(cs, concept, p)
     rows = [(g, c, prompt, s) for g, c, prompt in plan for s in p.seeds]
     prompts, seeds = [r[2] for r in rows], [r[3] for r in rows]
@@ -190,7 +199,7 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
     t_judge = time.perf_counter() - t0
 
     metrics = cell_metrics(rows, det, f_orig, f_edit)
-    metrics.update({"method_label": method_label(spec.method, method), "concept_type": concept.type,
+    metrics.update({"method_label": label, "concept_type": concept.type,
                     "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
                     "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
                     "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,
