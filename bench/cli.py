@@ -76,8 +76,18 @@ def _bench_from_args(args: argparse.Namespace):
     from bench.protocol import EvalProtocol
     from bench.runner import Bench, Track
 
-    track = Track()
-    for key in ("model", "concept_set", "judge", "images"):
+    if getattr(args, "track", "conceptworld") == "sd":
+        from bench.runner import sd_track
+
+        if not args.model:
+            raise ConfigError("--track sd needs --model PATH_OR_ID (a Stable Diffusion v1.x/v2.x pipeline)")
+        track = sd_track(args.model, concepts=args.concept_set or "imagenette", judge=args.judge)
+    else:
+        track = Track()
+        for key in ("model", "concept_set", "judge"):
+            if getattr(args, key, None):
+                track = replace(track, **{key: getattr(args, key)})
+    for key in ("images", "judge_weights", "clip_model", "clip_checkpoint", "device", "dtype"):
         if getattr(args, key, None):
             track = replace(track, **{key: getattr(args, key)})
     sampler = track.sampler
@@ -115,9 +125,21 @@ def _bench_from_args(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.report import build_report, overall_table
-    from bench.runner import run_bench
+    from bench.runner import plan_bench, run_bench
 
     bench = _bench_from_args(args)
+    if args.dry_run:
+        grid = plan_bench(bench)
+        t = bench.track
+        print(f"model {t.model} | concept set {t.concept_set} | judge {t.judge} | images {t.images}")
+        print(f"sampler {json.dumps(t.sampler.to_dict())} | device {t.device} dtype {t.dtype}")
+        print(f"protocol {json.dumps(bench.protocol.to_dict())}")
+        for cell in grid:
+            print(f"  {cell['method']:<20} {cell['concept']:<20} {cell['prompts']:>3} prompts "
+                  f"{cell['images']:>5} images {json.dumps(cell['groups'])}")
+        total = sum(c["images"] for c in grid)
+        print(f"{len(grid)} cells, {total} edited images (+ the original model's, generated once)")
+        return 0
     out = Path(args.out)
     cells = run_bench(bench, out)
     paths = build_report(out, Path(args.report), only=cells)
@@ -199,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune", help="comma-separated method specs")
     r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
     r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
-    r.add_argument("--concept-set", dest="concept_set", default=None, help="concept-set YAML")
-    r.add_argument("--judge", default=None, help="judge folder")
+    r.add_argument("--concept-set", dest="concept_set", default=None,
+                   help="concept-set YAML (with --track sd also: imagenette, styles, characters)")
+    r.add_argument("--judge", default=None,
+                   help="judge folder, imagenet, imagenet-restricted, resnet50[-restricted] or clip")
     r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
     r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
     r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
@@ -209,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
     r.add_argument("--report", default="reports", help="where the leaderboard is written")
     r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
+    r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
+    r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
+                   help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
+    r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")
+    r.add_argument("--clip-model", dest="clip_model", default=None, help="open_clip model name for --judge clip")
+    r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file")
+    r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
     r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("tune", help="choose a method's hyper-parameters on dev concepts (grid search)")
@@ -220,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--guidance", type=float, default=None)
     t.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides")
     t.add_argument("--out", default="runs/tune")
-    t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None)
+    t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None,
+                   track="conceptworld")
 
     rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")
     rp.add_argument("--runs", default="runs/bench")

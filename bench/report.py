@@ -27,7 +27,7 @@ _GROUP_OF = {"ua": "target", "ua_synonyms": "synonym", "retain_in_domain": "in_d
 
 
 PROTOCOL_KEYS = ("model_sha256", "concept_set", "concept_set_sha256", "sampler", "eval_seeds", "protocol",
-                 "judge", "metrics_version", "erase_seed", "images")
+                 "judge", "metrics_version", "erase_seed", "images", "dtype")
 
 
 def load_cells(runs: Path, only: list[Path] | None = None) -> list[dict[str, Any]]:

