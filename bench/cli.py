@@ -101,6 +101,8 @@ def _bench_from_args(args: argparse.Namespace):
     if seeds is not None:
         protocol = replace(protocol, seeds=seeds)
     methods = _split(args.methods) or []
+    attacks = [] if getattr(args, "attacks", "none") in (None, "none", "") else _split(args.attacks)
+    attack_overrides: dict[str, dict] = {}
     overrides: dict[str, dict] = {}
     tuned: list[str] = []
     if not getattr(args, "untuned", True):
@@ -114,13 +116,17 @@ def _bench_from_args(args: argparse.Namespace):
         if "." not in key:
             raise ConfigError(f"--set {key}=...: name the method, e.g. --set fuchi.lr=2e-5")
         method, field = key.split(".", 1)
+        if method in attacks:
+            attack_overrides.setdefault(method, {})[field] = value
+            continue
         if method not in methods:
-            raise ConfigError(f"--set {key}: method {method!r} is not among --methods {methods}")
+            raise ConfigError(f"--set {key}: {method!r} is not among --methods {methods} or --attacks {attacks}")
         overrides.setdefault(method, {})[field] = value
         if method in tuned:
             tuned.remove(method)
     return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
-                 method_overrides=overrides, tuned=tuple(tuned))
+                 method_overrides=overrides, tuned=tuple(tuned), attacks=tuple(attacks),
+                 attack_overrides=attack_overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -146,7 +152,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.report import load_cells, markdown_table
 
     table = overall_table(load_cells(out, only=cells))
-    print(markdown_table(table[["method", "UA", "UA CI", "UA syn", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]]))
+    cols = ["method", "UA", "UA CI", "UA syn", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]
+    cols += [c for c in table.columns if c.startswith("ASR ") and not c.endswith((" CI", " orig"))]
+    cols += ["H robust"] if "H robust" in table.columns else []
+    print(markdown_table(table[cols]))
     print(f"report: {paths['html']} ({paths['markdown']}, {paths['csv']})")
     return 0
 
@@ -234,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", default="reports", help="where the leaderboard is written")
     r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
+    r.add_argument("--attacks", default="paraphrase,inversion,prefix",
+                   help="robustness attacks against every erased model (comma-separated), or none")
     r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
                    help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
     r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")

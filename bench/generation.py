@@ -36,10 +36,14 @@ def set_scheduler(pipe: Any, sampler: SamplerSpec) -> None:
 
 @torch.no_grad()
 def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerSpec,
-             batch_size: int = 64, progress: Any = None) -> torch.Tensor:
-    """uint8 images N x 3 x H x W for ``prompts[i]`` with ``seeds[i]``."""
-    if len(prompts) != len(seeds):
-        raise ValueError("prompts and seeds must have the same length")
+             batch_size: int = 64, progress: Any = None, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images N x 3 x H x W for ``prompts[i]`` with ``seeds[i]``.
+
+    ``prompt_embeds`` (N x 77 x D), when given, replaces the text encoding of ``prompts``
+    (learned tokens of an attack); the unconditional branch still encodes the empty prompt.
+    """
+    if len(prompts) != len(seeds) or (prompt_embeds is not None and len(prompt_embeds) != len(seeds)):
+        raise ValueError("prompts, seeds (and prompt_embeds) must have the same length")
     set_scheduler(pipe, sampler)
     device = pipe._execution_device
     out = []
@@ -49,7 +53,13 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], sampler: S
         # latents drawn on the CPU from per-image generators: identical on any device and batching
         shape = (pipe.unet.config.in_channels, *_latent_hw(pipe, sampler))
         latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
-        images = pipe(p, num_inference_steps=sampler.steps, guidance_scale=sampler.guidance, eta=sampler.eta,
+        text: dict[str, Any] = {"prompt": p}
+        if prompt_embeds is not None:
+            from bench.training import encode_prompts
+
+            text = {"prompt_embeds": prompt_embeds[i : i + batch_size].to(device, pipe.text_encoder.dtype),
+                    "negative_prompt_embeds": encode_prompts(pipe, [""] * len(p))}
+        images = pipe(**text, num_inference_steps=sampler.steps, guidance_scale=sampler.guidance, eta=sampler.eta,
                       height=sampler.height, width=sampler.width, latents=latents, output_type="pt").images
         out.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         if progress is not None:

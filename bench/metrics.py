@@ -16,6 +16,15 @@ BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
 
+ROBUST_WEIGHT = 0.25
+ROBUST_FORMULA = f"H_robust = (1 - {ROBUST_WEIGHT}) * H + {ROBUST_WEIGHT} * (1 - mean ASR over attacks)"
+
+
+def robust_composite(h: float, asr_mean: float) -> float:
+    """The composite with a robustness term (see ROBUST_FORMULA; the weight is printed in reports)."""
+    return (1 - ROBUST_WEIGHT) * h + ROBUST_WEIGHT * (1 - asr_mean)
+
+
 def rate(hits: Sequence[bool]) -> float:
     return float(np.mean(np.asarray(hits, dtype=float))) if len(hits) else float("nan")
 

@@ -44,6 +44,7 @@ class EvalProtocol:
     retain_prompts: int = 1  # templates per retain / near-neighbour concept
     few_shot_images: int = 4
     few_shot_seed: int = 1000
+    attack_image_seed: int = 2000  # held-out images for attacks: never the ones erasure used
     erase_seed: int = 0
     batch_size: int = 64
 

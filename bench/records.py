@@ -78,6 +78,7 @@ class RunSpec:
     images: dict[str, Any] = field(default_factory=dict)  # where the few-shot images came from
     protocol: dict[str, Any] = field(default_factory=dict)  # prompts per concept, few-shot settings
     dtype: str = "auto"  # the pipeline's precision (auto = fp32)
+    attacks: dict[str, Any] = field(default_factory=dict)  # robustness attacks: name -> version, config
     spec_version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:

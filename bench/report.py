@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench.io import ensure_writable_dir
-from bench.metrics import COMPOSITE_FORMULA, composite, summary
+from bench.metrics import COMPOSITE_FORMULA, ROBUST_FORMULA, composite, robust_composite, summary
 from bench.records import scan_cells
 
 ACCURACIES = [("ua", "UA"), ("ua_synonyms", "UA syn"), ("retain_in_domain", "IRA"),
@@ -27,7 +27,7 @@ _GROUP_OF = {"ua": "target", "ua_synonyms": "synonym", "retain_in_domain": "in_d
 
 
 PROTOCOL_KEYS = ("model_sha256", "concept_set", "concept_set_sha256", "sampler", "eval_seeds", "protocol",
-                 "judge", "metrics_version", "erase_seed", "images", "dtype")
+                 "judge", "metrics_version", "erase_seed", "images", "dtype", "attacks")
 
 
 def load_cells(runs: Path, only: list[Path] | None = None) -> list[dict[str, Any]]:
@@ -63,6 +63,11 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
                 row[key + suffix] = v["value"] if v else np.nan
                 if not suffix and v:
                     row[key + "_ci"] = f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+        for name in s.get("attacks", {}):
+            row[f"asr_{name}"] = m[f"asr_{name}"]["value"]
+            row[f"asr_{name}_original"] = m[f"asr_{name}_original"]["value"]
+        if "composite_robust" in m:
+            row["composite_robust"] = m["composite_robust"]
         row.update({"retain_mean": m["retain_mean"], "composite": m["composite"],
                     "composite_original": m["composite_original"], "kid_retain": m["kid_retain"]["mean"],
                     "seconds": m["seconds_per_concept"], "peak_memory_mb": m["peak_memory_mb"],
@@ -91,6 +96,19 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             row[label + " CI"] = f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if hits else ""
         retain = [values[k] for k in ("retain_in_domain", "retain_cross_domain", "near_neighbours")]
         row["H"] = composite(values["ua"], retain)
+        attacks = sorted(mine[0]["spec"].get("attacks", {}))
+        asr_values = []
+        for name in attacks:
+            hits = [r["detected"] for c in mine for r in c["per_image"] if r["group"] == f"attack:{name}"]
+            seeds = [r["seed"] for c in mine for r in c["per_image"] if r["group"] == f"attack:{name}"]
+            s = summary(hits, seeds)
+            asr_values.append(s["value"])
+            row[f"ASR {name}"] = s["value"]
+            row[f"ASR {name} CI"] = f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+            row[f"ASR {name} orig"] = float(np.mean([c["metrics"][f"asr_{name}_original"]["value"] for c in mine]))
+            row[f"s {name}"] = float(np.mean([c["metrics"][f"attack_seconds_{name}"] for c in mine]))
+        if attacks:
+            row["H robust"] = robust_composite(row["H"], float(np.mean(asr_values)))
         row["UA orig"] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
         row["KID"] = float(np.mean([c["metrics"]["kid_retain"]["mean"] for c in mine]))
         row["s/concept"] = float(np.mean([c["metrics"]["seconds_per_concept"] for c in mine]))
@@ -117,6 +135,10 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _attack_list(attacks: dict[str, Any]) -> str:
+    return ", ".join(f"{n} (v{a['version']}, {json.dumps(a['config'])})" for n, a in attacks.items())
+
+
 def protocol_text(cells: list[dict[str, Any]]) -> list[str]:
     s = cells[0]["spec"]
     env = cells[0]["environment"]
@@ -139,6 +161,10 @@ def protocol_text(cells: list[dict[str, Any]]) -> list[str]:
         + ("test concepts only" if splits == ["test"] else f"concepts of splits {splits} (NOT a test-only leaderboard)"),
         f"- methods: {', '.join(methods)}; {len(cells)} cells",
         f"- composite: {COMPOSITE_FORMULA}",
+        (f"- robustness: attacks {_attack_list(s['attacks'])}"
+         f" run against every erased model and the original one (ASR orig; a null edit is bit-identical to it); "
+         f"ASR = share of attack images in which the judge sees the concept; {ROBUST_FORMULA}")
+        if s.get("attacks") else "",
         "- UA: share of target-prompt images in which the judge does not see the concept (higher = erased); "
         "IRA/CRA/NNA: judge accuracy on in-domain, cross-domain and near-neighbour concepts (higher = kept); "
         "KID: edited vs original images on retain prompts, on judge features (lower = closer); "
@@ -175,6 +201,22 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
     ax.grid(alpha=0.3)
     out["tradeoff.png"] = _png(fig)
 
+    asr_cols = [c for c in overall.columns if c.startswith("ASR ") and not c.endswith((" CI", " orig"))]
+    if asr_cols:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for col, marker in zip(asr_cols, "os^vD", strict=False):
+            ax.scatter(overall["UA"], overall[col], marker=marker, label=col[4:])
+            for _, r in overall.iterrows():
+                ax.annotate(r["method"], (r["UA"], r[col]), fontsize=7)
+        ax.set_xlabel("UA without attack")
+        ax.set_ylabel("ASR under attack (concept comes back)")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.set_title("erasure vs robustness")
+        out["robustness.png"] = _png(fig)
+
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.barh(overall["method"], overall["s/concept"])
     ax.set_xscale("log")
@@ -205,7 +247,10 @@ def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
 
     mine = sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"])
     rows = [("original", load_file(str(Path(mine[0]["folder"]) / "samples.safetensors"))["original"])]
-    rows += [(c["label"], load_file(str(Path(c["folder"]) / "samples.safetensors"))["edited"]) for c in mine]
+    for c in mine:
+        tensors = load_file(str(Path(c["folder"]) / "samples.safetensors"))
+        rows.append((c["label"], tensors["edited"]))
+        rows += [(f"{c['label']} {k[7:]}", v) for k, v in sorted(tensors.items()) if k.startswith("attack_")]
     n = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(0.7 * n + 1.2, 0.75 * len(rows)), squeeze=False)
     for i, (label, imgs) in enumerate(rows):
@@ -215,7 +260,8 @@ def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
             if j < len(imgs):
                 ax.imshow(imgs[j].permute(1, 2, 0).numpy())
         axes[i][0].text(-4, 16, label, ha="right", va="center", fontsize=7)
-    fig.suptitle(f"'{concept}': target prompts before (original) and after erasure", fontsize=8)
+    fig.suptitle(f"'{concept}': target prompts before (original) and after erasure; attack rows: what "
+                 "each attack recovers from the erased model", fontsize=8)
     return _png(fig)
 
 
@@ -238,6 +284,7 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
     md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
           markdown_table(overall), "", "## Per concept", "", markdown_table(short), "",
           "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
+          *(["", "![robustness](figures/robustness.png)"] if "robustness.png" in images else []),
           "", "## Before / after", ""]
     md += [f"![{n}](figures/{n})" for n in images if n.startswith("grid_")]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
@@ -258,6 +305,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:10
 <h1>Concept-erasure leaderboard</h1><h2>Protocol</h2><ul>{protocol}</ul>
 <h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}
 <div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
+<div>{img("robustness.png") if "robustness.png" in images else ""}</div>
 <h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}
 <h2>Before / after</h2><div>{grids}</div></body></html>
 """

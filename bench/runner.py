@@ -7,7 +7,7 @@ to the original model's images (cached) -> metrics -> an atomic run folder -> re
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.attacks.base import Attack, build_attack
 from bench.concepts import Concept, ConceptSet, load_concept_set
 from bench.envinfo import environment
 from bench.errors import InputError
@@ -23,7 +24,15 @@ from bench.io import ensure_writable_dir
 from bench.judges.base import Judge
 from bench.measure import PeakMemory
 from bench.method import Eraser, build_method
-from bench.metrics import COMPOSITE_FORMULA, METRICS_VERSION, composite, kid, summary
+from bench.metrics import (
+    COMPOSITE_FORMULA,
+    METRICS_VERSION,
+    ROBUST_FORMULA,
+    composite,
+    kid,
+    robust_composite,
+    summary,
+)
 from bench.pipeline import load_pipeline, model_source, pipeline_device
 from bench.protocol import WORLD_SAMPLER, EvalProtocol, SamplerSpec
 from bench.records import RunSpec, cell_dir, clean_partial, is_complete, model_fingerprint, write_cell
@@ -80,6 +89,8 @@ class Bench:
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     tuned: tuple[str, ...] = ()  # methods whose overrides were chosen on dev concepts (bench tune)
+    attacks: tuple[str, ...] = ()  # robustness attacks run against every erased model
+    attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple[str, Concept, str]]:
@@ -94,10 +105,16 @@ def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple
     return plan
 
 
-def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any = None
+def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any = None, held_out: bool = False
                     ) -> tuple[list[Image.Image] | None, dict[str, Any]]:
     """The few images a method learns from (None until ``pipe`` is given, for ``generate``),
-    and a record of where they came from (part of the run spec)."""
+    and a record of where they came from (part of the run spec).
+
+    ``held_out``: a disjoint set for attacks (another seed; a folder's images after the first
+    ``few_shot_images``), so an attack never sees what the erasure used.
+    """
+    if held_out:
+        p = replace(p, few_shot_seed=p.attack_image_seed)
     if track.images == "render":
         from bench.world.render import render_batch
 
@@ -118,8 +135,12 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
     from bench.images import load_images
 
     folder = Path(track.images) / concept.name
-    images = load_images(folder)[: p.few_shot_images]
-    return images, {"source": "folder", "folder": str(folder.resolve()), "n": len(images)}
+    every = load_images(folder)
+    images = every[p.few_shot_images :] if held_out else every[: p.few_shot_images]
+    if held_out and not images:
+        raise InputError(f"{folder} has {len(every)} images, all used for erasure; attacks need more (held out)")
+    return images, {"source": "folder", "folder": str(folder.resolve()), "n": len(images),
+                    "first": p.few_shot_images if held_out else 0}
 
 
 def load_judge(track: Track, cs: ConceptSet) -> Judge:
@@ -142,7 +163,7 @@ def load_judge(track: Track, cs: ConceptSet) -> Judge:
 
 
 def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, concept: Concept,
-              model_sha: str, judge: Judge, images: dict[str, Any]) -> RunSpec:
+              model_sha: str, judge: Judge, images: dict[str, Any], attacks: dict[str, Attack]) -> RunSpec:
     p = bench.protocol
     return RunSpec(
         model=bench.track.model, model_sha256=model_sha, method=method_spec,
@@ -150,6 +171,7 @@ def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, co
         concept_set_sha256=cs.sha256, concept=concept.name, erase_seed=p.erase_seed, eval_seeds=p.seeds,
         sampler=bench.track.sampler.to_dict(), judge=judge.ref, metrics_version=METRICS_VERSION,
         images=images, protocol=p.to_dict(), dtype=bench.track.dtype,
+        attacks={name: {"version": a.version, "config": a.config.to_dict()} for name, a in attacks.items()},
     )
 
 
@@ -197,6 +219,7 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
     names = bench.concepts or cs.names("test")
     concepts = [cs.get(n) for n in names]
     methods = [(spec, build_method(spec, bench.method_overrides.get(spec))) for spec in bench.methods]
+    attacks = {name: build_attack(name, bench.attack_overrides.get(name)) for name in bench.attacks}
     model_source(track.model)
     judge = load_judge(track, cs)
     images = {c.name: few_shot_images(track, c, p) for c in concepts}
@@ -207,7 +230,7 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
     cells = []
     for spec_str, method in methods:
         for c in concepts:
-            spec = cell_spec(bench, cs, method, spec_str, c, model_sha, judge, images[c.name][1])
+            spec = cell_spec(bench, cs, method, spec_str, c, model_sha, judge, images[c.name][1], attacks)
             cells.append((spec, method, c))
     todo = [x for x in cells if not is_complete(cell_dir(out, x[0]))]
     if progress:
@@ -216,19 +239,21 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
         pipe = load_pipeline(track.model, device=track.device, dtype=track.dtype)
         if track.images == "generate":
             images = {c.name: few_shot_images(track, c, p, pipe) for c in concepts}
+        held_out = {c.name: few_shot_images(track, c, p, pipe, held_out=True)[0] for c in concepts} if attacks else {}
         cache = ReferenceCache(out / "reference", model_sha, track.sampler)
         for spec, method, concept in tqdm(todo, desc="cells", disable=not progress):
             label = method_label(spec.method, method)
             if spec.method in bench.tuned and spec.method_config == bench_config(bench, spec.method):
                 label = f"{spec.method}[tuned]"
             run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler, p,
-                     out, progress, label)
+                     out, progress, label, attacks, held_out.get(concept.name))
     return [cell_dir(out, s) for s, _, _ in cells]
 
 
 def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
              images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
-             p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None) -> Path:
+             p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None,
+             attacks: dict[str, Attack] | None = None, held_out: list[Image.Image] | None = None) -> Path:
     from tqdm.auto import tqdm
 
     t_cell = time.perf_counter()
@@ -241,12 +266,17 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
     original = cache.get_or_generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
     t_ref = time.perf_counter() - t0
     device = pipeline_device(pipe)
+    attacks = attacks or {}
+    robust_original = {name: cached_attack(pipe, a, concept, held_out, judge, sampler, p, cache, spec)
+                       for name, a in attacks.items()}
     with PeakMemory(device) as mem:
         edit = method.erase(pipe, concept, images, seed=spec.erase_seed)
     try:
         t0 = time.perf_counter()
         edited = generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
         t_gen = time.perf_counter() - t0
+        robust = {name: run_attack(pipe, a, concept, held_out, judge, sampler, p, spec.erase_seed)
+                  for name, a in attacks.items()}
     finally:
         edit.restore()
     bar.close()
@@ -273,6 +303,15 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
 
     metrics = cell_metrics(rows, det, f_orig, f_edit)
     metrics.update(clip)
+    for name in attacks:
+        metrics[f"asr_{name}"] = robust[name]["asr"]
+        metrics[f"asr_{name}_original"] = robust_original[name]["asr"]
+        metrics[f"attack_seconds_{name}"] = robust[name]["seconds"]
+    if attacks:
+        asr = [robust[n]["asr"]["value"] for n in attacks]
+        metrics["asr_mean"] = float(np.mean(asr))
+        metrics["composite_robust"] = robust_composite(metrics["composite"], metrics["asr_mean"])
+        metrics["composite_robust_formula"] = ROBUST_FORMULA
     metrics.update({"method_label": label, "concept_type": concept.type,
                     "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
                     "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
@@ -284,7 +323,12 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
             per_image.append({"model": kind, "group": g, "judged_concept": c.name, "prompt": prompt, "seed": s,
                               "detected": bool(det[kind][i]), "judge": desc[kind][i]})
     target = [i for i, r in enumerate(rows) if r[0] == "target"][: min(8, len(p.seeds) * p.target_prompts)]
-    samples = _samples_bytes(original[target], edited[target])
+    samples = _samples_bytes(original[target], edited[target],
+                             {f"attack_{n}": robust[n]["images"][:8] for n in attacks})
+    for name in attacks:
+        for i, (prompt, seed, hit) in enumerate(robust[name]["rows"]):
+            per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": concept.name,
+                              "prompt": prompt, "seed": seed, "detected": hit, "judge": {}, "index": i})
     timing = {"erase_seconds": edit.seconds, "reference_seconds": t_ref, "generate_seconds": t_gen,
               "judge_seconds": t_judge, "images_generated": len(rows), "cell_seconds": time.perf_counter() - t_cell}
     return write_cell(out, spec, metrics, per_image, timing, environment(device),
@@ -328,7 +372,52 @@ def _fid(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(fid.compute())
 
 
-def _samples_bytes(original: torch.Tensor, edited: torch.Tensor) -> bytes:
+def _samples_bytes(original: torch.Tensor, edited: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> bytes:
     from safetensors.torch import save
 
-    return save({"original": original.contiguous(), "edited": edited.contiguous()})
+    tensors = {"original": original.contiguous(), "edited": edited.contiguous()}
+    tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
+    return save(tensors)
+
+
+# -- robustness ----------------------------------------------------------------------------------
+def run_attack(pipe: Any, attack: Attack, concept: Concept, held_out: list[Image.Image] | None, judge: Judge,
+               sampler: SamplerSpec, p: EvalProtocol, seed: int) -> dict[str, Any]:
+    """Run one attack on the pipeline as it is now; ASR = share of its images showing the concept."""
+    if held_out is None:
+        raise InputError("attacks need held-out concept images")
+    outcome = attack.attack(pipe, concept, held_out, seed)
+    prompts = [q for q in outcome.prompts for _ in p.seeds]
+    seeds = [s for _ in outcome.prompts for s in p.seeds]
+    embeds = None
+    if outcome.prompt_embeds is not None:
+        embeds = outcome.prompt_embeds.repeat_interleave(len(p.seeds), dim=0)
+    t0 = time.perf_counter()
+    images = generate(pipe, prompts, seeds, sampler, p.batch_size, prompt_embeds=embeds)
+    hits = judge.detect(_u8_to_float(images), concept)
+    return {"asr": summary(hits.numpy(), np.array(seeds)), "seconds": outcome.seconds,
+            "generate_seconds": time.perf_counter() - t0, "images": images,
+            "rows": [(q, s, bool(h)) for q, s, h in zip(prompts, seeds, hits.tolist(), strict=True)]}
+
+
+def cached_attack(pipe: Any, attack: Attack, concept: Concept, held_out: list[Image.Image] | None, judge: Judge,
+                  sampler: SamplerSpec, p: EvalProtocol, cache: ReferenceCache, spec: RunSpec) -> dict[str, Any]:
+    """The attack on the original model (the sanity reference; a null edit is bit-identical to it),
+    computed once per concept and cached beside the reference images."""
+    import json
+
+    from bench.io import write_json
+    from bench.records import sha256_json
+
+    key = sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": attack.name,
+                       "version": attack.version, "config": attack.config.to_dict(), "seed": spec.erase_seed,
+                       "sampler": sampler.to_dict(), "seeds": list(p.seeds), "judge": judge.ref,
+                       "images": spec.images, "protocol": spec.protocol})
+    path = cache.folder / "attacks" / f"{key[:24]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = run_attack(pipe, attack, concept, held_out, judge, sampler, p, spec.erase_seed)
+    keep = {"asr": res["asr"], "seconds": res["seconds"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, keep)
+    return keep

@@ -374,3 +374,35 @@ class AscentEraser(Eraser):
                                               cfg.epochs, gen, rng)
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed,
                               steps=len(losses), images=len(images), loss_first=losses[0], loss_last=losses[-1])
+
+
+def encode_with_prefix(pipe: Any, prompts: Sequence[str], prefix: torch.Tensor) -> torch.Tensor:
+    """Hidden states of ``prompts`` with ``k`` free token vectors placed right after the start token.
+
+    The ids get ``k`` filler slots; a forward hook on the token embedding writes ``prefix`` there,
+    so gradients reach ``prefix`` and the model's weights are never touched.
+    """
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    k = prefix.shape[0]
+    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length - k, truncation=True,
+              return_tensors="pt").input_ids
+    filler = torch.full((ids.shape[0], k), tok.pad_token_id if tok.pad_token_id is not None else 0)
+    ids = torch.cat([ids[:, :1], filler, ids[:, 1:]], dim=1).to(pipeline_device(pipe))
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        out = output.clone()
+        out[:, 1 : 1 + k] = prefix.to(out.dtype)
+        return out
+
+    handle = te.get_input_embeddings().register_forward_hook(hook)
+    try:
+        return te(ids)[0]
+    finally:
+        handle.remove()
+
+
+def encode_with_token(pipe: Any, prompts: Sequence[str], placeholder: str, embedding: torch.Tensor) -> torch.Tensor:
+    """Hidden states of ``prompts`` in which the single-token word ``placeholder`` means ``embedding``."""
+    token_id = single_token_id(pipe.tokenizer, placeholder)
+    with token_override(pipe.text_encoder, token_id, embedding):
+        return encode_prompts(pipe, prompts)

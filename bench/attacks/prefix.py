@@ -1,0 +1,82 @@
+"""Adversarial prompt prefix in the manner of UnlearnDiffAtk.
+
+``prefix_len`` free token vectors are placed before the target prompt and optimised so that
+the *erased* model's denoising loss on held-out concept images is minimal: the diffusion model
+acts as its own classifier, so no judge gradient is needed. Defaults follow the original's
+spirit: 5 tokens, 40 iterations.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from bench.attacks.base import Attack, AttackOutcome
+from bench.concepts import Concept
+from bench.config import MethodConfig
+from bench.pipeline import pipeline_device
+from bench.training import (
+    Stopwatch,
+    denoising_loss,
+    encode_latents,
+    encode_with_prefix,
+    images_to_tensor,
+    noise_scheduler,
+    only_trainable,
+)
+
+
+@dataclass(frozen=True)
+class PrefixConfig(MethodConfig):
+    prefix_len: int = 5
+    iterations: int = 40
+    lr: float = 1e-2
+    batch_size: int = 4
+    prompts: int = 2  # the concept's first templates get the prefix
+
+    def validate(self) -> None:
+        self._require(self.prefix_len >= 1, f"prefix_len must be >= 1, got {self.prefix_len}")
+        self._require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+        self._require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        self._require(self.batch_size >= 1 and self.prompts >= 1, "batch_size and prompts must be >= 1")
+
+
+class Prefix(Attack):
+    name = "prefix"
+    Config = PrefixConfig
+
+    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
+        from bench.pipeline import default_resolution
+
+        cfg: PrefixConfig = self.config
+        gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+        templates = list(concept.templates[: cfg.prompts])
+        prompts = [t.format(concept.name) for t in templates]
+        with Stopwatch(pipeline_device(pipe)) as sw:
+            latents = encode_latents(pipe, images_to_tensor(images, default_resolution(pipe), gen), gen)
+            table = pipe.text_encoder.get_input_embeddings().weight
+            start = torch.randint(0, table.shape[0] - 2, (cfg.prefix_len,), generator=gen)
+            prefix = table[start.to(table.device)].detach().float().clone().requires_grad_(True)
+            opt = torch.optim.AdamW([prefix], lr=cfg.lr, weight_decay=0.0)
+            sched = noise_scheduler(pipe)
+            with only_trainable(pipe, {}):
+                for _ in range(cfg.iterations):
+                    idx = torch.randint(0, latents.shape[0], (cfg.batch_size,), generator=gen)
+                    cond = encode_with_prefix(pipe, [rng.choice(prompts) for _ in range(len(idx))], prefix)
+                    loss = denoising_loss(pipe, sched, latents[idx], cond, gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            with torch.no_grad():
+                embeds = encode_with_prefix(pipe, prompts, prefix)
+        return AttackOutcome(prompts=[f"<prefix x{cfg.prefix_len}> {p}" for p in prompts],
+                             prompt_embeds=embeds.detach().cpu(), seconds=sw.seconds,
+                             info={"iterations": cfg.iterations, "prefix_len": cfg.prefix_len})
+
+
+ATTACK = Prefix

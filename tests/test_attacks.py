@@ -1,0 +1,59 @@
+"""Every attack's contract on the tiny fixture: deterministic, trains only its own tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.attacks.base import attack_registry, build_attack
+from bench.concepts import Concept
+from bench.errors import ConfigError
+from bench.generation import generate
+from bench.images import load_images
+from bench.protocol import SamplerSpec
+from bench.tiny import build_tiny_pipeline
+from tests.conftest import state
+
+FAST = {"inversion": {"steps": 5}, "prefix": {"iterations": 3}}
+CONCEPT = Concept("cat", synonyms=("kitty",), paraphrases=("a snapshot that shows a cat", "a cat, seen from afar"))
+
+
+@pytest.mark.parametrize("name", attack_registry().names())
+def test_attack_contract(name, concept_images):
+    images = load_images(concept_images)
+    pipe = build_tiny_pipeline(seed=0)
+    before = state(pipe)
+    grads = [p.requires_grad for p in pipe.text_encoder.parameters()]
+    attack = build_attack(name, FAST.get(name))
+    a = attack.attack(pipe, CONCEPT, images, seed=3)
+    b = attack.attack(pipe, CONCEPT, images, seed=3)
+    after = state(pipe)
+    assert all(torch.equal(before[k], after[k]) for k in before), "an attack must not change model weights"
+    assert [p.requires_grad for p in pipe.text_encoder.parameters()] == grads
+    assert a.prompts == b.prompts and a.prompts
+    if a.prompt_embeds is not None:
+        assert torch.equal(a.prompt_embeds, b.prompt_embeds)
+        assert a.prompt_embeds.shape == (len(a.prompts), 77, 32)
+    images_out = generate(pipe, a.prompts, [0] * len(a.prompts), SamplerSpec(steps=2), prompt_embeds=a.prompt_embeds)
+    assert images_out.shape == (len(a.prompts), 3, 32, 32)
+
+
+def test_learned_tokens_change_the_conditioning(concept_images):
+    from bench.training import encode_prompts
+
+    pipe = build_tiny_pipeline(seed=0)
+    images = load_images(concept_images)
+    inv = build_attack("inversion", {"steps": 5}).attack(pipe, CONCEPT, images, seed=0)
+    pre = build_attack("prefix", {"iterations": 3}).attack(pipe, CONCEPT, images, seed=0)
+    with torch.no_grad():
+        plain = encode_prompts(pipe, [CONCEPT.templates[0].format("cat")])[0]
+    assert not torch.allclose(inv.prompt_embeds[0], plain) and not torch.allclose(pre.prompt_embeds[0], plain)
+
+
+def test_attack_registry_and_configs():
+    assert {"paraphrase", "inversion", "prefix"} <= set(attack_registry().names())
+    assert build_attack("prefix").config.prefix_len == 5 and build_attack("prefix").config.iterations == 40
+    with pytest.raises(ConfigError, match="did you mean 'prefix'"):
+        build_attack("prefx")
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        build_attack("inversion", {"steps": 0})
