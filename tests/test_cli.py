@@ -46,3 +46,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, concept_imag
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert "did you mean 'lora_eraser'" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_prints_the_sd_grid_without_weights():
+    res = _run("run", "--track", "sd", "--model", "CompVis/stable-diffusion-v1-4", "--methods", "fuchi,lora_eraser",
+               "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "'steps': 50" in res.stdout or '"steps": 50' in res.stdout
+    assert "golf ball" in res.stdout and "14 cells" in res.stdout and "judge imagenet" in res.stdout
