@@ -22,14 +22,16 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
-# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline
+# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none
 METHODS  ?= fuchi,lora_eraser,full_finetune
 CONCEPTS ?=
 SEEDS    ?=
 MODEL    ?=
+ATTACKS  ?= paraphrase,inversion,prefix
 bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --out runs/bench --report reports
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
+		--out runs/bench --report reports
 
 report: $(STAMP)
 	$(PY) -m bench report --runs runs/bench --out reports

@@ -267,16 +267,20 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
     t_ref = time.perf_counter() - t0
     device = pipeline_device(pipe)
     attacks = attacks or {}
+    t0 = time.perf_counter()
     robust_original = {name: cached_attack(pipe, a, concept, held_out, judge, sampler, p, cache, spec)
                        for name, a in attacks.items()}
+    t_attack = time.perf_counter() - t0
     with PeakMemory(device) as mem:
         edit = method.erase(pipe, concept, images, seed=spec.erase_seed)
     try:
         t0 = time.perf_counter()
         edited = generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
         t_gen = time.perf_counter() - t0
+        t0 = time.perf_counter()
         robust = {name: run_attack(pipe, a, concept, held_out, judge, sampler, p, spec.erase_seed)
                   for name, a in attacks.items()}
+        t_attack += time.perf_counter() - t0
     finally:
         edit.restore()
     bar.close()
@@ -330,7 +334,8 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
             per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": concept.name,
                               "prompt": prompt, "seed": seed, "detected": hit, "judge": {}, "index": i})
     timing = {"erase_seconds": edit.seconds, "reference_seconds": t_ref, "generate_seconds": t_gen,
-              "judge_seconds": t_judge, "images_generated": len(rows), "cell_seconds": time.perf_counter() - t_cell}
+              "judge_seconds": t_judge, "images_generated": len(rows), "attack_seconds": t_attack,
+              "cell_seconds": time.perf_counter() - t_cell}
     return write_cell(out, spec, metrics, per_image, timing, environment(device),
                       extra_files={"samples.safetensors": samples})
 
