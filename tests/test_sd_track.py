@@ -98,3 +98,25 @@ def test_restricted_imagenet_judge_picks_among_the_concept_set(imagenet_judge):
     assert 0 in restricted.candidates and 285 not in restricted.candidates
     top = restricted._top1(restricted.logits(_photo("chelsea")))
     assert int(top) in restricted.candidates
+
+
+def test_resnet50_judge_loads_local_safetensors_weights(tmp_path):
+    """The ResNet-50 option (ESD/UCE's judge) loads the user's weights from disk, strictly."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from bench.errors import InputError
+    from bench.judges.imagenet import ImageNetJudge
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None)
+    path = tmp_path / "resnet50.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    judge = ImageNetJudge("resnet50", str(path))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = net.eval()(judge._prep(x))
+    assert torch.allclose(judge.logits(x), expected, atol=1e-5)
+    assert judge.features(x).shape == (2, 2048)
+    with pytest.raises(InputError, match="needs --judge-weights"):
+        ImageNetJudge("resnet50")
