@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world regress goldens perf report
+.PHONY: setup test test-slow lint bench smoke world world-eval regress goldens perf report
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,4 +50,7 @@ smoke: $(STAMP)
 	$(PY) -m bench smoke --out runs/smoke
 
 world: $(STAMP)
-	$(PY) -m bench.world build --out datasets/conceptworld
+	$(PY) -m bench.world build --out datasets/conceptworld --work work/conceptworld
+
+world-eval: $(STAMP)
+	$(PY) -m bench.world evaluate --world datasets/conceptworld

@@ -122,6 +122,9 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
     for key, v in s.items():
         mean = _pct(v["mean"]) if "mean" in v else ""
         lines.append(f"| {key} | {_pct(v['value'])} | {mean} | >= {_pct(v['gate'])} | {'yes' if v['pass'] else 'NO'} |")
+    failed = [k for k, v in s.items() if not v["pass"]]
+    if failed:
+        lines += ["", f"**Not met by this build: {', '.join(failed)}** (measured as above; the gates are unchanged)."]
     lines += ["", f"Generation throughput: {q['throughput_images_per_s']:.1f} images/s "
               f"({q['torch_threads']} CPU threads, batches of 64).", "",
               "Judge held-out accuracy (2000 freshly rendered scenes):", "",

@@ -35,7 +35,10 @@ from bench.world.config import WorldConfig
 from bench.world.judge import WorldJudge, accuracy, train_judge
 from bench.world.render import HEADS, Scene, render_scene, sample_scene
 
-SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+
+def schedule(cfg: WorldConfig) -> dict:
+    """Noise schedule shared by training and the shipped DDIM sampler."""
+    return {"num_train_timesteps": 1000, "beta_schedule": cfg.beta_schedule, "beta_start": 1e-4, "beta_end": 0.02,
             "prediction_type": "v_prediction"}
 
 
@@ -123,9 +126,9 @@ def make_unet(cfg: WorldConfig) -> UNet2DConditionModel:
     )
 
 
-def make_scheduler() -> DDIMScheduler:
+def make_scheduler(cfg: WorldConfig) -> DDIMScheduler:
     """The sampler shipped with the model: DDIM, trailing spacing (starts from pure noise)."""
-    return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+    return DDIMScheduler(**schedule(cfg), clip_sample=False, set_alpha_to_one=True, steps_offset=1,
                          timestep_spacing="trailing")
 
 
@@ -253,7 +256,7 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": cfg.unet_lr},
                              {"params": text.parameters(), "lr": cfg.text_lr}], weight_decay=0.0)
     base_lrs = [cfg.unet_lr, cfg.text_lr]
-    noise_sched = DDPMScheduler(**SCHEDULE)
+    noise_sched = DDPMScheduler(**schedule(cfg))
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
     ckpt = work / "diffusion_ckpt.pt"
@@ -333,7 +336,7 @@ def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
         text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder", dtype=torch.float32),
         tokenizer=tokenizer,
         unet=UNet2DConditionModel.from_pretrained(work / "unet"),
-        scheduler=make_scheduler(),
+        scheduler=make_scheduler(cfg),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
