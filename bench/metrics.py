@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"  # 2: KID on reference-standardised features
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
@@ -67,7 +67,9 @@ def kid(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> di
     """Kernel Inception Distance (torchmetrics) computed on the judge's features.
 
     No Inception weights exist offline, so the judge's penultimate features stand in; the
-    subset size adapts to the sample count and is recorded.
+    subset size adapts to the sample count and is recorded. Features are standardised with the
+    statistics of ``features_a`` (the reference set), because KID's cubic kernel on raw features
+    of arbitrary scale gives estimates dominated by that scale.
     """
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -75,6 +77,8 @@ def kid(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> di
     if n < 2:
         return {"mean": float("nan"), "std": float("nan"), "subset_size": n}
     subset = min(50, n)
+    mu, sd = features_a.float().mean(0), features_a.float().std(0) + 1e-6
+    features_a, features_b = (features_a.float() - mu) / sd, (features_b.float() - mu) / sd
     metric = KernelInceptionDistance(feature=_Identity(features_a.shape[1]), subsets=20, subset_size=subset)
     metric.update(features_a.float(), real=True)
     metric.update(features_b.float(), real=False)

@@ -26,8 +26,17 @@ TOLERANCES = {"ua": 0.13, "ua_synonyms": 0.13, "retain_in_domain": 0.1, "retain_
 
 
 def quick_bench(methods: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Bench:
-    return Bench(track=Track(), methods=methods or method_registry().names(), concepts=QUICK_CONCEPTS,
-                 protocol=QUICK_PROTOCOL, method_overrides=overrides or {})
+    """The leaderboard's configs (dev-tuned where tuned), on two test concepts and four seeds."""
+    from bench.tune import load_tuned
+
+    track = Track()
+    methods = methods or method_registry().names()
+    tuned = load_tuned(track)
+    configs = {m: dict(tuned.get(m, {})) for m in methods}
+    for m, o in (overrides or {}).items():
+        configs.setdefault(m, {}).update(o)
+    return Bench(track=track, methods=methods, concepts=QUICK_CONCEPTS, protocol=QUICK_PROTOCOL,
+                 method_overrides=configs, tuned=tuple(m for m in methods if m in tuned and m not in (overrides or {})))
 
 
 def measured(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -69,5 +69,6 @@ def tune(track: Track, method: str, grid: dict[str, list[Any]], concepts: list[s
     data = json.loads(path.read_text()) if path.is_file() else {"methods": {}}
     data["methods"][method] = {"overrides": best["overrides"], "chosen_by": "max composite H on dev concepts",
                                "dev_concepts": concepts, "seeds": list(protocol.seeds), "grid": scores}
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
     return data["methods"][method]
