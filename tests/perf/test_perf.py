@@ -51,15 +51,15 @@ def _min_time(fn, rounds: int = ROUNDS) -> float:
     return best
 
 
-def _bare_ascent(pipe, params, latents, prompts, steps, batch, lr, two_prompts=None):
-    """The same optimisation with nothing around it: no snapshot, no edit, no bookkeeping."""
+def _bare_ascent(pipe, params, latents, prompts, steps, batch, make_opt, two_prompts=None):
+    """The same optimisation (same optimiser settings) with nothing around it: no snapshot, no edit."""
     for p in pipe.unet.parameters():
         p.requires_grad_(False)
     for p in pipe.text_encoder.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = make_opt(params)
     sched = noise_scheduler(pipe)
     g = torch.Generator().manual_seed(0)
     rng = random.Random(0)
@@ -99,11 +99,11 @@ def test_erase_vs_bare_loop(spec, world, benchmark):
             tid = pipe.tokenizer("sks", add_special_tokens=False).input_ids[0]
             with token_override(pipe.text_encoder, tid, vec):
                 _bare_ascent(pipe, [vec], latents, [t.format("sks") for t in concept.templates], cfg.ti_steps,
-                             cfg.batch_size, cfg.ti_lr)
+                             cfg.batch_size, lambda p: torch.optim.AdamW(p, lr=cfg.ti_lr, weight_decay=0.0))
             peft = get_peft_model(pipe.text_encoder, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                                                 target_modules=method.target_modules(pipe)))
             lora = [p for n, p in pipe.text_encoder.named_parameters() if "lora_" in n]
-            _bare_ascent(pipe, lora, latents, concept.prompts(), cfg.steps, cfg.batch_size, cfg.lr,
+            _bare_ascent(pipe, lora, latents, concept.prompts(), cfg.steps, cfg.batch_size, cfg.optimiser,
                          two_prompts=lambda: token_override(pipe.text_encoder, tid, vec.detach()))
             peft.unload()
     else:
@@ -114,7 +114,7 @@ def test_erase_vs_bare_loop(spec, world, benchmark):
 
         def bare():
             latents = few_shot_latents(pipe, images, cfg, g)
-            _bare_ascent(pipe, params, latents, concept.prompts(), steps, cfg.batch_size, cfg.lr)
+            _bare_ascent(pipe, params, latents, concept.prompts(), steps, cfg.batch_size, cfg.optimiser)
 
     bare_s = _min_time(bare)
     pipe.text_encoder.load_state_dict(state)
