@@ -7,7 +7,6 @@ looks methods up by name, so adding one never touches ``bench/``.
 
 from __future__ import annotations
 
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -19,7 +18,7 @@ from bench.concepts import Concept
 from bench.config import MethodConfig
 from bench.edit import Edit
 from bench.errors import ConfigError
-from bench.registry import Registry
+from bench.registry import Registry, package_registry
 
 ENTRY_POINT_GROUP = "erasebench.methods"
 
@@ -88,17 +87,6 @@ class Eraser(ABC):
         return edit.bind(pipe, originals)
 
 
-def _build_registry() -> Registry[type[Eraser]]:
-    import methods
-
-    reg: Registry[type[Eraser]] = Registry("method")
-    for mod in pkgutil.iter_modules(methods.__path__):
-        if not mod.name.startswith("_"):
-            reg.register(mod.name, f"methods.{mod.name}:METHOD", origin=f"methods/{mod.name}.py")
-    reg.load_entry_points(ENTRY_POINT_GROUP)
-    return reg
-
-
 _REGISTRY: Registry[type[Eraser]] | None = None
 
 
@@ -106,7 +94,7 @@ def method_registry(refresh: bool = False) -> Registry[type[Eraser]]:
     """The registry of methods: built-ins from ``methods/`` plus installed plugins."""
     global _REGISTRY
     if _REGISTRY is None or refresh:
-        _REGISTRY = _build_registry()
+        _REGISTRY = package_registry("method", "methods", "METHOD", ENTRY_POINT_GROUP)
     return _REGISTRY
 
 

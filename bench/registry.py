@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -71,3 +72,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def package_registry(kind: str, package: str, attr: str, group: str, skip: tuple[str, ...] = ()) -> Registry:
+    """A registry of every module of ``package`` (lazily ``package.module:attr``, never imported
+    here) plus the entry points of ``group``: one file adds an entry, nothing lists it twice."""
+    pkg = importlib.import_module(package)
+    reg: Registry = Registry(kind)
+    folder = package.replace(".", "/")
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if not mod.name.startswith("_") and mod.name not in skip:
+            reg.register(mod.name, f"{package}.{mod.name}:{attr}", origin=f"{folder}/{mod.name}.py")
+    reg.load_entry_points(group)
+    return reg

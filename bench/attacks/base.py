@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from PIL import Image
 from bench.concepts import Concept
 from bench.config import MethodConfig
 from bench.errors import ConfigError
-from bench.registry import Registry
+from bench.registry import Registry, package_registry
 
 ENTRY_POINT_GROUP = "erasebench.attacks"
 
@@ -48,24 +47,13 @@ class Attack(ABC):
         """``images``: held-out concept images (never the ones the erasure used)."""
 
 
-def _build() -> Registry[type[Attack]]:
-    import bench.attacks as pkg
-
-    reg: Registry[type[Attack]] = Registry("attack")
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_") and mod.name != "base":
-            reg.register(mod.name, f"bench.attacks.{mod.name}:ATTACK", origin=f"bench/attacks/{mod.name}.py")
-    reg.load_entry_points(ENTRY_POINT_GROUP)
-    return reg
-
-
 _REGISTRY: Registry[type[Attack]] | None = None
 
 
 def attack_registry(refresh: bool = False) -> Registry[type[Attack]]:
     global _REGISTRY
     if _REGISTRY is None or refresh:
-        _REGISTRY = _build()
+        _REGISTRY = package_registry("attack", "bench.attacks", "ATTACK", ENTRY_POINT_GROUP, skip=("base",))
     return _REGISTRY
 
 
