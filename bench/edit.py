@@ -92,13 +92,14 @@ class Edit:
         if self.applied:
             raise RuntimeError("this edit is already applied; restore() it first")
         params = {name: _resolve(pipe, name) for name in self.param_names}
+        values = {name: self._new_value(name, p.data) for name, p in params.items()}  # LoRA merges once
         for name, p in params.items():
-            new = self._new_value(name, p.data)
-            if new.shape != p.shape:
-                raise InputError(f"edit tensor {name!r} has shape {tuple(new.shape)}, the model has {tuple(p.shape)}")
+            if values[name].shape != p.shape:
+                raise InputError(f"edit tensor {name!r} has shape {tuple(values[name].shape)}, "
+                                 f"the model has {tuple(p.shape)}")
         originals = {name: p.detach().clone() for name, p in params.items()}
         for name, p in params.items():
-            p.data.copy_(self._new_value(name, p.data).to(p.device, p.dtype))
+            p.data.copy_(values[name].to(p.device, p.dtype))
         self._pipe, self._originals = pipe, originals
         return self
 

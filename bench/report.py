@@ -191,8 +191,9 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
     out: dict[str, bytes] = {}
     fig, ax = plt.subplots(figsize=(5, 4))
     for _, r in overall.iterrows():
-        ax.scatter(r["IRA"] * 0 + np.nanmean([r["IRA"], r["CRA"], r["NNA"]]), r["UA"], s=60)
-        ax.annotate(r["method"], (np.nanmean([r["IRA"], r["CRA"], r["NNA"]]), r["UA"]), fontsize=8)
+        retain = np.nanmean([r["IRA"], r["CRA"], r["NNA"]])
+        ax.scatter(retain, r["UA"], s=60)
+        ax.annotate(r["method"], (retain, r["UA"]), fontsize=8)
     ax.set_xlabel("mean retain accuracy (IRA, CRA, NNA)")
     ax.set_ylabel("UA (erasure)")
     ax.set_xlim(-0.02, 1.02)
