@@ -30,6 +30,32 @@ def test_renderer_is_deterministic():
     assert not np.array_equal(a, c)
 
 
+def test_parallel_rendering_gives_the_same_set():
+    from bench.world.train import render_set
+
+    one, scenes_one = render_set(3, 40, 0.15, "serial", workers=1)
+    two, scenes_two = render_set(3, 40, 0.15, "parallel", workers=2)
+    assert scenes_one == scenes_two
+    assert np.array_equal(one, two)
+
+
+def test_styles_do_not_share_a_dominant_frequency():
+    """A half-drawn checkerboard must not be stripes: each style's strongest spatial frequency (over
+    the shape's area) is its own; the checkerboard's lies on a diagonal, the stripes' on an axis
+    (world 1.0 drew diagonal stripes at the checkerboard's own frequency and failed this)."""
+    peaks = {}
+    for style in ("striped", "dotted", "checkered"):
+        img = render_scene(Scene(shape="square", colour="yellow", style=style, scale=0.45, background=(0, 0, 0)))
+        g = img.astype(np.float32).mean(-1)[6:26, 6:26]
+        spec = np.abs(np.fft.fft2(g - g.mean()))
+        spec[0, 0] = 0
+        fy, fx = np.unravel_index(np.argmax(spec), spec.shape)
+        peaks[style] = (min(fy, 20 - fy), min(fx, 20 - fx))
+    assert len(set(peaks.values())) == 3, peaks
+    assert peaks["checkered"][0] > 0 and peaks["checkered"][1] > 0, peaks  # diagonal energy
+    assert 0 in peaks["striped"], peaks  # axis-aligned stripes
+
+
 def test_character_differs_from_its_plain_ingredients():
     for name, spec in CHARACTERS.items():
         char = sample_scene(np.random.default_rng(0), character=name)

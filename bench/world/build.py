@@ -14,8 +14,9 @@ import yaml
 from bench.concepts import load_concept_set
 from bench.protocol import WORLD_SAMPLER
 from bench.world import train
-from bench.world.captions import concept_set_dict
+from bench.world.captions import CONCEPT_SET_VERSION, concept_set_dict
 from bench.world.config import WorldConfig
+from bench.world.judge import JUDGE_VERSION
 
 
 def write_concepts(out: Path) -> Path:
@@ -112,6 +113,12 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
         "- `judge/`: `bench.world.judge.WorldJudge.load(folder)`: heads object, colour, style, character.",
         "- `concepts.yaml`: the concept set (`bench.concepts.load_concept_set`).",
         "- `MANIFEST.json`: sha256 of every file, training config, git commit, quality table.",
+        "",
+        f"Versions: concept set {CONCEPT_SET_VERSION}, judge {JUDGE_VERSION}. World 2.0 redrew the styles so that",
+        "no two share a dominant spatial frequency (1.0's diagonal stripes were the checkerboard's own",
+        "fundamental, and the model drew one for the other: checkered 59%, striped 81%) and raised the",
+        "textures' dark shade from 0.3 to 0.5 of the colour, so that every silhouette stays visible on a",
+        "dark background (at 0.3 a striped cross lost its arms: cross 36% in a trial build).",
         "",
         f"## Quality (sampler: {q['sampler']['scheduler']}, {q['sampler']['steps']} steps, guidance "
         f"{q['sampler']['guidance']}, {q['seeds']} seeds per concept)",

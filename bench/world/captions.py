@@ -15,7 +15,7 @@ import numpy as np
 from bench.world.render import CHARACTERS, COLOURS, NONE_CHARACTER, SHAPES, STYLES, Scene
 
 CONCEPT_SET_NAME = "conceptworld"
-CONCEPT_SET_VERSION = "1.0"
+CONCEPT_SET_VERSION = "2.0"  # 2.0: styles redrawn (see render._texture); the prompts are unchanged
 
 OBJECT_SYNONYMS = {
     "circle": ("disc", "disk"),

@@ -19,7 +19,7 @@ class WorldConfig:
     character_prob: float = 0.15
     # VAE: 32x32x3 -> 8x8x4
     vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 1500
+    vae_steps: int = 1200
     vae_batch: int = 64
     vae_lr: float = 1e-3
     vae_kl: float = 1e-5
@@ -37,7 +37,7 @@ class WorldConfig:
     # UNet on 8x8x4 latents, cross-attention at every resolution
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_head_dim: int = 32
-    unet_steps: int = 2000
+    unet_steps: int = 2400
     unet_batch: int = 96
     unet_lr: float = 1e-3
     warmup: int = 100

@@ -2,7 +2,7 @@
 
 Scenes are drawn at 4x with PIL and box-downsampled, so edges are anti-aliased the same way
 every time. Shapes, colours and textures are chosen to stay unambiguous at 32x32: rotation is
-limited per shape (a square turned 45 degrees would be a diamond) and textures are coarse.
+limited per shape (a square turned 45 degrees would be a diamond) and each texture has its own orientation and period.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ COLOURS = {
     "pink": (255, 120, 200),
 }
 STYLES = ("solid", "striped", "dotted", "checkered")
+# Brightness of a texture's dark parts: high enough that the silhouette survives on a dark
+# background (at 0.3 a striped cross lost its arms and the model learned it as a blob).
+DARK_SHADE = 0.5
 # Characters: a fixed combination plus a feature no plain scene has (white eyes / a white band),
 # so erasing the character need not erase "purple dotted star".
 CHARACTERS = {
@@ -163,20 +166,28 @@ def _shape_mask(scene: Scene) -> Image.Image:
 
 
 def _texture(scene: Scene) -> np.ndarray:
-    """1 where the texture shows the bright colour, 0 where it shows the dark shade (supersampled)."""
+    """1 where the texture shows the bright colour, 0 where it shows the dark shade (supersampled).
+
+    Each style owns its own orientations and period, so a half-drawn texture is not another style:
+    stripes are horizontal (period 10), dots sit on an axis-aligned lattice (period 6) and the
+    checkerboard's cells (5 px) put its energy on the diagonals. Diagonal stripes of period 6, as in
+    world 1.0, were the checkerboard's own fundamental: the model drew one and the judge saw the other.
+    """
     yy, xx = np.mgrid[0:_S, 0:_S].astype(np.float32) / SUPER  # in output pixels
-    period = 6.0
-    ph = scene.phase * period
     if scene.style == "solid":
         return np.ones((_S, _S), np.float32)
     if scene.style == "striped":
-        return (((xx + yy) / math.sqrt(2) + ph) % period < period * 0.5).astype(np.float32)
+        period = 10.0
+        return ((yy + scene.phase * period) % period < period * 0.5).astype(np.float32)
     if scene.style == "dotted":
+        period = 6.0
+        ph = scene.phase * period
         dx = (xx + ph) % period - period / 2
         dy = (yy + ph) % period - period / 2
         return (dx * dx + dy * dy > 1.7**2).astype(np.float32)
     if scene.style == "checkered":
-        c = 4.0
+        c = 5.0
+        ph = scene.phase * 2 * c
         return ((np.floor((xx + ph) / c) + np.floor((yy + ph) / c)) % 2 == 0).astype(np.float32)
     raise ValueError(f"unknown style {scene.style!r}")
 
@@ -213,7 +224,7 @@ def render_scene(scene: Scene) -> np.ndarray:
     canvas = np.broadcast_to(bg, (_S, _S, 3)).copy()
     colour = np.asarray(COLOURS[scene.colour], np.float32)
     tex = _texture(scene)[..., None]
-    fill = colour * tex + colour * 0.3 * (1 - tex)
+    fill = colour * tex + colour * DARK_SHADE * (1 - tex)
     mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
     canvas = canvas * (1 - mask) + fill * mask
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +76,19 @@ class Stages:
 # ---- data -------------------------------------------------------------------------------------------
 
 
-def render_set(seed: int, n: int, character_prob: float, desc: str) -> tuple[np.ndarray, list[Scene]]:
+def render_set(seed: int, n: int, character_prob: float, desc: str,
+               workers: int | None = None) -> tuple[np.ndarray, list[Scene]]:
+    """Scenes are drawn here, in order, from ``seed``; only the pixels are rendered in parallel
+    (default: one worker per torch thread for large sets), so the result does not depend on ``workers``."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
-    images = np.stack([render_scene(s) for s in tqdm(scenes, desc=desc, mininterval=5)])
-    return images, scenes
+    if workers is None:
+        workers = min(torch.get_num_threads(), os.cpu_count() or 1) if n >= 4096 else 1
+    if workers < 2:
+        return np.stack([render_scene(s) for s in tqdm(scenes, desc=desc, mininterval=5)]), scenes
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        images = list(tqdm(pool.map(render_scene, scenes, chunksize=max(1, min(500, n // workers))), total=n, desc=desc, mininterval=5))
+    return np.stack(images), scenes
 
 
 def _save_set(path: Path, images: np.ndarray, scenes: list[Scene]) -> None:
@@ -262,7 +273,7 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     ckpt = work / "diffusion_ckpt.pt"
     start, losses, prev_seconds = 0, [], 0.0
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
             m.load_state_dict(state[k])
         opt.load_state_dict(state["opt"])
