@@ -86,8 +86,9 @@ def render_set(seed: int, n: int, character_prob: float, desc: str,
         workers = min(torch.get_num_threads(), os.cpu_count() or 1) if n >= 4096 else 1
     if workers < 2:
         return np.stack([render_scene(s) for s in tqdm(scenes, desc=desc, mininterval=5)]), scenes
+    chunk = max(1, min(500, n // workers))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        images = list(tqdm(pool.map(render_scene, scenes, chunksize=max(1, min(500, n // workers))), total=n, desc=desc, mininterval=5))
+        images = list(tqdm(pool.map(render_scene, scenes, chunksize=chunk), total=n, desc=desc, mininterval=5))
     return np.stack(images), scenes
 
 
