@@ -118,7 +118,10 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
         "no two share a dominant spatial frequency (1.0's diagonal stripes were the checkerboard's own",
         "fundamental, and the model drew one for the other: checkered 59%, striped 81%) and raised the",
         "textures' dark shade from 0.3 to 0.5 of the colour, so that every silhouette stays visible on a",
-        "dark background (at 0.3 a striped cross lost its arms: cross 36% in a trial build).",
+        "dark background (at 0.3 a striped cross lost its arms: cross 36% in a trial build). World 2.1 draws",
+        "the dots with a radius of 2.0 px instead of 1.7: 2.0's dots were faint (dotted 73%), and darkening",
+        "them instead (shade 0.3) lost object words in two builds (triangle drawn as a moon) and made",
+        "'a dotted purple star' look like zorbo.",
         "",
         f"## Quality (sampler: {q['sampler']['scheduler']}, {q['sampler']['steps']} steps, guidance "
         f"{q['sampler']['guidance']}, {q['seeds']} seeds per concept)",

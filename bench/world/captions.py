@@ -15,7 +15,7 @@ import numpy as np
 from bench.world.render import CHARACTERS, COLOURS, NONE_CHARACTER, SHAPES, STYLES, Scene
 
 CONCEPT_SET_NAME = "conceptworld"
-CONCEPT_SET_VERSION = "2.0"  # 2.0: styles redrawn (see render._texture); the prompts are unchanged
+CONCEPT_SET_VERSION = "2.1"  # 2.0: styles redrawn (see render._texture); 2.1: larger dots. Same prompts
 
 OBJECT_SYNONYMS = {
     "circle": ("disc", "disk"),

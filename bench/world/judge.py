@@ -20,7 +20,7 @@ from tqdm import tqdm
 from bench.errors import InputError
 from bench.world.render import HEADS
 
-JUDGE_VERSION = "2.0"  # 2.0: the world 2.0 textures (horizontal stripes, 5 px checks)
+JUDGE_VERSION = "2.1"  # 2.0: horizontal stripes, 5 px checks; 2.1: dots of radius 2.0 px
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
 

@@ -181,11 +181,14 @@ def _texture(scene: Scene) -> np.ndarray:
         period = 10.0
         return ((yy + scene.phase * period) % period < period * 0.5).astype(np.float32)
     if scene.style == "dotted":
+        # radius 2.0: at 1.7 px and the 0.5 dark shade the dots were faint (world 2.0 drew 'a dotted shape'
+        # as solid a quarter of the time); darker dots instead cost object binding in two builds and read
+        # as zorbo's pupils. A larger dot at the same shade carries the texture's energy instead.
         period = 6.0
         ph = scene.phase * period
         dx = (xx + ph) % period - period / 2
         dy = (yy + ph) % period - period / 2
-        return (dx * dx + dy * dy > 1.7**2).astype(np.float32)
+        return (dx * dx + dy * dy > 2.0**2).astype(np.float32)
     if scene.style == "checkered":
         c = 5.0
         ph = scene.phase * 2 * c
