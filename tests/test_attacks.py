@@ -63,10 +63,8 @@ def test_attack_registry_and_configs():
 @pytest.mark.parametrize("concept_name", [
     "star",
     "striped",  # world 1.0 drew it at 81% and inversion reached 0.56; world 2.0 draws it at 100%
-    # On world 2.0 the default inversion (150 steps, lr 5e-3, init "thing") measured ASR 0.00 for
-    # zorbo (0.06 circle, 0.19 moon) against the original model; on world 1.0 it reached >= 0.8.
-    # Strict: the day the attack recovers zorbo again, this marker must go.
-    pytest.param("zorbo", marks=pytest.mark.xfail(strict=True, reason="inversion does not recover zorbo on world 2.0")),
+    # zorbo: world 2.0 measured ASR 0.00 (a strict xfail); world 2.1 measures 1.00, as star and striped do
+    "zorbo",
 ])
 def test_inversion_recovers_concepts_from_the_original_world(concept_name):
     """The attack has teeth: on the *original* ConceptWorld model it brings the concept back."""
