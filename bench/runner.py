@@ -53,8 +53,9 @@ class Track:
     ``judge``: a ConceptWorld judge folder; ``imagenet`` / ``imagenet-restricted`` (offline
     EfficientNet-Lite0); ``resnet50[-restricted]`` (weights in ``judge_weights``); or ``clip``
     (``clip_model`` + ``clip_checkpoint``). ``second_judge``: another judge, in the same forms,
-    built differently: both judge every image and each cell records their agreement per head. ``images``: ``render`` (the ConceptWorld renderer),
-    ``generate`` (the original model, recorded seeds) or a folder ROOT holding ROOT/<concept>/.
+    built differently: both judge every image and each cell records their agreement per head.
+    ``images``: ``render`` (the ConceptWorld renderer), ``generate`` (the original model, recorded
+    seeds) or a folder ROOT holding ROOT/<concept>/.
     """
 
     model: str = str(WORLD / "model")
