@@ -175,14 +175,14 @@ def refresh_manifest(out: Path, quality: dict) -> None:
     """After ``python -m bench.world judge`` retrained the judges of a built world: the measured
     quality, the judges' training record and the file hashes go into its README and MANIFEST; the
     model's build record (config, stages, commit) stays as built."""
-    from bench.world.judge_build import TRAINING_FILE
+    from bench.world.judge_build import FIRST, SECOND, TRAINING_FILE
 
     path = out / "MANIFEST.json"
     manifest = json.loads(path.read_text())
     training = out / TRAINING_FILE
     if training.is_file():
         record = json.loads(training.read_text())
-        manifest["stages"]["judge"] = {"seconds": sum(v["seconds"] for k, v in record.items() if k.startswith("judge")),
+        manifest["stages"]["judge"] = {"seconds": sum(record[k]["seconds"] for k in (FIRST, SECOND)),
                                        "retrained": True, **record}
         manifest["stage_seconds"]["judge"] = round(manifest["stages"]["judge"]["seconds"], 1)
         manifest["config"].update(record["config"])
