@@ -64,14 +64,15 @@ def check_prompts(tokenizer: Any, items: Iterable[tuple[str, str, int]], truncat
 
 def erase_prompts(concept: Any) -> list[tuple[str, str, int]]:
     """What an erasure encodes: every template filled with the concept's name."""
-    return [(f"concept {concept.name!r} prompt", p, 0) for p in concept.prompts()]
+    return [(f"concept {_short(concept.name, 40)} prompt", p, 0) for p in concept.prompts()]
 
 
 def cell_prompts(plan: Sequence[tuple[str, Any, str]], concept: Any, attacks: dict[str, Any]) -> list[tuple[str, str, int]]:
     """What one cell encodes: the erase prompts, the evaluation plan, and every attack's prompts."""
     items = erase_prompts(concept)
-    items += [(f"{group} prompt of concept {concept.name!r}", prompt, 0) for group, _, prompt in plan]
+    name_ = _short(concept.name, 40)
+    items += [(f"{group} prompt of concept {name_}", prompt, 0) for group, _, prompt in plan]
     for name, attack in attacks.items():
-        items += [(f"{name} attack prompt of concept {concept.name!r}", prompt, reserved)
+        items += [(f"{name} attack prompt of concept {name_}", prompt, reserved)
                   for prompt, reserved in attack.text_prompts(concept)]
     return items

@@ -21,7 +21,8 @@ def _number(name: str, value: object, low: float, high: float, integer: bool = F
     if not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if not low <= value <= high:
-        raise ConfigError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+        span = f"[{low}, {high}]" if integer else f"[{low:g}, {high:g}]"
+        raise ConfigError(f"{name} must be in {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
