@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world world-eval regress goldens perf report
+.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ smoke: $(STAMP)
 
 world: $(STAMP)
 	$(PY) -m bench.world build --out datasets/conceptworld --work work/conceptworld
+
+# Retrain only the two judges of the committed world (its VAE; the model is untouched), then
+# measure the gates again and write them into the world's README and MANIFEST.
+world-judge: $(STAMP)
+	$(PY) -m bench.world judge --world datasets/conceptworld
+	$(PY) -m bench.world evaluate --world datasets/conceptworld --write
 
 world-eval: $(STAMP)
 	$(PY) -m bench.world evaluate --world datasets/conceptworld

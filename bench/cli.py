@@ -96,6 +96,8 @@ def _bench_from_args(args: argparse.Namespace):
     for key in ("images", "judge_weights", "clip_model", "clip_checkpoint", "device", "dtype"):
         if getattr(args, key, None):
             track = replace(track, **{key: getattr(args, key)})
+    if getattr(args, "second_judge", None):
+        track = replace(track, second_judge=None if args.second_judge == "none" else args.second_judge)
     sampler = track.sampler
     if args.steps is not None:
         sampler = replace(sampler, steps=args.steps)
@@ -269,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concept-set YAML (with --track sd also: imagenette, styles, characters)")
     r.add_argument("--judge", default=None,
                    help="judge folder, imagenet, imagenet-restricted, resnet50[-restricted] or clip")
+    r.add_argument("--second-judge", dest="second_judge", default=None,
+                   help="a second judge, built differently, whose agreement per head each cell records (same "
+                        "forms as --judge; default on ConceptWorld: its ViT judge), or none")
     r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
     r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
     r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")

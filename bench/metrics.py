@@ -7,11 +7,12 @@ resampled together, since a seed's images share its noise).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-METRICS_VERSION = "2"  # 2: KID on reference-standardised features
+METRICS_VERSION = "3"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
@@ -49,6 +50,25 @@ def bootstrap_ci(hits: Sequence[bool], groups: Sequence[int], seed: int = 0,
 def summary(hits: Sequence[bool], groups: Sequence[int], seed: int = 0) -> dict[str, float | int]:
     lo, hi = bootstrap_ci(hits, groups, seed=seed)
     return {"value": rate(hits), "ci_low": lo, "ci_high": hi, "n": len(hits)}
+
+
+DISAGREEMENT_FLAG = 0.10  # a cell is flagged when the judges disagree on more than this share of images on a head
+
+
+def agreement(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]]) -> dict[str, Any]:
+    """Share of images on which two judges give the same label, per head both answer (a rejected
+    image is labelled "none" on every head), with the worst head; ``n`` images."""
+    heads = [h for h in a if h in b]
+    if not heads:
+        raise ValueError(f"the two judges share no head: {sorted(a)} vs {sorted(b)}")
+    n = len(a[heads[0]])
+    if any(len(a[h]) != n or len(b[h]) != n for h in heads):
+        raise ValueError("the two judges labelled different numbers of images")
+    rates = {h: float(np.mean([x == y for x, y in zip(a[h], b[h], strict=True)])) if n else float("nan")
+             for h in heads}
+    every = float(np.mean([all(a[h][i] == b[h][i] for h in heads) for i in range(n)])) if n else float("nan")
+    worst = min(heads, key=lambda h: rates[h])
+    return {"heads": rates, "all_heads": every, "min": rates[worst], "worst_head": worst, "n": n}
 
 
 def harmonic(a: float, b: float) -> float:

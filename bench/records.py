@@ -80,6 +80,7 @@ class RunSpec:
     protocol: dict[str, Any] = field(default_factory=dict)  # prompts per concept, few-shot settings
     dtype: str = "auto"  # the pipeline's precision (auto = fp32)
     attacks: dict[str, Any] = field(default_factory=dict)  # robustness attacks: name -> version, config
+    second_judge: str | None = None  # "id@version" of the second opinion (agreement per head)
     spec_version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,7 +18,14 @@ import pandas as pd
 
 from bench.escape import csv_safe, file_stem, html_text, md_code, md_link, md_text
 from bench.io import ensure_writable_dir
-from bench.metrics import COMPOSITE_FORMULA, ROBUST_FORMULA, composite, robust_composite, summary
+from bench.metrics import (
+    COMPOSITE_FORMULA,
+    DISAGREEMENT_FLAG,
+    ROBUST_FORMULA,
+    composite,
+    robust_composite,
+    summary,
+)
 from bench.records import cell_status, scan_cells
 
 ACCURACIES = [("ua", "UA"), ("ua_synonyms", "UA syn"), ("retain_in_domain", "IRA"),
@@ -70,6 +77,11 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             row[f"asr_{name}_original"] = m[f"asr_{name}_original"]["value"]
         if "composite_robust" in m:
             row["composite_robust"] = m["composite_robust"]
+        row["reject"] = m["reject_rate"]["value"] if "reject_rate" in m else np.nan
+        row["reject_original"] = m["reject_rate_original"]["value"] if "reject_rate_original" in m else np.nan
+        agree = m.get("judge_agreement")
+        row["agree"] = agree["min"] if agree else np.nan
+        row["judges_disagree"] = ("yes: " + agree["worst_head"]) if m.get("judges_disagree") else ("no" if agree else "")
         row.update({"retain_mean": m["retain_mean"], "composite": m["composite"],
                     "composite_original": m["composite_original"], "kid_retain": m["kid_retain"]["mean"],
                     "seconds": m["seconds_per_concept"], "peak_memory_mb": m["peak_memory_mb"],
@@ -113,6 +125,14 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         if attacks:
             row["H robust"] = robust_composite(row["H"], float(np.mean(asr_values)))
         row["UA orig"] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
+        for col, model in (("reject", "edited"), ("reject orig", "original")):
+            flags = [r.get("rejected", False) for c in mine for r in c["per_image"]
+                     if r["model"] == model and not r["group"].startswith("attack:")]
+            row[col] = float(np.mean(flags)) if flags else np.nan
+        agree = pooled_agreement(mine, "judge_agreement")
+        if agree:
+            row["agree"] = min(agree.values())
+            row["flagged"] = sum(bool(c["metrics"].get("judges_disagree")) for c in mine)
         row["KID"] = float(np.mean([c["metrics"]["kid_retain"]["mean"] for c in mine]))
         row["s/concept"] = float(np.mean([c["metrics"]["seconds_per_concept"] for c in mine]))
         row["peak MB"] = float(np.max([c["metrics"]["peak_memory_mb"] for c in mine]))
@@ -120,6 +140,35 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         row["storage"] = int(np.mean([c["metrics"]["storage_bytes"] for c in mine]))
         out.append(row)
     return pd.DataFrame(out).sort_values("H", ascending=False).reset_index(drop=True)
+
+
+def pooled_agreement(cells: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Per head: the share of images (over ``cells``) on which the two judges agree."""
+    num: dict[str, float] = {}
+    den: dict[str, int] = {}
+    for c in cells:
+        a = c["metrics"].get(key)
+        if not a:
+            continue
+        for head, rate in a["heads"].items():
+            num[head] = num.get(head, 0.0) + rate * a["n"]
+            den[head] = den.get(head, 0) + a["n"]
+    return {h: num[h] / den[h] for h in num if den[h]}
+
+
+def agreement_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
+    """The two judges' agreement per head: on the original model's images, then per method's edits."""
+    rows = []
+    orig = pooled_agreement(cells, "judge_agreement_original")
+    if orig:
+        rows.append({"images": "original model", **orig})
+    for method in sorted({c["label"] for c in cells}):
+        mine = [c for c in cells if c["label"] == method]
+        a = pooled_agreement(mine, "judge_agreement")
+        if a:
+            flagged = sum(bool(c["metrics"].get("judges_disagree")) for c in mine)
+            rows.append({"images": f"{method} (edited)", **a, "flagged cells": f"{flagged}/{len(mine)}"})
+    return pd.DataFrame(rows)
 
 
 def _fmt(v: Any) -> str:
@@ -158,7 +207,12 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept",
         f"- few-shot images: {s['images'].get('n')} ({text(s['images'].get('source'))}, seed {s['images'].get('seed', '-')}); "
         f"erase seed {s['erase_seed']}",
-        f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}",
+        f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}; a rejected image ("
+        f"{text(cells[0]['metrics'].get('reject_definition', 'no reject option'))}) counts as not seen for UA "
+        "and as a miss for retain; reject = share of a cell's images the judge rejected",
+        (f"- second judge: {code(s['second_judge'])}; agree = share of images on which both judges give the same "
+         f"label on the worst head; a cell is flagged when they disagree on more than {DISAGREEMENT_FLAG:.0%} "
+         "of its images on some head") if s.get("second_judge") else "",
         f"- hardware: {hw}; package versions in each cell's environment.json",
         "- hyper-parameters: a method marked [tuned] uses the config chosen on dev concepts (`bench tune`, "
         "recorded in reports/tuned/); an unmarked one uses its published defaults; no choice used test "
@@ -290,24 +344,29 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
     for name, data in images.items():
         (out / "figures" / name).write_bytes(data)
     csv_safe(per_cell).to_csv(out / "leaderboard.csv", index=False)
-    short = per_cell[["method", "concept", "ua", "ua_original", "ua_synonyms", "retain_in_domain",
-                      "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds"]]
+    short = per_cell[["method", "concept", "ua", "reject", "ua_original", "ua_synonyms", "retain_in_domain",
+                      "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds", "agree",
+                      "judges_disagree"]]
     if per_cell["warnings"].astype(bool).any():  # degenerate images: flagged, never unnoticed
         short = short.assign(warnings=per_cell["warnings"])
+    agree = agreement_table(cells)
+    judges = ["## Judges", "", "Agreement of the two judges per head (share of images with the same label):", "",
+              markdown_table(agree), ""] if len(agree) else []
     md_failed, html_failed = failed_section(failed)
     md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
-          markdown_table(overall), "", *md_failed, "## Per concept", "", markdown_table(short), "",
+          markdown_table(overall), "", *md_failed, "## Per concept", "", markdown_table(short), "", *judges,
           "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
           *(["", "![robustness](figures/robustness.png)"] if "robustness.png" in images else []),
           "", "## Before / after", ""]
     md += [f"![{md_text(n)}]({md_link('figures/' + n)})" for n in images if n.startswith("grid_")]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
-    (out / "index.html").write_text(_html(cells, overall, short, images).replace("<h2>Per concept</h2>",
-                                                                                  html_failed + "<h2>Per concept</h2>"))
+    (out / "index.html").write_text(_html(cells, overall, short, images, agree).replace(
+        "<h2>Per concept</h2>", html_failed + "<h2>Per concept</h2>"))
     return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html"}
 
 
-def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes]) -> str:
+def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes],
+          agree: pd.DataFrame) -> str:
     def img(name: str) -> str:
         return f'<img alt="{html_text(name)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
@@ -323,5 +382,6 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:10
 <div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
 <div>{img("robustness.png") if "robustness.png" in images else ""}</div>
 <h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}
+{"<h2>Judges</h2>" + agree.to_html(index=False, formatters={c: _fmt for c in agree.columns}) if len(agree) else ""}
 <h2>Before / after</h2><div>{grids}</div></body></html>
 """

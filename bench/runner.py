@@ -28,8 +28,10 @@ from bench.measure import PeakMemory
 from bench.method import Eraser, build_method
 from bench.metrics import (
     COMPOSITE_FORMULA,
+    DISAGREEMENT_FLAG,
     METRICS_VERSION,
     ROBUST_FORMULA,
+    agreement,
     composite,
     kid,
     robust_composite,
@@ -62,13 +64,16 @@ class Track:
 
     ``judge``: a ConceptWorld judge folder; ``imagenet`` / ``imagenet-restricted`` (offline
     EfficientNet-Lite0); ``resnet50[-restricted]`` (weights in ``judge_weights``); or ``clip``
-    (``clip_model`` + ``clip_checkpoint``). ``images``: ``render`` (the ConceptWorld renderer),
-    ``generate`` (the original model, recorded seeds) or a folder ROOT holding ROOT/<concept>/.
+    (``clip_model`` + ``clip_checkpoint``). ``second_judge``: another judge, in the same forms,
+    built differently: both judge every image and each cell records their agreement per head.
+    ``images``: ``render`` (the ConceptWorld renderer), ``generate`` (the original model, recorded
+    seeds) or a folder ROOT holding ROOT/<concept>/.
     """
 
     model: str = str(WORLD / "model")
     concept_set: str = str(WORLD / "concepts.yaml")
     judge: str = str(WORLD / "judge")
+    second_judge: str | None = str(WORLD / "judge_vit")  # a second opinion (None: none)
     sampler: SamplerSpec = WORLD_SAMPLER
     images: str = "render"
     judge_weights: str | None = None
@@ -90,6 +95,7 @@ def sd_track(model: str, concepts: str = "imagenette", judge: str | None = None,
     path = SD_CONCEPT_SETS.get(concepts, concepts)
     path = str(root / path) if not Path(path).is_absolute() and (root / path).exists() else path
     judge = judge or ("imagenet" if concepts == "imagenette" else "clip")
+    kw.setdefault("second_judge", None)
     return Track(model=model, concept_set=path, judge=judge, sampler=SD_SAMPLER, images="generate", **kw)
 
 
@@ -157,9 +163,9 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
                     "first": p.few_shot_images if held_out else 0, **({"notes": notes} if notes else {})}
 
 
-def load_judge(track: Track, cs: ConceptSet) -> Judge:
-    """The track's judge (see ``Track``); errors name the missing piece."""
-    spec = track.judge
+def load_judge(track: Track, cs: ConceptSet, spec: str | None = None) -> Judge:
+    """The track's judge, or the judge ``spec`` names (see ``Track``); errors name the missing piece."""
+    spec = spec or track.judge
     if spec in ("imagenet", "imagenet-restricted", "resnet50", "resnet50-restricted"):
         from bench.judges.imagenet import ImageNetJudge
 
@@ -177,13 +183,15 @@ def load_judge(track: Track, cs: ConceptSet) -> Judge:
 
 
 def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, concept: Concept,
-              model_sha: str, judge: Judge, images: dict[str, Any], attacks: dict[str, Attack]) -> RunSpec:
+              model_sha: str, judge: Judge, images: dict[str, Any], attacks: dict[str, Attack],
+              second: Judge | None = None) -> RunSpec:
     p = bench.protocol
     return RunSpec(
         model=bench.track.model, model_sha256=model_sha, method=method_spec,
         method_config=method.config.to_dict(), method_version=method.version, concept_set=cs.id,
         concept_set_sha256=cs.sha256, concept=concept.name, erase_seed=p.erase_seed, eval_seeds=p.seeds,
         sampler=bench.track.sampler.to_dict(), judge=judge.ref, metrics_version=METRICS_VERSION,
+        second_judge=second.ref if second is not None else None,
         images=images, protocol=p.to_dict(), dtype=bench.track.dtype,
         attacks={name: {"version": a.version, "config": a.config.to_dict()} for name, a in attacks.items()},
     )
@@ -240,18 +248,19 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
     attacks = {name: build_attack(name, bench.attack_overrides.get(name)) for name in bench.attacks}
     model_source(track.model)
     judge = load_judge(track, cs)
+    second = load_judge(track, cs, track.second_judge) if track.second_judge else None
     images = {c.name: few_shot_images(track, c, p) for c in concepts}
     tokenizer = load_tokenizer(track.model)
     cuts = {c.name: check_prompts(tokenizer, cell_prompts(prompt_plan(cs, c, p), c, attacks), bench.truncate_prompts)
             for c in concepts}
     ensure_writable_dir(out)
     with run_lock(out):
-        return _run_grid(bench, out, progress, cs, concepts, methods, attacks, judge, images, cuts)
+        return _run_grid(bench, out, progress, cs, concepts, methods, attacks, judge, images, cuts, second)
 
 
 def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts: list[Concept],
               methods: list[tuple[str, Eraser]], attacks: dict[str, Attack], judge: Judge,
-              images: dict[str, Any], cuts: dict[str, list[dict]]) -> list[Path]:
+              images: dict[str, Any], cuts: dict[str, list[dict]], second: Judge | None) -> list[Path]:
     from tqdm.auto import tqdm
 
     track, p = bench.track, bench.protocol
@@ -261,7 +270,7 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
     cells = []
     for spec_str, method in methods:
         for c in concepts:
-            spec = cell_spec(bench, cs, method, spec_str, c, model_sha, judge, images[c.name][1], attacks)
+            spec = cell_spec(bench, cs, method, spec_str, c, model_sha, judge, images[c.name][1], attacks, second)
             cells.append((spec, method, c))
     todo = [x for x in cells if not is_complete(cell_dir(out, x[0]))]
     if progress:
@@ -280,7 +289,7 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
                 label = f"{spec.method}[tuned]"
             folder = run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler,
                               p, out, progress, label, attacks, held_out.get(concept.name),
-                              {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None)
+                              {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None, second)
             if cell_status(json.loads((folder / "metrics.json").read_text())) != "ok":
                 if progress:
                     tqdm.write(f"cell {folder.name} failed, recorded: "
@@ -294,7 +303,7 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
              images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
              p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None,
              attacks: dict[str, Attack] | None = None, held_out: list[Image.Image] | None = None,
-             notes: dict[str, Any] | None = None) -> Path:
+             notes: dict[str, Any] | None = None, second: Judge | None = None) -> Path:
     """Measure one cell and write its folder. NaN/Inf at any stage (erase loss, edited weights,
     latents, decoded images, judge outputs) makes it a *diverged* cell: recorded with its reason and
     stage, shown in the report, counted in no mean."""
@@ -302,7 +311,7 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
     label = label or method_label(spec.method, method)
     try:
         return _measure_cell(pipe, cs, spec, method, concept, images, judge, cache, sampler, p, out, progress,
-                             label, attacks, held_out, notes)
+                             label, attacks, held_out, notes, second)
     except NonFiniteError as e:
         err = e.named(spec.method, concept.name)
         info = {"method_label": label, "concept_type": concept.type, "split": concept.split, **(notes or {})}
@@ -322,7 +331,7 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
                   images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
                   p: EvalProtocol, out: Path, progress: bool, label: str,
                   attacks: dict[str, Attack] | None, held_out: list[Image.Image] | None,
-                  notes: dict[str, Any] | None) -> Path:
+                  notes: dict[str, Any] | None, second: Judge | None) -> Path:
     from tqdm.auto import tqdm
 
     t_cell = time.perf_counter()
@@ -364,6 +373,11 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
         for name, idx in by_concept.items():
             det[kind][idx] = judge.detect(_u8_to_float(imgs[idx]), cs.get(name))
     desc = {k: judge.describe(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
+    rejected = {k: judge.reject(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
+    second_labels = {}
+    if second is not None:
+        for kind, imgs in (("edited", edited), ("original", original)):
+            second_labels[kind] = (judge.labels(_u8_to_float(imgs)), second.labels(_u8_to_float(imgs)))
     retain_idx = [i for i, r in enumerate(rows) if r[0] in RETAIN_GROUPS]
     f_orig = judge.features(_u8_to_float(original[retain_idx])) if retain_idx else torch.zeros(0, 1)
     f_edit = judge.features(_u8_to_float(edited[retain_idx])) if retain_idx else torch.zeros(0, 1)
@@ -377,10 +391,17 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
     check_finite(clip, "judge CLIP score")
     t_judge = time.perf_counter() - t0
 
-    metrics = cell_metrics(rows, det, f_orig, f_edit)
+    metrics = cell_metrics(rows, det, f_orig, f_edit, rejected)
     metrics.update(clip)
     metrics["image_warnings"] = image_warnings(rows, {"edited": edited, "original": original})
     metrics.update(notes or {})
+    for kind, suffix in (("edited", ""), ("original", "_original")):
+        if kind in second_labels:
+            metrics["judge_agreement" + suffix] = agreement(*second_labels[kind])
+    if second_labels:
+        metrics["second_judge"] = second.ref
+        metrics["judges_disagree"] = bool(1 - metrics["judge_agreement"]["min"] > DISAGREEMENT_FLAG)
+    metrics["reject_definition"] = judge.reject_definition
     for name in attacks:
         metrics[f"asr_{name}"] = robust[name]["asr"]
         metrics[f"asr_{name}_original"] = robust_original[name]["asr"]
@@ -398,8 +419,11 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
     per_image = []
     for i, (g, c, prompt, s) in enumerate(rows):
         for kind in ("original", "edited"):
-            per_image.append({"model": kind, "group": g, "judged_concept": c.name, "prompt": prompt, "seed": s,
-                              "detected": bool(det[kind][i]), "judge": desc[kind][i]})
+            row = {"model": kind, "group": g, "judged_concept": c.name, "prompt": prompt, "seed": s,
+                   "detected": bool(det[kind][i]), "rejected": bool(rejected[kind][i]), "judge": desc[kind][i]}
+            if kind in second_labels:
+                row["second_judge"] = {h: v[i] for h, v in second_labels[kind][1].items()}
+            per_image.append(row)
     target = [i for i, r in enumerate(rows) if r[0] == "target"][: min(8, len(p.seeds) * p.target_prompts)]
     samples = _samples_bytes(original[target], edited[target],
                              {f"attack_{n}": robust[n]["images"][:8] for n in attacks})
@@ -415,13 +439,21 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
 
 
 def cell_metrics(rows: list[tuple], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
-                 f_edit: torch.Tensor) -> dict[str, Any]:
-    """UA (target, synonyms), retain accuracies, KID — each for the edited and the original model."""
+                 f_edit: torch.Tensor, rejected: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """UA (target, synonyms), retain accuracies, reject rates, KID — each for the edited and the
+    original model. ``det`` must already be false on rejected images (``Judge.detect`` is): a
+    rejected image is "not seen" for UA and a miss for retain."""
     m: dict[str, Any] = {}
     groups = np.array([r[0] for r in rows])
     seeds = np.array([r[3] for r in rows])
     for kind, suffix in (("edited", ""), ("original", "_original")):
         d = det[kind].numpy()
+        if rejected is not None:
+            r = rejected[kind].numpy()
+            if (d & r).any():
+                raise ValueError("a judge detected a concept in an image it rejected")
+            m["reject_rate" + suffix] = summary(r, seeds)
+            m["reject_rate_target" + suffix] = summary(r[groups == "target"], seeds[groups == "target"])
         for g, key in (("target", "ua"), ("synonym", "ua_synonyms")):
             sel = groups == g
             m[key + suffix] = summary(~d[sel], seeds[sel]) if sel.any() else None

@@ -52,6 +52,14 @@ def test_cell_folder_describes_itself(one_run):
     rows = [json.loads(line) for line in (cell / "per_image.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"original", "edited"}
     assert {r["group"] for r in rows} >= {"target", "in_domain", "cross_domain", "near_neighbour"}
+    # the judge's reject verdicts and the second judge's opinion are recorded with every image
+    assert spec["second_judge"].startswith("conceptworld-judge-vit@")
+    assert all(isinstance(r["rejected"], bool) and not (r["rejected"] and r["detected"]) for r in rows)
+    assert all(set(r["second_judge"]) >= {"scene", "object", "style"} for r in rows)
+    assert 0 <= metrics["reject_rate"]["value"] <= 1 and metrics["reject_definition"]
+    agree = metrics["judge_agreement_original"]
+    assert agree["n"] == len(rows) // 2 and 0 <= agree["min"] <= 1 and agree["worst_head"] in agree["heads"]
+    assert metrics["judges_disagree"] == (1 - metrics["judge_agreement"]["min"] > 0.10)
     env = json.loads((cell / "environment.json").read_text())
     assert env["packages"]["torch"] and "device" in env
 

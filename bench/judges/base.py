@@ -1,4 +1,5 @@
-"""The judge interface: does an image show a concept, and image features for KID/FID."""
+"""The judge interface: does an image show a concept, is there anything to judge at all, and
+image features for KID/FID."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ import torch
 
 from bench.concepts import Concept
 
+REJECT_LABEL = "none"  # a head's label on a rejected image: no concept of this type present
+SCENE_HEAD = "scene"  # the head that carries the reject verdict in ``labels`` ("valid" / "none")
+
 
 class Judge(ABC):
-    """Images are float tensors N x 3 x H x W in [0, 1] on the CPU."""
+    """Images are float tensors N x 3 x H x W in [0, 1] on the CPU.
+
+    Every judge can **reject** an image ("no valid scene / no concept of this type present"):
+    ``detect`` is never true on a rejected image, so a rejected image counts as "concept not seen"
+    for UA and as a miss for retain accuracy. ``reject_definition`` says what rejection means for
+    this judge; reports print it.
+    """
 
     id: str
     version: str
+    reject_definition: str = ""
 
     @property
     def ref(self) -> str:
@@ -23,7 +34,17 @@ class Judge(ABC):
 
     @abstractmethod
     def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
-        """Bool tensor N: the judge sees ``concept`` in each image."""
+        """Bool tensor N: the judge sees ``concept`` in each image (never on a rejected one)."""
+
+    @abstractmethod
+    def reject(self, images: torch.Tensor) -> torch.Tensor:
+        """Bool tensor N: nothing to judge in each image (see ``reject_definition``)."""
+
+    @abstractmethod
+    def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
+        """The judge's answer per head (attribute, class space) and image; ``SCENE_HEAD`` holds
+        "valid" or ``REJECT_LABEL``, and every other head holds ``REJECT_LABEL`` on a rejected image.
+        Two judges agree on a head of an image when their labels are equal."""
 
     @abstractmethod
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -32,3 +53,7 @@ class Judge(ABC):
     def describe(self, images: torch.Tensor) -> list[dict[str, Any]]:
         """Per-image judge outputs written to ``per_image.jsonl`` (override for richer output)."""
         return [{} for _ in range(len(images))]
+
+
+def scene_labels(rejected: torch.Tensor) -> list[str]:
+    return [REJECT_LABEL if r else "valid" for r in rejected.tolist()]

@@ -15,14 +15,20 @@ import torch.nn.functional as F
 
 from bench.concepts import Concept, ConceptSet
 from bench.errors import ConfigError, InputError
-from bench.judges.base import Judge
+from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
 
 PROMPT = {"object": "a photo of a {}", "style": "a painting in the style of {}", "character": "a picture of {}",
           "colour": "a {} object"}
 NEUTRAL = "a photo"
+# an image is rejected when one of these outscores every concept prompt of every type
+REJECT_PROMPTS = ("a blank image", "an image of random noise", "a blurry image of nothing",
+                  "a plain colour background")
 
 
 class ClipJudge(Judge):
+    reject_definition = ("zero-shot: one of the prompts " + ", ".join(f"'{p}'" for p in REJECT_PROMPTS)
+                         + " outscores the prompt of every concept in the set")
+
     def __init__(self, model_name: str, checkpoint: str | None, concept_set: ConceptSet,
                  model: Any = None, batch_size: int = 32) -> None:
         import open_clip
@@ -70,11 +76,33 @@ class ClipJudge(Judge):
             names.append(concept.name)
         return names
 
+    def _all_concepts(self) -> list[str]:
+        return [PROMPT[c.type].format(c.name) for c in self.concept_set.concepts if c.type in PROMPT]
+
+    def _reject(self, emb: torch.Tensor) -> torch.Tensor:
+        concept_best = (emb @ self._text(self._all_concepts()).T).amax(-1)
+        return (emb @ self._text(list(REJECT_PROMPTS)).T).amax(-1) > concept_best
+
     def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
         names = self._candidates(concept)
         prompts = [PROMPT[concept.type].format(n) for n in names] + [NEUTRAL]
-        sims = self._image(images) @ self._text(prompts).T
-        return sims.argmax(-1) == names.index(concept.name)
+        emb = self._image(images)
+        sims = emb @ self._text(prompts).T
+        return (sims.argmax(-1) == names.index(concept.name)) & ~self._reject(emb)
+
+    def reject(self, images: torch.Tensor) -> torch.Tensor:
+        return self._reject(self._image(images))
+
+    def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
+        """Per concept type: the best concept of that type, or "other" when the neutral prompt wins."""
+        emb = self._image(images)
+        rejected = self._reject(emb).tolist()
+        out = {SCENE_HEAD: scene_labels(torch.tensor(rejected, dtype=torch.bool))}
+        for kind in sorted({c.type for c in self.concept_set.concepts if c.type in PROMPT}):
+            names = [c.name for c in self.concept_set.concepts if c.type == kind]
+            best = (emb @ self._text([PROMPT[kind].format(n) for n in names] + [NEUTRAL]).T).argmax(-1).tolist()
+            out[kind] = [REJECT_LABEL if r else (names + ["other"])[k] for k, r in zip(best, rejected, strict=True)]
+        return out
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self._image(images)

@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 from bench.concepts import Concept, ConceptSet
 from bench.errors import ConfigError, InputError
-from bench.judges.base import Judge
+from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+
+# Reject thresholds of the ImageNet judges (measured on the packaged EfficientNet-Lite0: real
+# photographs give top-1 0.09-0.88, uniform frames 0.04-0.43; see tests/test_sd_track.py).
+FLAT_STD = 0.02  # luminance standard deviation (at 64 x 64) below which an image is a blank frame
+MIN_TOP1 = 0.05  # 50x chance: below it no ImageNet class is in the image
 
 
 def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -34,6 +39,9 @@ def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 class ImageNetJudge(Judge):
     """Top-1 ImageNet classification; a concept is its ``extra.imagenet_index``."""
+
+    reject_definition = (f"a blank frame (luminance std < {FLAT_STD} at 64x64) or no ImageNet class with "
+                         f"probability >= {MIN_TOP1}; noise and washes with a confident class are not rejected")
 
     def __init__(self, backbone: str = "efficientnet-lite0", weights: str | None = None, restricted: bool = False,
                  concept_set: ConceptSet | None = None, batch_size: int = 32) -> None:
@@ -61,8 +69,10 @@ class ImageNetJudge(Judge):
         self.id = f"imagenet-{backbone}" + ("-restricted" if restricted else "")
         self.version = "1"
         self.candidates: list[int] = []
+        self.names: dict[int, str] = {}  # ImageNet index -> the concept set's object concept
         if concept_set is not None:
             self.candidates = sorted({int(self._index(c)) for c in concept_set.concepts if "imagenet_index" in c.extra})
+            self.names = {int(self._index(c)): c.name for c in concept_set.concepts if "imagenet_index" in c.extra}
 
     @staticmethod
     def _index(concept: Concept) -> int:
@@ -90,8 +100,28 @@ class ImageNetJudge(Judge):
         cand = torch.tensor(self.candidates)
         return cand[logits[:, cand].argmax(-1)]
 
+    def _reject(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        small = F.interpolate(images.float(), size=(64, 64), mode="area")
+        lum = (0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]).flatten(1)
+        return (lum.std(dim=1) < FLAT_STD) | (logits.softmax(-1).amax(-1) < MIN_TOP1)
+
     def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
-        return self._top1(self.logits(images)) == self._index(concept)
+        logits = self.logits(images)
+        return (self._top1(logits) == self._index(concept)) & ~self._reject(images, logits)
+
+    def reject(self, images: torch.Tensor) -> torch.Tensor:
+        return self._reject(images, self.logits(images))
+
+    def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
+        logits = self.logits(images)
+        rejected = self._reject(images, logits)
+        top = self._top1(logits).tolist()
+        rej = rejected.tolist()
+        # "object": the concept set's name for the top-1 class, "other" for any other class
+        # (comparable with the CLIP judge's "object" head)
+        return {SCENE_HEAD: scene_labels(rejected),
+                "imagenet": [REJECT_LABEL if r else str(k) for k, r in zip(top, rej, strict=True)],
+                "object": [REJECT_LABEL if r else self.names.get(k, "other") for k, r in zip(top, rej, strict=True)]}
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The ConceptWorld judge behind the Judge interface: a concept is one class of one head."""
+"""The ConceptWorld judges behind the Judge interface: a concept is one class of one head."""
 
 from __future__ import annotations
 
@@ -9,29 +9,55 @@ import torch
 
 from bench.concepts import Concept
 from bench.errors import ConfigError
-from bench.judges.base import Judge
+from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge
 
 
 class WorldConceptJudge(Judge):
     """Maps a concept to (head, label) from its ``extra`` in the concept set."""
 
+    reject_definition = ("the judge's reject head finds no valid scene (trained on synthetic blank frames, "
+                         "colour washes, gradients, noise, heavy blur, cut-off, shattered and fused shapes)")
+
     def __init__(self, folder: str | Path) -> None:
-        from bench.world.judge import WorldJudge
+        from bench.world.judge import REJECT_HEAD, WorldJudge
 
         self.judge = WorldJudge.load(folder)
+        if REJECT_HEAD not in self.judge.classes:
+            raise ConfigError(f"judge {self.judge.id} in {folder} has no reject head ({REJECT_HEAD!r}): "
+                              "judges >= 2.2 have one (python -m bench.world judge retrains them)")
         self.id = self.judge.id.split("@")[0]
         self.version = self.judge.id.split("@", 1)[1]
 
     def _target(self, concept: Concept) -> tuple[str, int]:
         head, label = concept.extra.get("head"), concept.extra.get("label")
-        if head not in self.judge.classes or label not in self.judge.classes[head]:
+        if head not in self.judge.attribute_heads or label not in self.judge.classes[head]:
             raise ConfigError(f"concept {concept.name!r} has no (head, label) this judge knows: {head!r}, {label!r}")
         return head, self.judge.classes[head].index(label)
+
+    def _rejected(self, pred: dict[str, torch.Tensor]) -> torch.Tensor:
+        from bench.world.judge import REJECT_HEAD
+
+        return pred[REJECT_HEAD] == self.judge.classes[REJECT_HEAD].index("none")
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
         head, index = self._target(concept)
-        return self.judge.predict(images)[head] == index
+        pred = self.judge.predict(images)
+        return (pred[head] == index) & ~self._rejected(pred)
+
+    @torch.no_grad()
+    def reject(self, images: torch.Tensor) -> torch.Tensor:
+        return self._rejected(self.judge.predict(images))
+
+    @torch.no_grad()
+    def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
+        pred = self.judge.predict(images)
+        rejected = self._rejected(pred).tolist()
+        out = {SCENE_HEAD: [REJECT_LABEL if r else "valid" for r in rejected]}
+        for head in self.judge.attribute_heads:
+            names = self.judge.classes[head]
+            out[head] = [REJECT_LABEL if r else names[k] for k, r in zip(pred[head].tolist(), rejected, strict=True)]
+        return out
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

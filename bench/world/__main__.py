@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a WorldConfig field")
     b.add_argument("--mini", action="store_true", help="a miniature world (tests)")
     b.add_argument("--no-eval", action="store_true")
+    j = sub.add_parser("judge", help="retrain the two judges of a built world (its VAE; the model is untouched)")
+    j.add_argument("--world", default="datasets/conceptworld")
+    j.add_argument("--out", default=None, help="write the judges here instead of into --world")
+    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a WorldConfig field")
     e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
     e.add_argument("--world", default="datasets/conceptworld")
     e.add_argument("--seeds", type=int, default=64)
@@ -27,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--guidance", type=float, default=None)
     e.add_argument("--json", default=None, help="write the full result here")
+    e.add_argument("--write", action="store_true",
+                   help="write the measured quality into the world's README and MANIFEST (after retraining its judges)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -36,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
             res = build(args.out, args.work, cfg, evaluate=not args.no_eval)
             if res["quality"]:
                 print(json.dumps(res["quality"]["summary"], indent=2))
+        elif args.cmd == "judge":
+            from bench.world.judge_build import retrain_judges
+
+            cfg = WorldConfig().override(args.set)
+            info = retrain_judges(Path(args.world), cfg, Path(args.out) if args.out else None)
+            print(json.dumps(info, indent=2))
         else:
             from dataclasses import replace
 
@@ -50,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             res = evaluate(Path(args.world), seeds=args.seeds, composed=args.composed, sampler=sampler)
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=2))
+            if args.write:
+                from bench.world.build import refresh_manifest
+
+                refresh_manifest(Path(args.world), res)
             print(json.dumps(res["summary"], indent=2))
             print(f"throughput {res['throughput_images_per_s']:.1f} images/s")
     except BenchError as err:

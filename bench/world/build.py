@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -110,7 +111,11 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
         "",
         "- `model/`: `StableDiffusionPipeline.from_pretrained` folder (CLIPTextModel, real CLIP tokenizer, UNet,",
         "  AutoencoderKL 32x32 -> 8x8x4, DDIM scheduler); weights stored in fp16, loaded as fp32.",
-        "- `judge/`: `bench.world.judge.WorldJudge.load(folder)`: heads object, colour, style, character.",
+        "- `judge/`: `bench.world.judge.WorldJudge.load(folder)`: a CNN with heads object, colour, style,",
+        "  character and a reject head `scene` (valid / none: no valid scene to judge).",
+        "- `judge_vit/`: the second opinion, a ViT (`transformers.ViTModel`, 4x4 patches) with the same heads,",
+        "  trained on other renders with other augmentations; retrain both with",
+        "  `python -m bench.world judge --world datasets/conceptworld` (minutes; the model is untouched).",
         "- `concepts.yaml`: the concept set (`bench.concepts.load_concept_set`).",
         "- `MANIFEST.json`: sha256 of every file, training config, git commit, quality table.",
         "",
@@ -121,7 +126,10 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
         "dark background (at 0.3 a striped cross lost its arms: cross 36% in a trial build). World 2.1 draws",
         "the dots with a radius of 2.0 px instead of 1.7: 2.0's dots were faint (dotted 73%), and darkening",
         "them instead (shade 0.3) lost object words in two builds (triangle drawn as a moon) and made",
-        "'a dotted purple star' look like zorbo.",
+        "'a dotted purple star' look like zorbo. Judge 2.2 (same model and concept set) adds the reject head,",
+        "trained on synthetic non-scenes (blank frames, washes, gradients, noise, heavy blur, cut-off,",
+        "shattered and fused shapes), learns textures drawn off the world's values (dot, stripe and check",
+        "size +-20 %, dark shade 0.35-0.7), blur and slight distortions, and gains the ViT second judge.",
         "",
         f"## Quality (sampler: {q['sampler']['scheduler']}, {q['sampler']['steps']} steps, guidance "
         f"{q['sampler']['guidance']}, {q['seeds']} seeds per concept)",
@@ -131,7 +139,8 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
     ]
     for key, v in s.items():
         mean = _pct(v["mean"]) if "mean" in v else ""
-        lines.append(f"| {key} | {_pct(v['value'])} | {mean} | >= {_pct(v['gate'])} | {'yes' if v['pass'] else 'NO'} |")
+        req = ("<= " if v.get("max") else ">= ") + _pct(v["gate"])
+        lines.append(f"| {key} | {_pct(v['value'])} | {mean} | {req} | {'yes' if v['pass'] else 'NO'} |")
     failed = [k for k, v in s.items() if not v["pass"]]
     if failed:
         lines += ["", f"**Not met by this build: {', '.join(failed)}** (measured as above; the gates are unchanged)."]
@@ -160,3 +169,26 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
               "Rows: 12 seeds of each concept's plain prompt, the characters' plain ingredients, then composed prompts.",
               "", "![samples](samples/grid.png)", ""]
     return "\n".join(lines)
+
+
+def refresh_manifest(out: Path, quality: dict) -> None:
+    """After ``python -m bench.world judge`` retrained the judges of a built world: the measured
+    quality, the judges' training record and the file hashes go into its README and MANIFEST; the
+    model's build record (config, stages, commit) stays as built."""
+    from bench.world.judge_build import TRAINING_FILE
+
+    path = out / "MANIFEST.json"
+    manifest = json.loads(path.read_text())
+    training = out / TRAINING_FILE
+    if training.is_file():
+        record = json.loads(training.read_text())
+        manifest["stages"]["judge"] = {"seconds": sum(v["seconds"] for k, v in record.items() if k.startswith("judge")),
+                                       "retrained": True, **record}
+        manifest["stage_seconds"]["judge"] = round(manifest["stages"]["judge"]["seconds"], 1)
+        manifest["config"].update(record["config"])
+    manifest["judges_git_commit"] = _git_commit()
+    manifest["quality"] = quality
+    cfg = WorldConfig(**{k: v for k, v in manifest["config"].items() if k in {f.name for f in dataclasses.fields(WorldConfig)}})
+    (out / "README.md").write_text(readme(cfg, manifest["stages"], quality))
+    manifest["files"] = _file_table(out)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")

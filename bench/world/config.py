@@ -23,11 +23,22 @@ class WorldConfig:
     vae_batch: int = 64
     vae_lr: float = 1e-3
     vae_kl: float = 1e-5
-    # judge
+    # judges (bench/world/judge_build.py): n_judge rendered scenes (jittered textures) plus
+    # judge_negatives synthetic non-scenes, half of each through the VAE
+    judge_negatives: int = 8_000
+    judge_jitter: float = 0.7  # share of judge scenes whose texture is drawn off the world's values
     judge_channels: tuple[int, ...] = (16, 32, 64)
-    judge_steps: int = 1000
-    judge_batch: int = 96
+    judge_steps: int = 2500
+    judge_batch: int = 128
     judge_lr: float = 2e-3
+    # the second judge: a ViT on 4x4 patches, its own render seed and augmentations
+    vit_hidden: int = 64
+    vit_layers: int = 4
+    vit_heads: int = 4
+    vit_patch: int = 4
+    vit_steps: int = 6000
+    vit_batch: int = 128
+    vit_lr: float = 1e-3
     # text encoder (trained from scratch with the UNet)
     text_hidden: int = 64
     text_layers: int = 2
@@ -77,7 +88,8 @@ class WorldConfig:
 
 MINI_OVERRIDES = [
     "n_train=512", "n_judge=512", "vae_channels=8,16,16", "vae_steps=4", "vae_batch=16", "judge_channels=8,16,16",
-    "judge_steps=4", "judge_batch=16", "text_hidden=16", "text_layers=1", "text_heads=2", "text_ff=32",
+    "judge_steps=4", "judge_batch=16", "judge_negatives=64", "vit_hidden=16", "vit_layers=1", "vit_heads=2",
+    "vit_steps=4", "vit_batch=16", "text_hidden=16", "text_layers=1", "text_heads=2", "text_ff=32",
     "unet_channels=16,16,32", "unet_head_dim=8", "unet_steps=6", "unet_batch=8", "ckpt_every=3", "warmup=2",
     "eval_seeds=2", "eval_composed=2",
 ]

@@ -21,7 +21,9 @@ from bench.world.captions import TEMPLATES, describe
 from bench.world.judge import WorldJudge, accuracy
 from bench.world.render import CHARACTERS, COLOURS, HEADS, SHAPES, STYLES, render_batch, to_tensor
 
-GATES = {"judge": 0.98, "object": 0.90, "style": 0.90, "character": 0.90, "colour": 0.90, "composed": 0.75}
+GATES = {"judge": 0.98, "object": 0.90, "style": 0.90, "character": 0.90, "colour": 0.90, "composed": 0.75,
+         # the judges on the model's own images (judge 2.2): the prompt's named attributes as the truth
+         "judge_on_generated": 0.97, "reject_original": 0.02, "judge_agreement": 0.95}
 
 
 def load_pipeline(model_dir: str | Path, sampler: SamplerSpec = WORLD_SAMPLER) -> diffusers.StableDiffusionPipeline:
@@ -83,6 +85,7 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     world = Path(world)
     cs: ConceptSet = load_concept_set(world / "concepts.yaml")
     judge = WorldJudge.load(world / "judge")
+    named: list[tuple[torch.Tensor, dict[str, int]]] = []  # every generated batch, with the attributes its prompt names
     pipe = load_pipeline(world / "model", sampler)
     result: dict = {"sampler": sampler.to_dict(), "seeds": seeds, "judge_id": judge.id,
                     "judge": judge_quality(judge, pipe.vae)}
@@ -95,6 +98,7 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
         images = generate(pipe, prompt, seed_list, sampler)
         gen_time += time.time() - t0
         gen_n += len(images)
+        named.append((images, {head: HEADS[head].index(label)}))
         pred = judge.predict(images)[head]
         per_concept[c.name] = {"type": c.type, "split": c.split, "prompt": prompt,
                                "accuracy": float((pred == HEADS[head].index(label)).float().mean())}
@@ -105,6 +109,8 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     for name, spec in CHARACTERS.items():
         prompt = TEMPLATES[0].format(describe(spec["shape"], spec["colour"], spec["style"]))
         images = generate(pipe, prompt, seed_list, sampler)
+        named.append((images, {"object": SHAPES.index(spec["shape"]), "colour": list(COLOURS).index(spec["colour"]),
+                               "style": STYLES.index(spec["style"])}))
         pred = judge.predict(images)
         ingredients[name] = {
             "prompt": prompt,
@@ -123,6 +129,8 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
         shape, colour, style = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(STYLES))
         prompt = TEMPLATES[0].format(describe(shape, colour, style))
         images = generate(pipe, prompt, list(range(per_prompt)), sampler)
+        named.append((images, {"object": SHAPES.index(shape), "colour": list(COLOURS).index(colour),
+                               "style": STYLES.index(style)}))
         pred = judge.predict(images)
         ok = ((pred["object"] == SHAPES.index(shape)) & (pred["colour"] == list(COLOURS).index(colour))
               & (pred["style"] == STYLES.index(style)))
@@ -131,6 +139,7 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
         if k < 6:
             composed_rows.append(_tile(images[:12], f"{style} {colour} {shape}"[:18]))
     result["composed"] = {"prompts": composed, "seeds_per_prompt": per_prompt, "all_right": hits / max(total, 1)}
+    result["judges_on_generated"] = judges_on_generated(world, named)
     result["throughput_images_per_s"] = gen_n / max(gen_time, 1e-9)
     result["torch_threads"] = torch.get_num_threads()
     result["summary"] = summarise(result)
@@ -138,6 +147,38 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
         Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
         _stack(rows + composed_rows).save(grid_path)
     return result
+
+
+def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, int]]]) -> dict:
+    """Each judge on the model's own images: per-head accuracy against the attributes the prompt
+    names (a rejected image counts as wrong), reject rate; and the two judges' agreement per head."""
+    from bench.judges.world import WorldConceptJudge
+    from bench.metrics import agreement
+    from bench.world.judge_build import FIRST, SECOND
+
+    images = torch.cat([x for x, _ in named])
+    out: dict = {"images": len(images)}
+    labels = {}
+    for which in (FIRST, SECOND):
+        if not (world / which).is_dir():
+            continue
+        judge = WorldConceptJudge(world / which)
+        labels[which] = judge.labels(images)
+        pred = judge.judge.predict(images)
+        rejected = judge.reject(images)
+        hits: dict[str, list[bool]] = {}
+        start = 0
+        for x, truth in named:
+            sl = slice(start, start + len(x))
+            for head, index in truth.items():
+                hits.setdefault(head, []).extend(((pred[head][sl] == index) & ~rejected[sl]).tolist())
+            start += len(x)
+        out[which] = {"reject_rate": float(rejected.float().mean()),
+                      "head_accuracy": {h: float(np.mean(v)) for h, v in hits.items()},
+                      "head_images": {h: len(v) for h, v in hits.items()}}
+    if len(labels) == 2:
+        out["agreement"] = agreement(labels[FIRST], labels[SECOND])
+    return out
 
 
 def summarise(result: dict) -> dict:
@@ -152,4 +193,17 @@ def summarise(result: dict) -> dict:
                                            "pass": min(accs) >= GATES[kind]}
     c = result["composed"]["all_right"]
     out["composed_all_right"] = {"value": c, "gate": GATES["composed"], "pass": c >= GATES["composed"]}
+    g = result.get("judges_on_generated", {}).get("judge")
+    if g:
+        worst = min(g["head_accuracy"].values())
+        out["judge_min_head_accuracy_on_generated"] = {
+            "value": worst, "mean": float(np.mean(list(g["head_accuracy"].values()))),
+            "gate": GATES["judge_on_generated"], "pass": worst >= GATES["judge_on_generated"]}
+        r = g["reject_rate"]
+        out["judge_reject_rate_on_generated"] = {"value": r, "gate": GATES["reject_original"], "max": True,
+                                                  "pass": r <= GATES["reject_original"]}
+    a = result.get("judges_on_generated", {}).get("agreement")
+    if a:
+        out["judges_min_head_agreement_on_generated"] = {"value": a["min"], "gate": GATES["judge_agreement"],
+                                                         "pass": a["min"] >= GATES["judge_agreement"]}
     return out

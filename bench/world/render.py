@@ -9,7 +9,7 @@ orientation and period.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -72,6 +72,13 @@ class Scene:
     noise: float = 0.0  # std of background noise, in 0..255 units
     phase: float = 0.0  # texture phase, fraction of a period
     seed: int = 0  # noise seed
+    # texture geometry: the world's own values by default; the judge trains on jittered ones
+    # (``jitter_texture``) because a generator draws dots and stripes a little off these values
+    stripe_period: float = 10.0
+    dot_period: float = 6.0
+    dot_radius: float = 2.0
+    check_cell: float = 5.0
+    dark_shade: float = DARK_SHADE
 
     def labels(self) -> dict[str, int]:
         """Class index per judge head."""
@@ -178,19 +185,19 @@ def _texture(scene: Scene) -> np.ndarray:
     if scene.style == "solid":
         return np.ones((_S, _S), np.float32)
     if scene.style == "striped":
-        period = 10.0
+        period = scene.stripe_period
         return ((yy + scene.phase * period) % period < period * 0.5).astype(np.float32)
     if scene.style == "dotted":
         # radius 2.0: at 1.7 px and the 0.5 dark shade the dots were faint (world 2.0 drew 'a dotted shape'
         # as solid a quarter of the time); darker dots instead cost object binding in two builds and read
         # as zorbo's pupils. A larger dot at the same shade carries the texture's energy instead.
-        period = 6.0
+        period = scene.dot_period
         ph = scene.phase * period
         dx = (xx + ph) % period - period / 2
         dy = (yy + ph) % period - period / 2
-        return (dx * dx + dy * dy > 2.0**2).astype(np.float32)
+        return (dx * dx + dy * dy > scene.dot_radius**2).astype(np.float32)
     if scene.style == "checkered":
-        c = 5.0
+        c = scene.check_cell
         ph = scene.phase * 2 * c
         return ((np.floor((xx + ph) / c) + np.floor((yy + ph) / c)) % 2 == 0).astype(np.float32)
     raise ValueError(f"unknown style {scene.style!r}")
@@ -221,22 +228,50 @@ def _draw_mark(img: Image.Image, scene: Scene) -> None:
         raise ValueError(f"unknown mark {mark!r}")
 
 
-def render_scene(scene: Scene) -> np.ndarray:
-    """Render one scene to a uint8 array of shape (32, 32, 3)."""
-    rng = np.random.default_rng(scene.seed)
-    bg = np.asarray(scene.background, np.float32)
-    canvas = np.broadcast_to(bg, (_S, _S, 3)).copy()
+def _paint(canvas: np.ndarray, scene: Scene) -> np.ndarray:
+    """The scene's textured shape composited over ``canvas`` (supersampled float RGB)."""
     colour = np.asarray(COLOURS[scene.colour], np.float32)
     tex = _texture(scene)[..., None]
-    fill = colour * tex + colour * DARK_SHADE * (1 - tex)
+    fill = colour * tex + colour * scene.dark_shade * (1 - tex)
     mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
-    canvas = canvas * (1 - mask) + fill * mask
+    return canvas * (1 - mask) + fill * mask
+
+
+def _finish(canvas: np.ndarray, scene: Scene) -> np.ndarray:
+    """Character mark, box downsampling and background noise: the last steps of every render."""
+    rng = np.random.default_rng(scene.seed)
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     if scene.character != NONE_CHARACTER:
         _draw_mark(img, scene)
     small = np.asarray(img.resize((SIZE, SIZE), Image.Resampling.BOX), np.float32)
     small = small + rng.normal(0, scene.noise, size=small.shape).astype(np.float32)
     return np.clip(np.round(small), 0, 255).astype(np.uint8)
+
+
+def render_scene(scene: Scene) -> np.ndarray:
+    """Render one scene to a uint8 array of shape (32, 32, 3)."""
+    bg = np.asarray(scene.background, np.float32)
+    return _finish(_paint(np.broadcast_to(bg, (_S, _S, 3)).copy(), scene), scene)
+
+
+def render_shapes(scenes: list[Scene]) -> np.ndarray:
+    """Several shapes on the first scene's background (later ones on top): not a valid world scene,
+    the judge's fused-shapes negatives are drawn with it."""
+    bg = np.asarray(scenes[0].background, np.float32)
+    canvas = np.broadcast_to(bg, (_S, _S, 3)).copy()
+    for scene in scenes:
+        canvas = _paint(canvas, scene)
+    return _finish(canvas, replace(scenes[0], character=NONE_CHARACTER))
+
+
+def jitter_texture(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with its texture drawn a little off the world's values, as a generator draws it:
+    stripe/dot/check size and dot radius +-20 %, dark shade 0.35-0.7 (the world's is 0.5)."""
+    return replace(scene, stripe_period=float(scene.stripe_period * rng.uniform(0.8, 1.2)),
+                   dot_period=float(scene.dot_period * rng.uniform(0.85, 1.15)),
+                   dot_radius=float(scene.dot_radius * rng.uniform(0.8, 1.2)),
+                   check_cell=float(scene.check_cell * rng.uniform(0.8, 1.2)),
+                   dark_shade=float(rng.uniform(0.35, 0.7)))
 
 
 def render_batch(seed: int, n: int, character_prob: float = 0.15, **fixed: str) -> tuple[np.ndarray, list[Scene]]:

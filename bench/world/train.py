@@ -35,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from bench.tokenizer import MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
 from bench.world.captions import caption_for
 from bench.world.config import WorldConfig
-from bench.world.judge import WorldJudge, accuracy, train_judge
+from bench.world.judge import WorldJudge
 from bench.world.render import HEADS, Scene, render_scene, sample_scene
 
 
@@ -82,14 +82,20 @@ def render_set(seed: int, n: int, character_prob: float, desc: str,
     (default: one worker per torch thread for large sets), so the result does not depend on ``workers``."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
+    return render_scenes(scenes, desc, workers), scenes
+
+
+def render_scenes(scenes: list[Scene], desc: str, workers: int | None = None) -> np.ndarray:
+    """Render ``scenes`` in order (in parallel for large sets; the result does not depend on ``workers``)."""
+    n = len(scenes)
     if workers is None:
         workers = min(torch.get_num_threads(), os.cpu_count() or 1) if n >= 4096 else 1
     if workers < 2:
-        return np.stack([render_scene(s) for s in tqdm(scenes, desc=desc, mininterval=5)]), scenes
+        return np.stack([render_scene(s) for s in tqdm(scenes, desc=desc, mininterval=5)])
     chunk = max(1, min(500, n // workers))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         images = list(tqdm(pool.map(render_scene, scenes, chunksize=chunk), total=n, desc=desc, mininterval=5))
-    return np.stack(images), scenes
+    return np.stack(images)
 
 
 def _save_set(path: Path, images: np.ndarray, scenes: list[Scene]) -> None:
@@ -150,9 +156,7 @@ def make_scheduler(cfg: WorldConfig) -> DDIMScheduler:
 def stage_data(cfg: WorldConfig, work: Path) -> dict:
     images, scenes = render_set(cfg.seed, cfg.n_train, cfg.character_prob, "render train")
     _save_set(work / "train.npz", images, scenes)
-    images, scenes = render_set(cfg.seed + 1, cfg.n_judge, cfg.character_prob, "render judge")
-    _save_set(work / "judge.npz", images, scenes)
-    return {"n_train": cfg.n_train, "n_judge": cfg.n_judge}
+    return {"n_train": cfg.n_train}
 
 
 def stage_vae(cfg: WorldConfig, work: Path) -> dict:
@@ -194,23 +198,11 @@ def vae_roundtrip(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) ->
 
 
 def stage_judge(cfg: WorldConfig, work: Path) -> dict:
-    images, labels, _ = load_set(work / "judge.npz")
+    """Both judges (``judge_build.build_judges``), trained against the stage-``vae`` VAE."""
+    from bench.world.judge_build import build_judges
+
     vae = AutoencoderKL.from_pretrained(work / "vae").eval()
-    half = len(images) // 2
-    images = torch.cat([images[:half], vae_roundtrip(vae, images[half:])])
-    judge = train_judge(images, labels, cfg.judge_channels, cfg.judge_steps, cfg.judge_batch, cfg.judge_lr, cfg.seed)
-    judge.save(work / "judge", cfg.judge_channels)
-    # held-out: fresh renders from a seed used nowhere else
-    test, test_labels, _ = _fresh(cfg.seed + 2, 2000 if cfg.n_judge >= 2000 else 64, cfg.character_prob)
-    acc = accuracy(judge, test, test_labels)
-    acc_rt = accuracy(judge, vae_roundtrip(vae, test), test_labels)
-    return {"heldout_accuracy": acc, "heldout_accuracy_vae": acc_rt}
-
-
-def _fresh(seed: int, n: int, character_prob: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Scene]]:
-    images, scenes = render_set(seed, n, character_prob, "render held-out")
-    labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous(), labels, scenes
+    return build_judges(cfg, vae, work)
 
 
 def stage_latents(cfg: WorldConfig, work: Path) -> dict:
@@ -356,6 +348,8 @@ def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
     pipe.save_pretrained(model_dir, safe_serialization=True)
     for sub in ("vae", "text_encoder", "unet"):
         _fp16_files(model_dir / sub)
-    judge = WorldJudge.load(work / "judge")
-    judge.save(out / "judge", cfg.judge_channels)
+    from bench.world.judge_build import FIRST, SECOND
+
+    for which in (FIRST, SECOND):
+        WorldJudge.load(work / which).save(out / which)
     return {"model": str(model_dir)}

@@ -1,0 +1,122 @@
+"""Train ConceptWorld's two judges: the CNN (the judge) and the ViT (its second opinion).
+
+``python -m bench.world judge --world DIR`` retrains both from a seed against a built world's VAE
+(minutes; the world model is untouched). ``make world`` runs the same code as its judge stage.
+Training data, per judge (each from its own seed): ``n_judge`` rendered scenes, a share of them
+with jittered textures, plus ``judge_negatives`` synthetic non-scenes; half of all images pass
+through the VAE (encode -> decode), as generated images do. Non-scenes carry a label on the
+reject head only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.world.config import WorldConfig
+from bench.world.judge import (
+    IGNORE,
+    JUDGE_HEADS,
+    JUDGE_VERSION,
+    REJECT_HEAD,
+    JudgeNet,
+    ViTJudgeNet,
+    WorldJudge,
+    accuracy,
+    train_judge,
+)
+from bench.world.negatives import render_negatives
+from bench.world.render import HEADS, jitter_texture, sample_scene, to_tensor
+
+FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
+TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
+_SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held-out scenes, 3: held-out negatives)
+
+
+def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float images in [0, 1] and labels per head (attributes ``IGNORE`` on non-scenes)."""
+    from bench.world.train import render_scenes, vae_roundtrip
+
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
+    jrng = np.random.default_rng(seed + 7919)
+    scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
+    pos = to_tensor(render_scenes(scenes, "render judge scenes"))
+    neg = to_tensor(render_negatives(seed + 104_729, n_negatives)[0])
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [IGNORE] * n_negatives) for h in HEADS}
+    labels[REJECT_HEAD] = torch.tensor([0] * n + [1] * n_negatives)
+    images = torch.cat([pos, neg])
+    if vae is not None:  # every other image through the VAE
+        images[1::2] = vae_roundtrip(vae, images[1::2])
+    return images, labels
+
+
+def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Fresh scenes (world textures, no jitter) and fresh non-scenes from seeds no judge trained on."""
+    from bench.world.train import render_set
+
+    images, scenes = render_set(cfg.seed + 2, n, cfg.character_prob, "render held-out")
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
+    labels[REJECT_HEAD] = torch.zeros(n, dtype=torch.long)
+    neg, _ = render_negatives(cfg.seed + 3, n // 2)
+    return {"scenes": (to_tensor(images), labels),
+            "negatives": (to_tensor(neg), {REJECT_HEAD: torch.ones(len(neg), dtype=torch.long)})}
+
+
+def _net(which: str, cfg: WorldConfig) -> torch.nn.Module:
+    heads = {h: len(v) for h, v in JUDGE_HEADS.items()}
+    if which == FIRST:
+        return JudgeNet(cfg.judge_channels, heads)
+    return ViTJudgeNet({"hidden_size": cfg.vit_hidden, "num_hidden_layers": cfg.vit_layers,
+                        "num_attention_heads": cfg.vit_heads, "intermediate_size": 2 * cfg.vit_hidden,
+                        "patch_size": cfg.vit_patch}, heads)
+
+
+def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
+    """Train both judges into ``out/judge`` and ``out/judge_vit``; held-out accuracy per head."""
+    from bench.world.train import vae_roundtrip
+
+    info: dict = {}
+    held = heldout_sets(cfg, 2000 if cfg.n_judge >= 2000 else 64)
+    for which in (FIRST, SECOND):
+        t0 = time.time()
+        torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
+        net = _net(which, cfg)
+        images, labels = judge_set(cfg.seed + _SEED_OFFSET[which], cfg.n_judge, cfg.judge_negatives,
+                                   cfg.character_prob, cfg.judge_jitter, vae)
+        steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
+                            else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
+        judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which)
+        judge.save(out / which)
+        judge = WorldJudge.load(out / which)
+        row: dict = {"seconds": round(time.time() - t0, 1), "id": judge.id}
+        for name, (x, y) in held.items():
+            row[name] = accuracy(judge, x, y)
+            row[name + "_vae"] = accuracy(judge, vae_roundtrip(vae, x), y) if vae is not None else None
+        info[which] = row
+    return info
+
+
+def retrain_judges(world: Path, cfg: WorldConfig, out: Path | None = None) -> dict:
+    """Retrain both judges of the built world in ``world`` against its VAE, into ``out`` (default: the world)."""
+    from diffusers import AutoencoderKL
+
+    from bench.errors import InputError
+
+    if not (world / "model" / "vae").is_dir():
+        raise InputError(f"{world} holds no built world (expected model/vae/)")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    vae = AutoencoderKL.from_pretrained(world / "model" / "vae").eval()
+    out = out or world
+    info = build_judges(cfg, vae, out)
+    keys = [f.name for f in dataclasses.fields(cfg) if f.name.startswith(("judge_", "vit_", "n_judge"))]
+    record = {"judge_version": JUDGE_VERSION, "config": {k: getattr(cfg, k) for k in ["seed", *keys]},
+              "vae": "the world's model/vae (stored in fp16, loaded as fp32)", **info}
+    (out / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,134 @@
+"""Judges: the reject option, the second opinion and how both reach the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.judges.base import REJECT_LABEL, SCENE_HEAD
+from bench.metrics import DISAGREEMENT_FLAG, agreement
+from bench.runner import cell_metrics
+from bench.world.negatives import KINDS, render_negatives
+from bench.world.render import HEADS, Scene, jitter_texture, render_batch, render_scene, to_tensor
+
+WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+needs_world = pytest.mark.skipif(not (WORLD / "judge_vit" / "judge.safetensors").is_file(),
+                                 reason="world judges not built")
+
+
+def test_negatives_cover_every_kind_and_are_deterministic():
+    a, kinds = render_negatives(5, 2 * len(KINDS))
+    b, _ = render_negatives(5, 2 * len(KINDS))
+    assert a.shape == (2 * len(KINDS), 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and sorted(set(kinds)) == sorted(KINDS)
+    blank = a[kinds.index("blank")].astype(float)
+    assert blank.std(axis=(0, 1)).max() < 12  # one colour plus sensor noise
+
+
+def test_texture_jitter_changes_texture_only_and_defaults_render_as_before():
+    scene = Scene(shape="square", colour="yellow", style="dotted", scale=0.45)
+    jittered = jitter_texture(scene, np.random.default_rng(0))
+    assert (jittered.shape, jittered.colour, jittered.cx) == (scene.shape, scene.colour, scene.cx)
+    assert jittered.dot_radius != scene.dot_radius
+    assert not np.array_equal(render_scene(jittered), render_scene(scene))
+    # the defaults are the world's own texture: a scene built without them renders identically
+    plain = Scene(**{k: v for k, v in scene.to_dict().items()
+                     if k not in ("stripe_period", "dot_period", "dot_radius", "check_cell", "dark_shade")})
+    assert np.array_equal(render_scene(plain), render_scene(scene))
+
+
+def _rows(groups: list[str], seeds: list[int]) -> list[tuple]:
+    return [(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
+
+
+def test_a_rejected_image_is_a_miss_for_retain_and_not_seen_for_ua():
+    """Four target and four retain images; the judge rejects half of each (and so detects nothing
+    there): UA counts rejected target images as erased, retain counts rejected ones as misses."""
+    groups = ["target"] * 4 + ["in_domain"] * 4
+    rows = _rows(groups, [0, 1, 2, 3] * 2)
+    rejected = torch.tensor([True, True, False, False, True, True, False, False])
+    # what Judge.detect returns: the concept is seen on the kept images only
+    det = torch.tensor([False, False, True, True, False, False, True, True])
+    f = torch.randn(4, 3)
+    m = cell_metrics(rows, {"edited": det, "original": det}, f, f, {"edited": rejected, "original": rejected})
+    assert m["ua"]["value"] == 0.5  # 2 rejected = not seen
+    assert m["retain_in_domain"]["value"] == 0.5  # 2 rejected = missed
+    assert m["reject_rate"]["value"] == 0.5 and m["reject_rate_target"]["value"] == 0.5
+    with pytest.raises(ValueError, match="rejected"):
+        cell_metrics(rows, {"edited": rejected, "original": det}, f, f, {"edited": rejected, "original": rejected})
+
+
+def test_agreement_on_a_constructed_disagreement():
+    a = {SCENE_HEAD: ["valid"] * 10, "style": ["dotted"] * 10, "object": ["star"] * 10}
+    b = {SCENE_HEAD: ["valid"] * 9 + [REJECT_LABEL], "style": ["dotted"] * 7 + ["solid"] * 3,
+         "object": ["star"] * 10, "colour": ["red"] * 10}
+    res = agreement(a, b)
+    assert res["heads"] == {SCENE_HEAD: 0.9, "style": 0.7, "object": 1.0}  # colour: only one judge has it
+    assert res["min"] == 0.7 and res["worst_head"] == "style" and res["n"] == 10
+    assert res["all_heads"] == pytest.approx(0.7)  # images 7, 8, 9 differ (on style; 9 on the scene too)
+    assert 1 - res["min"] > DISAGREEMENT_FLAG  # such a cell is flagged
+    with pytest.raises(ValueError, match="no head"):
+        agreement({"x": ["a"]}, {"y": ["a"]})
+
+
+@pytest.fixture(scope="module")
+def world_judges():
+    from bench.judges.world import WorldConceptJudge
+
+    return WorldConceptJudge(WORLD / "judge"), WorldConceptJudge(WORLD / "judge_vit")
+
+
+@needs_world
+@pytest.mark.parametrize("which", [0, 1], ids=["cnn", "vit"])
+def test_reject_head_rejects_non_scenes_and_accepts_fresh_renders(world_judges, which):
+    """Seeds no judge trained on: >= 95 % of synthetic non-scenes rejected (every kind, blank
+    frames, washes and noise each >= 95 %), >= 99 % of fresh renders accepted."""
+    judge = world_judges[which]
+    neg, kinds = render_negatives(31_337, 40 * len(KINDS))
+    rej = judge.reject(to_tensor(neg)).numpy()
+    assert rej.mean() >= 0.95, rej.mean()
+    for kind in ("blank", "wash", "gradient", "noise"):
+        share = rej[[k == kind for k in kinds]].mean()
+        assert share >= 0.95, (kind, share)
+    images, scenes = render_batch(271_828, 400, character_prob=0.3)
+    x = to_tensor(images)
+    assert 1 - judge.reject(x).float().mean() >= 0.99
+    labels = judge.labels(x)
+    for head, classes in HEADS.items():
+        truth = [classes[s.labels()[head]] for s in scenes]
+        assert np.mean([a == b for a, b in zip(labels[head], truth, strict=True)]) >= 0.95, head
+
+
+@needs_world
+def test_detect_is_never_true_on_a_rejected_image(world_judges):
+    from bench.concepts import Concept
+
+    judge = world_judges[0]
+    neg, _ = render_negatives(99, 64)
+    x = to_tensor(neg)
+    rejected = judge.reject(x)
+    for head, classes in HEADS.items():
+        for label in classes[1:] if head == "character" else classes:
+            seen = judge.detect(x, Concept(label, type=head, extra={"head": head, "label": label}))
+            assert not (seen & rejected).any()
+    assert all(v == REJECT_LABEL for v, r in zip(judge.labels(x)["style"], rejected.tolist(), strict=True) if r)
+
+
+def test_imagenet_judge_rejects_blank_frames_and_keeps_photographs():
+    from skimage import data
+
+    from bench.judges.imagenet import ImageNetJudge
+
+    judge = ImageNetJudge()
+    photos = torch.cat([torch.from_numpy(getattr(data, n)()[:300, :300]).permute(2, 0, 1).float().div(255)[None]
+                        for n in ("chelsea", "coffee")])
+    blank = torch.ones(3, 3, 300, 300) * torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1, 1)
+    assert not judge.reject(photos).any()
+    assert judge.reject(blank).all()
+    labels = judge.labels(torch.cat([photos, blank]))
+    assert labels[SCENE_HEAD] == ["valid", "valid"] + [REJECT_LABEL] * 3
+    assert labels["imagenet"] == ["285", "967"] + [REJECT_LABEL] * 3
+    assert labels["object"][:2] == ["other", "other"]  # no concept set given: every class is "other"
