@@ -43,7 +43,13 @@ def _cmd_erase(args: argparse.Namespace) -> int:
         method_spec=args.method, overrides=parse_overrides(args.set or []), model=args.model,
         concept_name=args.concept, concept_type=args.concept_type, images=args.images, out=Path(args.out),
         seed=args.seed, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+        truncate_prompts=args.truncate_prompts,
     )
+    for note in record["images"].get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    for cut in record.get("prompt_truncations", []):
+        print(f"note: {cut['where']} cut from {cut['tokens']} to {cut['kept']} tokens (--truncate-prompts)",
+              file=sys.stderr)
     print(f"erased {args.concept!r} with {args.method} in {record['seconds']:.2f} s: "
           f"{record['trainable_params']:,} trainable parameters, edit {record['storage_bytes']:,} bytes -> {args.out}")
     return 0
@@ -128,7 +134,7 @@ def _bench_from_args(args: argparse.Namespace):
             tuned.remove(method)
     return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
                  method_overrides=overrides, tuned=tuple(tuned), attacks=tuple(attacks),
-                 attack_overrides=attack_overrides)
+                 attack_overrides=attack_overrides, truncate_prompts=getattr(args, "truncate_prompts", False))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -150,10 +156,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     cells = run_bench(bench, out)
-    paths = build_report(out, Path(args.report), only=cells)
+    # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
+    paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells)
     from bench.report import load_cells, markdown_table
+    from bench.report_failed import failed_table, split_failed
 
-    table = overall_table(load_cells(out, only=cells))
+    measured, failed = split_failed(load_cells(out, only=cells, include_failed=True))
+    if failed:
+        print(markdown_table(failed_table(failed)))
+    if not measured:
+        print(f"report: {paths['html']} (no cell produced numbers)")
+        return 0
+    table = overall_table(measured)
     cols = ["method", "UA", "UA CI", "UA syn", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]
     cols += [c for c in table.columns if c.startswith("ASR ") and not c.endswith((" CI", " orig"))]
     cols += ["H robust"] if "H robust" in table.columns else []
@@ -177,9 +191,28 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
 
-    paths = build_report(Path(args.runs), Path(args.out))
+    paths = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report")
     print(f"report: {paths['html']}")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bench.errors import InputError
+    from bench.records import cell_name, verify_cells
+
+    runs = Path(args.runs)
+    if not (runs / "cells").is_dir():
+        raise InputError(f"no run folder at {runs} (no cells/ inside)")
+    results = verify_cells(runs)
+    bad = {d: p for d, p in results.items() if p}
+    for folder, problems in results.items():
+        print(f"{'ok' if not problems else 'FAILED'}  cell {cell_name(folder)}" + (f": {'; '.join(problems)}" if problems else ""))
+    leftovers = [d for d in (runs / "cells").iterdir() if ".tmp-" in d.name]
+    if leftovers:
+        print(f"{len(leftovers)} temp folder(s) of an interrupted run (the next bench run removes them)")
+    print(f"verify: {len(results) - len(bad)} of {len(results)} cells match their checksums"
+          + (f"; {len(bad)} edited, truncated or incomplete: delete them to recompute" if bad else ""))
+    return 1 if bad else 0
 
 
 def _cmd_regress(args: argparse.Namespace) -> int:
@@ -226,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--dtype", default="auto", help="float32 (CPU default), float16 or bfloat16")
     e.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
+    e.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
+                   help="cut prompts over the tokenizer's limit and record it (default: refuse them)")
     e.set_defaults(func=_cmd_erase)
 
     r = sub.add_parser("run", help="run the benchmark grid (resumable) and build the report")
@@ -245,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--guidance", type=float, default=None)
     r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
     r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
-    r.add_argument("--report", default="reports", help="where the leaderboard is written")
+    r.add_argument("--report", default=None,
+                   help="where the leaderboard is written (default: OUT/report; make bench names reports)")
+    r.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
+                   help="cut prompts over the tokenizer's limit and record it in each cell (default: refuse them)")
     r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
     r.add_argument("--attacks", default="paraphrase,inversion,prefix",
@@ -273,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")
     rp.add_argument("--runs", default="runs/bench")
-    rp.add_argument("--out", default="reports")
+    rp.add_argument("--out", default=None, help="where the leaderboard is written (default: RUNS/report)")
     rp.set_defaults(func=_cmd_report)
+
+    v = sub.add_parser("verify", help="check every cell of a run folder against its recorded sha256")
+    v.add_argument("--runs", default="runs/bench")
+    v.set_defaults(func=_cmd_verify)
 
     g = sub.add_parser("regress", help="quick configuration from scratch vs committed goldens")
     g.add_argument("--update", action="store_true", help="rewrite the goldens (make goldens)")

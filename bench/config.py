@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -45,6 +46,8 @@ def _check_type(cls_name: str, name: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{cls_name}.{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{cls_name}.{name} must be a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -7,11 +7,13 @@ from typing import Any
 
 from bench.concepts import Concept
 from bench.envinfo import environment
-from bench.errors import InputError
+from bench.errors import InputError, NonFiniteError
+from bench.guards import check_finite
 from bench.images import load_images
 from bench.io import ensure_writable_dir, write_json
 from bench.method import build_method
 from bench.pipeline import load_pipeline, pipeline_device, pipeline_dtype
+from bench.prompts import check_prompts, erase_prompts
 
 
 def erase_to_folder(
@@ -27,6 +29,7 @@ def erase_to_folder(
     dtype: str | None = None,
     overwrite: bool = False,
     pipe: Any = None,
+    truncate_prompts: bool = False,
 ) -> dict[str, Any]:
     """Validate every input first (a bad one writes nothing), erase, then write the record last.
 
@@ -34,14 +37,24 @@ def erase_to_folder(
     """
     method = build_method(method_spec, overrides)
     concept = Concept(name=concept_name, type=concept_type)
-    pictures = load_images(images)
+    notes: list[str] = []
+    pictures = load_images(images, notes)
     out = Path(out)
     if (out / "erase.json").exists() and not overwrite:
         raise InputError(f"output folder {out} already holds an erase record; pass --overwrite to replace it")
     if pipe is None:
         pipe = load_pipeline(model, device=device, dtype=dtype)
+    cuts = check_prompts(pipe.tokenizer, erase_prompts(concept), truncate=truncate_prompts)
     ensure_writable_dir(out)
-    edit = method.erase(pipe, concept, pictures, seed=seed)
+    try:
+        edit = method.erase(pipe, concept, pictures, seed=seed)
+        try:
+            check_finite(edit.tensors, "edited weights")
+        except NonFiniteError:
+            edit.restore()
+            raise
+    except NonFiniteError as e:  # a diverged erase writes nothing: its weights are garbage
+        raise e.named(method_spec, concept.name) from None
     edit.save(out / "edit.safetensors")
     record = {
         "method": method.name,
@@ -49,7 +62,8 @@ def erase_to_folder(
         "method_version": method.version,
         "config": method.config.to_dict(),
         "concept": {"name": concept.name, "type": concept.type},
-        "images": {"folder": str(Path(images).resolve()), "count": len(pictures)},
+        "images": {"folder": str(Path(images).resolve()), "count": len(pictures), **({"notes": notes} if notes else {})},
+        **({"prompt_truncations": cuts} if cuts else {}),
         "model": str(model),
         "seed": seed,
         "seconds": edit.seconds,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.guards import check_finite
 from bench.protocol import SamplerSpec
 from bench.records import canonical_json
 
@@ -60,11 +61,19 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], sampler: S
             text = {"prompt_embeds": prompt_embeds[i : i + batch_size].to(device, pipe.text_encoder.dtype),
                     "negative_prompt_embeds": encode_prompts(pipe, [""] * len(p))}
         images = pipe(**text, num_inference_steps=sampler.steps, guidance_scale=sampler.guidance, eta=sampler.eta,
-                      height=sampler.height, width=sampler.width, latents=latents, output_type="pt").images
+                      height=sampler.height, width=sampler.width, latents=latents, output_type="pt",
+                      callback_on_step_end=_finite_latents, callback_on_step_end_tensor_inputs=["latents"]).images
+        check_finite(images, "decoded images", f"batch of {len(p)} from prompt {p[0]!r}")
         out.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         if progress is not None:
             progress.update(len(p))
     return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+
+
+def _finite_latents(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Stop at the first denoising step whose latents hold NaN or Inf (the pipeline's step hook)."""
+    check_finite(kwargs["latents"], "latents", f"denoising step {step + 1}")
+    return kwargs
 
 
 def _latent_hw(pipe: Any, sampler: SamplerSpec) -> tuple[int, int]:
@@ -74,6 +83,21 @@ def _latent_hw(pipe: Any, sampler: SamplerSpec) -> tuple[int, int]:
     h = sampler.height // f if sampler.height else size[0]
     w = sampler.width // f if sampler.width else size[1]
     return int(h), int(w)
+
+
+def _load_cached(path: Path) -> torch.Tensor:
+    """One cached reference image; a truncated or foreign file is an error naming it."""
+    try:
+        image = load_file(str(path))["image"]
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        from bench.errors import RecordError
+
+        raise RecordError(f"reference image cache file {path} is unreadable ({e}); delete it to regenerate") from None
+    if image.dtype != torch.uint8 or image.ndim != 3:
+        from bench.errors import RecordError
+
+        raise RecordError(f"reference image cache file {path} does not hold a uint8 image; delete it to regenerate")
+    return image
 
 
 class ReferenceCache:
@@ -96,14 +120,14 @@ class ReferenceCache:
             paths = [self._path(a, b) for a, b in zip(p, s, strict=True)]
             have = [path.is_file() for path in paths]
             if all(have):
-                out.append(torch.stack([load_file(str(path))["image"] for path in paths]))
+                out.append(torch.stack([_load_cached(path) for path in paths]))
                 if progress is not None:
                     progress.update(len(p))
                 continue
             fresh = generate(pipe, p, s, sampler, batch_size, progress)
             for j, path in enumerate(paths):
                 if have[j]:  # keep what earlier cells were judged on
-                    fresh[j] = load_file(str(path))["image"]
+                    fresh[j] = _load_cached(path)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + ".tmp")

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from bench.errors import ConfigError
+
+MAX_STEPS = 1000  # DDIM cannot take more steps than the model's training timesteps
+MAX_GUIDANCE = 100.0
+MAX_SIDE = 4096  # pixels; diffusers also needs a multiple of 8
+MAX_SEED = 2**63 - 1
+
+
+def _number(name: str, value: object, low: float, high: float, integer: bool = False) -> None:
+    """A finite number in [low, high] (an integer when ``integer``), or one ConfigError naming it."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        span = f"[{low}, {high}]" if integer else f"[{low:g}, {high:g}]"
+        raise ConfigError(f"{name} must be in {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -19,10 +37,17 @@ class SamplerSpec:
     eta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
-        if self.guidance < 0:
-            raise ConfigError(f"sampler guidance must be >= 0, got {self.guidance}")
+        if not isinstance(self.scheduler, str) or not self.scheduler.isidentifier():
+            raise ConfigError(f"sampler scheduler must be a diffusers scheduler class name, got {self.scheduler!r}")
+        _number("sampler steps", self.steps, 1, MAX_STEPS, integer=True)
+        _number("sampler guidance", self.guidance, 0.0, MAX_GUIDANCE)
+        _number("sampler eta", self.eta, 0.0, 1.0)
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if value is not None:
+                _number(f"sampler {side}", value, 8, MAX_SIDE, integer=True)
+                if value % 8:
+                    raise ConfigError(f"sampler {side} must be a multiple of 8, got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +78,8 @@ class EvalProtocol:
             raise ConfigError("an evaluation needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"evaluation seeds repeat: {list(self.seeds)}")
+        for seed in self.seeds:
+            _number("evaluation seed", seed, 0, MAX_SEED, integer=True)
         for name in ("target_prompts", "few_shot_images", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import InputError
+from bench.errors import InputError, RecordError
 from bench.io import write_json
 
+CHECKSUMS = "checksums.json"  # sha256 of every other file, written last, inside the atomic rename
 CELL_FILES = ("run_spec.json", "metrics.json", "per_image.jsonl", "timing.json", "environment.json",
-              "samples.safetensors")
+              "samples.safetensors", CHECKSUMS)
 SPEC_VERSION = 1
 
 
@@ -112,48 +113,153 @@ def is_complete(folder: Path) -> bool:
 
 def write_cell(root: Path, spec: RunSpec, metrics: dict[str, Any], per_image: list[dict[str, Any]],
                timing: dict[str, Any], environment: dict[str, Any], extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a complete cell folder atomically (temp folder, then rename)."""
+    """Write a complete cell folder atomically (temp folder, checksums last, then rename).
+
+    A write that fails (disk full, permission lost) removes the temp folder and raises one
+    ``RecordError``: no partial cell is left, and a rerun redoes exactly this cell.
+    """
     final = cell_dir(root, spec)
     tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write_json(tmp / "run_spec.json", {**spec.to_dict(), "hash": spec.hash})
-    write_json(tmp / "metrics.json", metrics)
-    write_json(tmp / "timing.json", timing)
-    write_json(tmp / "environment.json", environment)
-    for name, data in (extra_files or {}).items():
-        (tmp / name).write_bytes(data)
-    with open(tmp / "per_image.jsonl", "w", encoding="utf-8") as f:
-        for row in per_image:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    if final.exists():  # an incomplete leftover of an older layout: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write_json(tmp / "run_spec.json", {**spec.to_dict(), "hash": spec.hash})
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "timing.json", timing)
+        write_json(tmp / "environment.json", environment)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        with open(tmp / "per_image.jsonl", "w", encoding="utf-8") as f:
+            for row in per_image:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        write_json(tmp / CHECKSUMS, file_checksums(tmp))
+        if final.exists():  # an incomplete leftover of an older layout: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RecordError(f"could not write cell {final.name} ({spec.method}, concept {spec.concept!r}) "
+                              f"under {root}: {e.strerror or e}; no partial cell was kept, rerun to complete "
+                              "the grid") from None
+        raise
     return final
 
 
+def file_checksums(folder: Path) -> dict[str, Any]:
+    """``{"sha256": {file: digest}, "bytes": {file: size}}`` over every file of a cell but the checksums."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    return {"algorithm": "sha256", "sha256": {n: _sha256_file(folder / n) for n in names},
+            "bytes": {n: (folder / n).stat().st_size for n in names}}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_cell(folder: Path) -> list[str]:
+    """What is wrong with a cell folder's files (empty: every file matches its recorded sha256)."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / CHECKSUMS).read_text())
+        digests, sizes = recorded["sha256"], recorded["bytes"]
+        if not isinstance(digests, dict) or not isinstance(sizes, dict):
+            raise TypeError("not a mapping")
+    except FileNotFoundError:
+        return [f"no {CHECKSUMS} (incomplete, or written before records were verified)"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{CHECKSUMS} is unreadable ({type(e).__name__}: {e})"]
+    problems = []
+    for name in CELL_FILES:
+        if name != CHECKSUMS and name not in digests:
+            problems.append(f"{name} is not covered by {CHECKSUMS}")
+    present = {p.name for p in folder.iterdir() if p.name != CHECKSUMS}
+    for name in sorted(present - set(digests)):
+        problems.append(f"unexpected file {name}")
+    for name in sorted(digests):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != sizes.get(name):
+            problems.append(f"{name} has {path.stat().st_size} bytes, {sizes.get(name)} were written (truncated or edited)")
+        elif _sha256_file(path) != digests[name]:
+            problems.append(f"{name} does not match its sha256 (edited)")
+    return problems
+
+
+def cell_name(folder: Path) -> str:
+    """``<cell id> (<method>, concept '<name>')`` as far as the spec can be read."""
+    try:
+        spec = json.loads((Path(folder) / "run_spec.json").read_text())
+        return f"{Path(folder).name} ({spec['method']}, concept {spec['concept']!r})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(folder).name
+
+
+def verify_cells(root: Path) -> dict[Path, list[str]]:
+    """Every cell folder under ``root`` (temp folders of a killed run aside) -> its problems."""
+    cells = Path(root) / "cells"
+    if not cells.is_dir():
+        return {}
+    return {d: verify_cell(d) for d in sorted(cells.iterdir()) if d.is_dir() and ".tmp-" not in d.name}
+
+
+def require_verified(root: Path) -> None:
+    """Raise one ``RecordError`` naming every cell whose files were truncated or edited."""
+    bad = {d: p for d, p in verify_cells(root).items() if p}
+    if bad:
+        listed = "; ".join(f"cell {cell_name(d)}: {', '.join(p)}" for d, p in bad.items())
+        raise RecordError(f"{len(bad)} run record(s) under {root} fail verification, not used: {listed}; "
+                          f"delete those cell folders to recompute them (bench verify --runs {root} lists them)")
+
+
+def cell_status(metrics: dict[str, Any]) -> str:
+    """``ok`` for a measured cell, else why it has no numbers (``diverged``)."""
+    return str(metrics.get("status", "ok"))
+
+
+def write_failed_cell(root: Path, spec: RunSpec, status: str, stage: str, reason: str, info: dict[str, Any],
+                      timing: dict[str, Any], environment: dict[str, Any]) -> Path:
+    """A cell that produced no numbers (a diverged method), recorded like any other: atomically, so a
+    rerun skips it and the report shows it, counted in no mean."""
+    from safetensors.torch import save
+
+    metrics = {"status": status, "stage": stage, "reason": reason, "method": spec.method,
+               "concept": spec.concept, **info}
+    return write_cell(root, spec, metrics, [], timing, environment, extra_files={"samples.safetensors": save({})})
+
+
 def clean_partial(root: Path) -> list[Path]:
-    """Remove temp folders and incomplete cells left by a killed run; returns what was removed."""
+    """Remove temp folders left by a killed run, and cells of an older layout (no checksums, so
+    never verified: they are recomputed); returns what was removed."""
     removed = []
     cells = root / "cells"
     if not cells.is_dir():
         return removed
     for d in cells.iterdir():
-        if d.is_dir() and (".tmp-" in d.name or not is_complete(d)):
+        if d.is_dir() and (".tmp-" in d.name or not (d / CHECKSUMS).exists()):
             shutil.rmtree(d)
             removed.append(d)
     return removed
 
 
 def scan_cells(root: Path) -> list[dict[str, Any]]:
-    """Every complete cell under ``root``: its spec and metrics (the report's only input)."""
+    """Every cell under ``root``, verified: its spec and metrics (the report's only input).
+
+    A cell whose files were truncated or edited by hand is an error naming it, never used.
+    """
     out = []
     cells = root / "cells"
     if not cells.is_dir():
         return out
+    require_verified(root)
     for d in sorted(cells.iterdir()):
         if ".tmp-" in d.name or not is_complete(d):
             continue

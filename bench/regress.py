@@ -78,7 +78,7 @@ def run_regress(update: bool = False, methods: list[str] | None = None,
     bench = quick_bench(methods, overrides)
     with tempfile.TemporaryDirectory(prefix="erasebench-regress-") as tmp:
         cells = run_bench(bench, Path(tmp), progress=progress)
-        got = measured(load_cells(Path(tmp), only=cells))
+        got = measured(load_cells(Path(tmp), only=cells, include_failed=True))  # a diverged cell is a regression
     if update:
         goldens_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(goldens_path, {"protocol": {"concepts": QUICK_CONCEPTS, **QUICK_PROTOCOL.to_dict()},

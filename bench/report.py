@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.escape import csv_safe, file_stem, html_text, md_code, md_link, md_text
 from bench.io import ensure_writable_dir
 from bench.metrics import (
     COMPOSITE_FORMULA,
@@ -25,7 +26,7 @@ from bench.metrics import (
     robust_composite,
     summary,
 )
-from bench.records import scan_cells
+from bench.records import cell_status, scan_cells
 
 ACCURACIES = [("ua", "UA"), ("ua_synonyms", "UA syn"), ("retain_in_domain", "IRA"),
               ("retain_cross_domain", "CRA"), ("near_neighbours", "NNA")]
@@ -37,8 +38,9 @@ PROTOCOL_KEYS = ("model_sha256", "concept_set", "concept_set_sha256", "sampler",
                  "judge", "metrics_version", "erase_seed", "images", "dtype", "attacks")
 
 
-def load_cells(runs: Path, only: list[Path] | None = None) -> list[dict[str, Any]]:
-    """Complete cells under ``runs`` (or just the folders in ``only``), checked to share one protocol."""
+def load_cells(runs: Path, only: list[Path] | None = None, include_failed: bool = False) -> list[dict[str, Any]]:
+    """Complete, verified cells under ``runs`` (or just the folders in ``only``), checked to share one
+    protocol. Failed (diverged) cells carry no numbers: left out unless ``include_failed``."""
     cells = scan_cells(Path(runs))
     if only is not None:
         keep = {Path(p).resolve() for p in only}
@@ -55,7 +57,7 @@ def load_cells(runs: Path, only: list[Path] | None = None) -> list[dict[str, Any
         folder = Path(c["folder"])
         c["per_image"] = [json.loads(line) for line in (folder / "per_image.jsonl").read_text().splitlines() if line]
         c["environment"] = json.loads((folder / "environment.json").read_text())
-    return cells
+    return cells if include_failed else [c for c in cells if cell_status(c["metrics"]) == "ok"]
 
 
 def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
@@ -83,7 +85,8 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         row.update({"retain_mean": m["retain_mean"], "composite": m["composite"],
                     "composite_original": m["composite_original"], "kid_retain": m["kid_retain"]["mean"],
                     "seconds": m["seconds_per_concept"], "peak_memory_mb": m["peak_memory_mb"],
-                    "trainable_params": m["trainable_params"], "storage_bytes": m["storage_bytes"]})
+                    "trainable_params": m["trainable_params"], "storage_bytes": m["storage_bytes"],
+                    "warnings": "; ".join(m.get("image_warnings", []))})
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["method", "concept"]).reset_index(drop=True)
 
@@ -178,9 +181,9 @@ def _fmt(v: Any) -> str:
 
 def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(md_text(_fmt(r[c])) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -188,24 +191,26 @@ def _attack_list(attacks: dict[str, Any]) -> str:
     return ", ".join(f"{n} (v{a['version']}, {json.dumps(a['config'])})" for n, a in attacks.items())
 
 
-def protocol_text(cells: list[dict[str, Any]]) -> list[str]:
+def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = md_text) -> list[str]:
+    """The protocol as Markdown list items; ``code``/``text`` escape the values (spans, plain text)."""
     s = cells[0]["spec"]
     env = cells[0]["environment"]
     p, smp = s.get("protocol", {}), s["sampler"]
-    hw = f"{env.get('device', '?')} ({env.get('gpu') or env.get('platform', '')}, {env.get('cpu_threads')} threads)"
-    methods = sorted({c["label"] for c in cells})
+    hw = text(f"{env.get('device', '?')} ({env.get('gpu') or env.get('platform', '')}, {env.get('cpu_threads')} threads)")
+    methods = [text(m) for m in sorted({c["label"] for c in cells})]
     splits = sorted({c["metrics"].get("split", "?") for c in cells})
     return [
-        f"- model: `{Path(s['model']).name}` (sha256 {s['model_sha256'][:12]}), concept set `{s['concept_set']}`",
-        f"- sampler: {smp['scheduler']}, {smp['steps']} steps, guidance {smp['guidance']}, eta {smp['eta']}",
+        f"- model: {code(Path(s['model']).name)} (sha256 {text(s['model_sha256'][:12])}), "
+        f"concept set {code(s['concept_set'])}",
+        f"- sampler: {text(smp['scheduler'])}, {smp['steps']} steps, guidance {smp['guidance']}, eta {smp['eta']}",
         f"- evaluation seeds: {p.get('seeds', s['eval_seeds'])}; per concept {p.get('target_prompts')} target "
         f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept",
-        f"- few-shot images: {s['images'].get('n')} ({s['images'].get('source')}, seed {s['images'].get('seed', '-')}); "
+        f"- few-shot images: {s['images'].get('n')} ({text(s['images'].get('source'))}, seed {s['images'].get('seed', '-')}); "
         f"erase seed {s['erase_seed']}",
-        f"- judge: `{s['judge']}`; metrics version {s['metrics_version']}; a rejected image ("
-        f"{cells[0]['metrics'].get('reject_definition', 'no reject option')}) counts as not seen for UA and as a "
-        "miss for retain; reject = share of a cell's images the judge rejected",
-        (f"- second judge: `{s['second_judge']}`; agree = share of images on which both judges give the same "
+        f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}; a rejected image ("
+        f"{text(cells[0]['metrics'].get('reject_definition', 'no reject option'))}) counts as not seen for UA "
+        "and as a miss for retain; reject = share of a cell's images the judge rejected",
+        (f"- second judge: {code(s['second_judge'])}; agree = share of images on which both judges give the same "
          f"label on the worst head; a cell is flagged when they disagree on more than {DISAGREEMENT_FLAG:.0%} "
          "of its images on some head") if s.get("second_judge") else "",
         f"- hardware: {hw}; package versions in each cell's environment.json",
@@ -215,7 +220,7 @@ def protocol_text(cells: list[dict[str, Any]]) -> list[str]:
         + ("test concepts only" if splits == ["test"] else f"concepts of splits {splits} (NOT a test-only leaderboard)"),
         f"- methods: {', '.join(methods)}; {len(cells)} cells",
         f"- composite: {COMPOSITE_FORMULA}",
-        (f"- robustness: attacks {_attack_list(s['attacks'])}"
+        (f"- robustness: attacks {text(_attack_list(s['attacks']))}"
          f" run against every erased model and the original one (ASR orig; a null edit is bit-identical to it); "
          f"ASR = share of attack images in which the judge sees the concept; {ROBUST_FORMULA}")
         if s.get("attacks") else "",
@@ -240,6 +245,7 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # a "$" in a concept or method name is text, not TeX
     import matplotlib.pyplot as plt
 
     out: dict[str, bytes] = {}
@@ -292,7 +298,7 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
     out["heatmap.png"] = _png(fig)
 
     for concept in sorted(per_cell["concept"].unique()):
-        out[f"grid_{concept}.png"] = _grid(cells, concept)
+        out[f"grid_{file_stem(concept)}.png"] = _grid(cells, concept)
     return out
 
 
@@ -322,41 +328,50 @@ def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
 
 # -- writing -------------------------------------------------------------------------------------
 def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[str, Path]:
-    cells = load_cells(Path(runs), only)
-    if not cells:
+    from bench.report_failed import failed_only_report, failed_section, split_failed
+
+    cells, failed = split_failed(load_cells(Path(runs), only, include_failed=True))
+    if not cells and not failed:
         from bench.errors import InputError
 
         raise InputError(f"no complete run cells under {runs}: run the benchmark first")
     out = ensure_writable_dir(out)
+    if not cells:
+        return failed_only_report(out, failed)
     overall, per_cell = overall_table(cells), cell_table(cells)
     images = plots(cells, overall, per_cell)
     (out / "figures").mkdir(exist_ok=True)
     for name, data in images.items():
         (out / "figures" / name).write_bytes(data)
-    per_cell.to_csv(out / "leaderboard.csv", index=False)
+    csv_safe(per_cell).to_csv(out / "leaderboard.csv", index=False)
     short = per_cell[["method", "concept", "ua", "reject", "ua_original", "ua_synonyms", "retain_in_domain",
                       "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds", "agree",
                       "judges_disagree"]]
+    if per_cell["warnings"].astype(bool).any():  # degenerate images: flagged, never unnoticed
+        short = short.assign(warnings=per_cell["warnings"])
     agree = agreement_table(cells)
     judges = ["## Judges", "", "Agreement of the two judges per head (share of images with the same label):", "",
               markdown_table(agree), ""] if len(agree) else []
+    md_failed, html_failed = failed_section(failed)
     md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
-          markdown_table(overall), "", "## Per concept", "", markdown_table(short), "", *judges,
+          markdown_table(overall), "", *md_failed, "## Per concept", "", markdown_table(short), "", *judges,
           "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
           *(["", "![robustness](figures/robustness.png)"] if "robustness.png" in images else []),
           "", "## Before / after", ""]
-    md += [f"![{n}](figures/{n})" for n in images if n.startswith("grid_")]
+    md += [f"![{md_text(n)}]({md_link('figures/' + n)})" for n in images if n.startswith("grid_")]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
-    (out / "index.html").write_text(_html(cells, overall, short, images, agree))
+    (out / "index.html").write_text(_html(cells, overall, short, images, agree).replace(
+        "<h2>Per concept</h2>", html_failed + "<h2>Per concept</h2>"))
     return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html"}
 
 
 def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes],
           agree: pd.DataFrame) -> str:
     def img(name: str) -> str:
-        return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
+        return f'<img alt="{html_text(name)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
-    protocol = "".join(f"<li>{html.escape(x[2:])}</li>" for x in protocol_text(cells) if x)
+    plain = protocol_text(cells, code=lambda v: f"`{v}`", text=str)
+    protocol = "".join(f"<li>{html.escape(x[2:])}</li>" for x in plain if x)
     grids = "".join(img(n) for n in images if n.startswith("grid_"))
     fmt = {c: _fmt for c in overall.columns}
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>erasebench leaderboard</title>

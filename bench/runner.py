@@ -6,6 +6,7 @@ to the original model's images (cached) -> metrics -> an atomic run folder -> re
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,8 +19,9 @@ from PIL import Image
 from bench.attacks.base import Attack, build_attack
 from bench.concepts import Concept, ConceptSet, load_concept_set
 from bench.envinfo import environment
-from bench.errors import InputError
+from bench.errors import InputError, NonFiniteError
 from bench.generation import ReferenceCache, generate
+from bench.guards import check_finite, image_warnings
 from bench.io import ensure_writable_dir
 from bench.judges.base import Judge
 from bench.measure import PeakMemory
@@ -37,7 +39,17 @@ from bench.metrics import (
 )
 from bench.pipeline import load_pipeline, model_source, pipeline_device
 from bench.protocol import WORLD_SAMPLER, EvalProtocol, SamplerSpec
-from bench.records import RunSpec, cell_dir, clean_partial, is_complete, model_fingerprint, write_cell
+from bench.records import (
+    RunSpec,
+    cell_dir,
+    cell_status,
+    clean_partial,
+    is_complete,
+    model_fingerprint,
+    require_verified,
+    write_cell,
+    write_failed_cell,
+)
 
 WORLD = Path(__file__).resolve().parent.parent / "datasets" / "conceptworld"
 GROUPS = ("target", "synonym", "in_domain", "cross_domain", "near_neighbour")
@@ -97,6 +109,7 @@ class Bench:
     tuned: tuple[str, ...] = ()  # methods whose overrides were chosen on dev concepts (bench tune)
     attacks: tuple[str, ...] = ()  # robustness attacks run against every erased model
     attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    truncate_prompts: bool = False  # record prompts cut at the tokenizer's limit instead of refusing them
 
 
 def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple[str, Concept, str]]:
@@ -141,12 +154,13 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
     from bench.images import load_images
 
     folder = Path(track.images) / concept.name
-    every = load_images(folder)
+    notes: list[str] = []
+    every = load_images(folder, notes)
     images = every[p.few_shot_images :] if held_out else every[: p.few_shot_images]
     if held_out and not images:
         raise InputError(f"{folder} has {len(every)} images, all used for erasure; attacks need more (held out)")
     return images, {"source": "folder", "folder": str(folder.resolve()), "n": len(images),
-                    "first": p.few_shot_images if held_out else 0}
+                    "first": p.few_shot_images if held_out else 0, **({"notes": notes} if notes else {})}
 
 
 def load_judge(track: Track, cs: ConceptSet, spec: str | None = None) -> Judge:
@@ -218,8 +232,12 @@ def plan_bench(bench: Bench) -> list[dict[str, Any]]:
 
 
 def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
-    """Run every missing cell of ``bench`` into ``out``; returns the cell folders (all complete)."""
-    from tqdm.auto import tqdm
+    """Run every missing cell of ``bench`` into ``out``; returns the cell folders (all complete).
+
+    One driver per run folder (a lock); existing cells are verified against their checksums first.
+    """
+    from bench.lock import run_lock
+    from bench.prompts import cell_prompts, check_prompts, load_tokenizer
 
     track, p = bench.track, bench.protocol
     # validate everything before any work: a bad input fails fast and writes nothing
@@ -232,9 +250,22 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
     judge = load_judge(track, cs)
     second = load_judge(track, cs, track.second_judge) if track.second_judge else None
     images = {c.name: few_shot_images(track, c, p) for c in concepts}
+    tokenizer = load_tokenizer(track.model)
+    cuts = {c.name: check_prompts(tokenizer, cell_prompts(prompt_plan(cs, c, p), c, attacks), bench.truncate_prompts)
+            for c in concepts}
     ensure_writable_dir(out)
-    clean_partial(out)
+    with run_lock(out):
+        return _run_grid(bench, out, progress, cs, concepts, methods, attacks, judge, images, cuts, second)
 
+
+def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts: list[Concept],
+              methods: list[tuple[str, Eraser]], attacks: dict[str, Attack], judge: Judge,
+              images: dict[str, Any], cuts: dict[str, list[dict]], second: Judge | None) -> list[Path]:
+    from tqdm.auto import tqdm
+
+    track, p = bench.track, bench.protocol
+    removed = clean_partial(out)
+    require_verified(out)
     model_sha = model_fingerprint(track.model)
     cells = []
     for spec_str, method in methods:
@@ -243,7 +274,9 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
             cells.append((spec, method, c))
     todo = [x for x in cells if not is_complete(cell_dir(out, x[0]))]
     if progress:
-        print(f"{len(cells)} cells ({len(cells) - len(todo)} already complete) -> {out}")
+        stale = [d for d in removed if ".tmp-" not in d.name]
+        print(f"{len(cells)} cells ({len(cells) - len(todo)} already complete) -> {out}"
+              + (f"; {len(stale)} unverifiable older cell(s) removed, recomputed" if stale else ""))
     if todo:
         pipe = load_pipeline(track.model, device=track.device, dtype=track.dtype)
         if track.images == "generate":
@@ -254,8 +287,15 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
             label = method_label(spec.method, method)
             if spec.method in bench.tuned and spec.method_config == bench_config(bench, spec.method):
                 label = f"{spec.method}[tuned]"
-            run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler, p,
-                     out, progress, label, attacks, held_out.get(concept.name), second)
+            folder = run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler,
+                              p, out, progress, label, attacks, held_out.get(concept.name),
+                              {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None, second)
+            if cell_status(json.loads((folder / "metrics.json").read_text())) != "ok":
+                if progress:
+                    tqdm.write(f"cell {folder.name} failed, recorded: "
+                               f"{json.loads((folder / 'metrics.json').read_text())['reason']}")
+                # a diverged erase may have left weights behind: the next cell starts from the model on disk
+                pipe = load_pipeline(track.model, device=track.device, dtype=track.dtype)
     return [cell_dir(out, s) for s, _, _ in cells]
 
 
@@ -263,27 +303,56 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
              images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
              p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None,
              attacks: dict[str, Attack] | None = None, held_out: list[Image.Image] | None = None,
-             second: Judge | None = None) -> Path:
+             notes: dict[str, Any] | None = None, second: Judge | None = None) -> Path:
+    """Measure one cell and write its folder. NaN/Inf at any stage (erase loss, edited weights,
+    latents, decoded images, judge outputs) makes it a *diverged* cell: recorded with its reason and
+    stage, shown in the report, counted in no mean."""
+    t_cell = time.perf_counter()
+    label = label or method_label(spec.method, method)
+    try:
+        return _measure_cell(pipe, cs, spec, method, concept, images, judge, cache, sampler, p, out, progress,
+                             label, attacks, held_out, notes, second)
+    except NonFiniteError as e:
+        err = e.named(spec.method, concept.name)
+        info = {"method_label": label, "concept_type": concept.type, "split": concept.split, **(notes or {})}
+        return write_failed_cell(out, spec, "diverged", e.stage, str(err), info,
+                                 {"cell_seconds": time.perf_counter() - t_cell}, environment(pipeline_device(pipe)))
+
+
+def _reference(what: str, make: Any) -> Any:
+    """The original model's images or attack: non-finite there is a broken model, not a method's failure."""
+    try:
+        return make()
+    except NonFiniteError as e:
+        raise InputError(f"the original model produces {e} in its {what}; no method can be measured on it") from None
+
+
+def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
+                  images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
+                  p: EvalProtocol, out: Path, progress: bool, label: str,
+                  attacks: dict[str, Attack] | None, held_out: list[Image.Image] | None,
+                  notes: dict[str, Any] | None, second: Judge | None) -> Path:
     from tqdm.auto import tqdm
 
     t_cell = time.perf_counter()
-    label = label or method_label(spec.method, method)
     plan = prompt_plan(cs, concept, p)
     rows = [(g, c, prompt, s) for g, c, prompt in plan for s in p.seeds]
     prompts, seeds = [r[2] for r in rows], [r[3] for r in rows]
     bar = tqdm(total=2 * len(rows), desc=f"  {spec.method}/{concept.name}", leave=False, disable=not progress)
     t0 = time.perf_counter()
-    original = cache.get_or_generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
+    original = _reference("reference images", lambda: cache.get_or_generate(pipe, prompts, seeds, sampler,
+                                                                           p.batch_size, bar))
     t_ref = time.perf_counter() - t0
     device = pipeline_device(pipe)
     attacks = attacks or {}
     t0 = time.perf_counter()
-    robust_original = {name: cached_attack(pipe, a, concept, held_out, judge, sampler, p, cache, spec)
-                       for name, a in attacks.items()}
+    robust_original = {name: _reference(f"{name} attack", lambda a=a: cached_attack(
+        pipe, a, concept, held_out, judge, sampler, p, cache, spec)) for name, a in attacks.items()}
     t_attack = time.perf_counter() - t0
     with PeakMemory(device) as mem:
         edit = method.erase(pipe, concept, images, seed=spec.erase_seed)
     try:
+        check_finite(edit.tensors, "edited weights")
         t0 = time.perf_counter()
         edited = generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
         t_gen = time.perf_counter() - t0
@@ -312,16 +381,20 @@ def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: 
     retain_idx = [i for i, r in enumerate(rows) if r[0] in RETAIN_GROUPS]
     f_orig = judge.features(_u8_to_float(original[retain_idx])) if retain_idx else torch.zeros(0, 1)
     f_edit = judge.features(_u8_to_float(edited[retain_idx])) if retain_idx else torch.zeros(0, 1)
+    check_finite({"original": f_orig, "edited": f_edit}, "judge features")
     clip = {}
     if hasattr(judge, "clip_score") and retain_idx:
         retain_prompts = [rows[i][2] for i in retain_idx]
         for kind, imgs in (("", edited), ("_original", original)):
             clip["clip_score_retain" + kind] = float(judge.clip_score(_u8_to_float(imgs[retain_idx]),
                                                                       retain_prompts).mean())
+    check_finite(clip, "judge CLIP score")
     t_judge = time.perf_counter() - t0
 
     metrics = cell_metrics(rows, det, f_orig, f_edit, rejected)
     metrics.update(clip)
+    metrics["image_warnings"] = image_warnings(rows, {"edited": edited, "original": original})
+    metrics.update(notes or {})
     for kind, suffix in (("edited", ""), ("original", "_original")):
         if kind in second_labels:
             metrics["judge_agreement" + suffix] = agreement(*second_labels[kind])

@@ -21,6 +21,7 @@ from PIL import Image
 from bench.concepts import Concept
 from bench.config import MethodConfig
 from bench.errors import ConfigError, InputError
+from bench.guards import check_losses
 from bench.method import Eraser
 from bench.pipeline import pipeline_device, pipeline_dtype
 
@@ -254,10 +255,11 @@ def learn_token_embedding(
     opt = torch.optim.AdamW([vector], lr=lr, weight_decay=0.0)
     sched = noise_scheduler(pipe)
     with only_trainable(pipe, {}), token_override(te, token_id, vector):
-        for _ in tqdm(range(steps), desc="textual inversion", disable=not progress, leave=False):
+        for step in tqdm(range(steps), desc="textual inversion", disable=not progress, leave=False):
             idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
             cond = encode_prompts(pipe, prompt_batch(rng, templates, placeholder, len(idx)))
             loss = denoising_loss(pipe, sched, latents[idx], cond, generator)
+            check_losses([loss.item()], "textual-inversion loss", first_step=step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -350,6 +352,7 @@ def negated_denoising_epochs(
             (-mse).backward()
             opt.step()
             history.append(mse.item())
+            check_losses(history[-1:], "erase loss", first_step=len(history) - 1)
     return history
 
 
@@ -368,10 +371,16 @@ class AscentEraser(Eraser):
         every = pipeline_parameters(pipe)
         params = {n: every[n] for n in self.edited_parameters(pipe)}
         originals = snapshot(params)
-        with Stopwatch(pipeline_device(pipe)) as sw:
-            latents = few_shot_latents(pipe, images, cfg, gen)
-            losses = negated_denoising_epochs(pipe, params, latents, concept.templates, concept.name, cfg,
-                                              cfg.epochs, gen, rng)
+        try:
+            with Stopwatch(pipeline_device(pipe)) as sw:
+                latents = few_shot_latents(pipe, images, cfg, gen)
+                losses = negated_denoising_epochs(pipe, params, latents, concept.templates, concept.name, cfg,
+                                                  cfg.epochs, gen, rng)
+        except BaseException:  # a diverged (or interrupted) erase leaves the model as it found it
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.data.copy_(originals[name])
+            raise
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed,
                               steps=len(losses), images=len(images), loss_first=losses[0], loss_last=losses[-1])
 

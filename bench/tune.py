@@ -61,7 +61,11 @@ def tune(track: Track, method: str, grid: dict[str, list[Any]], concepts: list[s
     for p in points:
         cells = run_bench(Bench(track=track, methods=[method], concepts=concepts, protocol=protocol,
                                 method_overrides={method: p}), out)
-        row = overall_table(load_cells(out, only=cells)).iloc[0]
+        measured = load_cells(out, only=cells)  # diverged cells carry no numbers
+        if not measured:
+            scores.append({"overrides": p, "H": float("nan"), "UA": float("nan"), "retain": float("nan")})
+            continue
+        row = overall_table(measured).iloc[0]
         scores.append({"overrides": p, "H": float(row["H"]), "UA": float(row["UA"]),
                        "retain": float((row["IRA"] + row["CRA"] + row["NNA"]) / 3)})
     best = max(scores, key=lambda s: (s["H"] if s["H"] == s["H"] else -1.0))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, RecordError
 from bench.metrics import bootstrap_ci, composite, summary
 from bench.protocol import EvalProtocol
 from bench.records import CELL_FILES, RunSpec, clean_partial, is_complete, scan_cells, write_cell
@@ -32,14 +32,16 @@ def test_cells_are_complete_or_absent(tmp_path):
                         extra_files={"samples.safetensors": b"x"})
     assert is_complete(folder) and sorted(p.name for p in folder.iterdir()) == sorted(CELL_FILES)
     assert json.loads((folder / "run_spec.json").read_text())["hash"] == spec.hash
-    # what a kill -9 leaves behind: a temp folder and a folder missing files
+    # what a kill -9 leaves behind (a temp folder), and a folder of an older layout (no checksums)
     (tmp_path / "cells" / "deadbeef.tmp-123").mkdir()
     broken = tmp_path / "cells" / "0123456789abcdef"
     broken.mkdir()
     (broken / "run_spec.json").write_text("{}")
-    assert [c["spec"]["hash"] for c in scan_cells(tmp_path)] == [spec.hash]
+    with pytest.raises(RecordError, match="cell 0123456789abcdef: no checksums.json"):
+        scan_cells(tmp_path)  # named, never silently skipped or used
     removed = clean_partial(tmp_path)
     assert len(removed) == 2 and is_complete(folder)
+    assert [c["spec"]["hash"] for c in scan_cells(tmp_path)] == [spec.hash]
 
 
 def test_metrics_are_pure_and_intervals_sane():

@@ -46,6 +46,11 @@ class Attack(ABC):
     def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
         """``images``: held-out concept images (never the ones the erasure used)."""
 
+    def text_prompts(self, concept: Concept) -> list[tuple[str, int]]:
+        """The text prompts this attack encodes for ``concept``, each with the number of tokens it
+        reserves beside them (a learned prefix), so their length is checked before any work."""
+        return []
+
 
 _REGISTRY: Registry[type[Attack]] | None = None
 

@@ -64,5 +64,8 @@ class Inversion(Attack):
         return AttackOutcome(prompts=[t.format("<v*>") for t in templates], prompt_embeds=embeds.detach().cpu(),
                              seconds=sw.seconds, info={"steps": cfg.steps, "images": len(images)})
 
+    def text_prompts(self, concept: Concept) -> list[tuple[str, int]]:
+        return [(t.format(self.config.placeholder), 0) for t in concept.templates[: self.config.prompts]]
+
 
 ATTACK = Inversion

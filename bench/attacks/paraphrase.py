@@ -28,13 +28,19 @@ class Paraphrase(Attack):
     Config = ParaphraseConfig
 
     def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
+        return AttackOutcome(prompts=self._prompts(concept), info={"held_out": len(concept.paraphrases)})
+
+    def _prompts(self, concept: Concept) -> list[str]:
         prompts = list(concept.paraphrases)
         if self.config.include_synonyms:
             for syn in concept.synonyms:
                 prompts += [p.replace(concept.name, syn) for p in concept.paraphrases if concept.name in p]
         if not prompts:  # a concept set without held-out wordings: fall back to synonyms in the templates
             prompts = [t.format(s) for s in concept.synonyms for t in concept.templates[:1]]
-        return AttackOutcome(prompts=prompts[: self.config.max_prompts], info={"held_out": len(concept.paraphrases)})
+        return prompts[: self.config.max_prompts]
+
+    def text_prompts(self, concept: Concept) -> list[tuple[str, int]]:
+        return [(p, 0) for p in self._prompts(concept)]
 
 
 ATTACK = Paraphrase

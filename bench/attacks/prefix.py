@@ -78,5 +78,8 @@ class Prefix(Attack):
                              prompt_embeds=embeds.detach().cpu(), seconds=sw.seconds,
                              info={"iterations": cfg.iterations, "prefix_len": cfg.prefix_len})
 
+    def text_prompts(self, concept: Concept) -> list[tuple[str, int]]:
+        return [(t.format(concept.name), self.config.prefix_len) for t in concept.templates[: self.config.prompts]]
+
 
 ATTACK = Prefix
