@@ -151,6 +151,25 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
               "|---|" + "---|" * len(next(iter(q["judge"].values())))]
     for name, accs in q["judge"].items():
         lines.append(f"| {name} | " + " | ".join(_pct(a) for a in accs.values()) + " |")
+    g = q.get("judges_on_generated")
+    if g:
+        heads = list(g["judge"]["head_accuracy"])
+        lines += ["", f"Both judges on the model's own images ({g['images']} images: every concept's plain prompt, the "
+                  "characters' ingredients and the composed prompts; the truth is what the prompt names, and a "
+                  "rejected image counts as wrong):", "",
+                  "| judge | " + " | ".join(f"{h} ({g['judge']['head_images'][h]} images)" for h in heads)
+                  + " | reject rate |", "|---|" + "---|" * (len(heads) + 1)]
+        for which in ("judge", "judge_vit"):
+            if which in g:
+                acc = g[which]["head_accuracy"]
+                lines.append(f"| {which} | " + " | ".join(_pct(acc[h]) for h in heads)
+                             + f" | {_pct(g[which]['reject_rate'])} |")
+        if "agreement" in g:
+            a = g["agreement"]
+            lines += ["", "Agreement of the two judges on the same images (share with the same label per head; "
+                      "`scene` is the reject verdict):", "",
+                      "| " + " | ".join(a["heads"]) + " | every head |", "|" + "---|" * (len(a["heads"]) + 1),
+                      "| " + " | ".join(_pct(v) for v in a["heads"].values()) + f" | {_pct(a['all_heads'])} |"]
     lines += ["", "Per concept (plain prompt, share of seeds the judge labels as the concept):", "",
               "| concept | type | split | prompt | accuracy |", "|---|---|---|---|---|"]
     for name, v in q["concepts"].items():
