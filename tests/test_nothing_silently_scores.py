@@ -30,7 +30,7 @@ from bench.concepts import Concept
 from bench.errors import ConfigError, InputError, NonFiniteError, RecordError, RunLockedError
 from bench.guards import check_finite, image_warnings
 from bench.images import load_images, read_image
-from bench.judges.base import Judge
+from bench.judges.base import Judge, scene_labels
 from bench.lock import LOCK_NAME, acquire, release
 from bench.method import build_method
 from bench.protocol import EvalProtocol, SamplerSpec
@@ -249,7 +249,17 @@ class FakeJudge(Judge):
     id, version = "fake-judge", "1"
 
     def detect(self, images, concept):
-        return images.mean(dim=(1, 2, 3)) > 0.5
+        return (images.mean(dim=(1, 2, 3)) > 0.5) & ~self.reject(images)
+
+    def reject(self, images):
+        return images.mean(dim=(1, 2, 3)) < 0.02  # a black frame: nothing to judge
+
+    def labels(self, images):
+        rejected = self.reject(images)
+        return {"scene": scene_labels(rejected),
+                "bright": ["none" if r else str(bool(b)) for r, b in zip(rejected.tolist(),
+                                                                       (images.mean(dim=(1, 2, 3)) > 0.5).tolist(),
+                                                                       strict=True)]}
 
     def features(self, images):
         return torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
@@ -262,7 +272,8 @@ def _grid_bench(tiny_model_dir, root: Path, **kw) -> Bench:
     if not path.exists():
         root.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(HOSTILE_SET))
-    track = Track(model=str(tiny_model_dir), concept_set=str(path), judge="fake", images="generate",
+    track = Track(model=str(tiny_model_dir), concept_set=str(path), judge="fake", second_judge=None,
+                  images="generate",
                   sampler=SamplerSpec(steps=1, guidance=5.0), device="cpu")
     args = {"track": track, "methods": ["fuchi", "full_finetune"], "concepts": [HOSTILE],
             "protocol": EvalProtocol(seeds=(0, 1), few_shot_images=2),
@@ -273,7 +284,7 @@ def _grid_bench(tiny_model_dir, root: Path, **kw) -> Bench:
 
 @pytest.fixture
 def fake_judge(monkeypatch):
-    monkeypatch.setattr(bench.runner, "load_judge", lambda track, cs: FakeJudge())
+    monkeypatch.setattr(bench.runner, "load_judge", lambda track, cs, spec=None: FakeJudge())
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +292,7 @@ def grid(tiny_model_dir, tmp_path_factory):
     """One run of the grid (a healthy and a diverging method on a hostile concept), shared read-only."""
     root = tmp_path_factory.mktemp("grid")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.runner, "load_judge", lambda track, cs: FakeJudge())
+        mp.setattr(bench.runner, "load_judge", lambda track, cs, spec=None: FakeJudge())
         out = root / "runs"
         return out, run_bench(_grid_bench(tiny_model_dir, root), out, progress=False)
 
@@ -297,7 +308,7 @@ def test_diverging_method_is_a_failed_cell_never_a_score(grid, tmp_path, tiny_mo
     assert bad["reason"].startswith(f"method full_finetune, concept {HOSTILE!r}: non-finite {bad['stage']} (")
     before = {c: (c / "metrics.json").stat().st_mtime_ns for c in cells}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.runner, "load_judge", lambda track, cs: FakeJudge())
+        mp.setattr(bench.runner, "load_judge", lambda track, cs, spec=None: FakeJudge())
         again = run_bench(_grid_bench(tiny_model_dir, tmp_path), out, progress=False)
     assert again == cells  # the diverged cell is a record: skipped on rerun, not redone
     assert {c: (c / "metrics.json").stat().st_mtime_ns for c in cells} == before
