@@ -161,7 +161,7 @@ def agreement_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     orig = pooled_agreement(cells, "judge_agreement_original")
     if orig:
-        rows.append({"images": "original model", **orig})
+        rows.append({"images": "original model", **orig, "flagged cells": "-"})
     for method in sorted({c["label"] for c in cells}):
         mine = [c for c in cells if c["label"] == method]
         a = pooled_agreement(mine, "judge_agreement")
