@@ -23,7 +23,7 @@ from bench.errors import InputError, NonFiniteError
 from bench.generation import ReferenceCache, generate
 from bench.guards import check_finite, image_warnings
 from bench.io import ensure_writable_dir
-from bench.judges.base import Judge
+from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge
 from bench.measure import PeakMemory
 from bench.method import Eraser, build_method
 from bench.metrics import (
@@ -373,11 +373,13 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
         for name, idx in by_concept.items():
             det[kind][idx] = judge.detect(_u8_to_float(imgs[idx]), cs.get(name))
     desc = {k: judge.describe(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
-    rejected = {k: judge.reject(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
+    labels = {k: judge.labels(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
+    rejected = {k: torch.tensor([x == REJECT_LABEL for x in v[SCENE_HEAD]], dtype=torch.bool)
+                for k, v in labels.items()}
     second_labels = {}
     if second is not None:
         for kind, imgs in (("edited", edited), ("original", original)):
-            second_labels[kind] = (judge.labels(_u8_to_float(imgs)), second.labels(_u8_to_float(imgs)))
+            second_labels[kind] = (labels[kind], second.labels(_u8_to_float(imgs)))
     retain_idx = [i for i, r in enumerate(rows) if r[0] in RETAIN_GROUPS]
     f_orig = judge.features(_u8_to_float(original[retain_idx])) if retain_idx else torch.zeros(0, 1)
     f_edit = judge.features(_u8_to_float(edited[retain_idx])) if retain_idx else torch.zeros(0, 1)

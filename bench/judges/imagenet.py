@@ -19,8 +19,8 @@ from bench.concepts import Concept, ConceptSet
 from bench.errors import ConfigError, InputError
 from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
 
-# Reject thresholds of the ImageNet judges (measured on the packaged EfficientNet-Lite0: real
-# photographs give top-1 0.09-0.88, uniform frames 0.04-0.43; see tests/test_sd_track.py).
+# Reject thresholds of the ImageNet judges. Measured on the packaged EfficientNet-Lite0: scikit-image's
+# photographs give top-1 0.09-0.88, uniform frames 0.04-0.43 (tests/test_judges.py checks both sides).
 FLAT_STD = 0.02  # luminance standard deviation (at 64 x 64) below which an image is a blank frame
 MIN_TOP1 = 0.05  # 50x chance: below it no ImageNet class is in the image
 

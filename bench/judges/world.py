@@ -9,7 +9,7 @@ import torch
 
 from bench.concepts import Concept
 from bench.errors import ConfigError
-from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge
+from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
 
 
 class WorldConceptJudge(Judge):
@@ -34,26 +34,22 @@ class WorldConceptJudge(Judge):
             raise ConfigError(f"concept {concept.name!r} has no (head, label) this judge knows: {head!r}, {label!r}")
         return head, self.judge.classes[head].index(label)
 
-    def _rejected(self, pred: dict[str, torch.Tensor]) -> torch.Tensor:
-        from bench.world.judge import REJECT_HEAD
-
-        return pred[REJECT_HEAD] == self.judge.classes[REJECT_HEAD].index("none")
-
     @torch.no_grad()
     def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
         head, index = self._target(concept)
         pred = self.judge.predict(images)
-        return (pred[head] == index) & ~self._rejected(pred)
+        return (pred[head] == index) & ~self.judge.rejected(pred)
 
     @torch.no_grad()
     def reject(self, images: torch.Tensor) -> torch.Tensor:
-        return self._rejected(self.judge.predict(images))
+        return self.judge.rejected(self.judge.predict(images))
 
     @torch.no_grad()
     def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
         pred = self.judge.predict(images)
-        rejected = self._rejected(pred).tolist()
-        out = {SCENE_HEAD: [REJECT_LABEL if r else "valid" for r in rejected]}
+        mask = self.judge.rejected(pred)
+        rejected = mask.tolist()
+        out = {SCENE_HEAD: scene_labels(mask)}
         for head in self.judge.attribute_heads:
             names = self.judge.classes[head]
             out[head] = [REJECT_LABEL if r else names[k] for k, r in zip(pred[head].tolist(), rejected, strict=True)]

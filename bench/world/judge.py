@@ -167,11 +167,11 @@ class WorldJudge:
         """Predicted class index per head."""
         return {h: p.argmax(-1) for h, p in self.probs(images).items()}
 
-    def reject(self, images: torch.Tensor) -> torch.Tensor:
-        """Bool N: no valid scene (the reject head's "none" is the likelier class)."""
+    def rejected(self, pred: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool N from ``predict``'s output: no valid scene (the reject head's "none" is the likelier class)."""
         if REJECT_HEAD not in self.classes:
             raise ConfigError(f"judge {self.id} has no reject head ({REJECT_HEAD!r}); judges >= 2.2 have one")
-        return self.predict(images)[REJECT_HEAD] == self.classes[REJECT_HEAD].index("none")
+        return pred[REJECT_HEAD] == self.classes[REJECT_HEAD].index("none")
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (N x D) for KID/FID."""

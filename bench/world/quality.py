@@ -152,6 +152,7 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
 def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, int]]]) -> dict:
     """Each judge on the model's own images: per-head accuracy against the attributes the prompt
     names (a rejected image counts as wrong), reject rate; and the two judges' agreement per head."""
+    from bench.judges.base import REJECT_LABEL, SCENE_HEAD
     from bench.judges.world import WorldConceptJudge
     from bench.metrics import agreement
     from bench.world.judge_build import FIRST, SECOND
@@ -163,17 +164,14 @@ def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, i
         if not (world / which).is_dir():
             continue
         judge = WorldConceptJudge(world / which)
-        labels[which] = judge.labels(images)
-        pred = judge.judge.predict(images)
-        rejected = judge.reject(images)
+        labels[which] = got = judge.labels(images)
         hits: dict[str, list[bool]] = {}
         start = 0
         for x, truth in named:
-            sl = slice(start, start + len(x))
             for head, index in truth.items():
-                hits.setdefault(head, []).extend(((pred[head][sl] == index) & ~rejected[sl]).tolist())
+                hits.setdefault(head, []).extend(v == HEADS[head][index] for v in got[head][start:start + len(x)])
             start += len(x)
-        out[which] = {"reject_rate": float(rejected.float().mean()),
+        out[which] = {"reject_rate": float(np.mean([v == REJECT_LABEL for v in got[SCENE_HEAD]])),
                       "head_accuracy": {h: float(np.mean(v)) for h, v in hits.items()},
                       "head_images": {h: len(v) for h, v in hits.items()}}
     if len(labels) == 2:
