@@ -22,15 +22,17 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
-# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none
+# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none ATTACK_SEEDS=8
 METHODS  ?= fuchi,lora_eraser,full_finetune
 CONCEPTS ?=
 SEEDS    ?=
 MODEL    ?=
 ATTACKS  ?= paraphrase,inversion,prefix
+ATTACK_SEEDS ?=
 bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
+		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
 		--out runs/bench --report reports
 
 report: $(STAMP)

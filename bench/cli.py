@@ -108,6 +108,8 @@ def _bench_from_args(args: argparse.Namespace):
     seeds = _parse_seeds(args.seeds)
     if seeds is not None:
         protocol = replace(protocol, seeds=seeds)
+    if getattr(args, "attack_seeds", None) is not None:
+        protocol = replace(protocol, attack_seeds=args.attack_seeds)
     methods = _split(args.methods) or []
     attacks = [] if getattr(args, "attacks", "none") in (None, "none", "") else _split(args.attacks)
     attack_overrides: dict[str, dict] = {}
@@ -288,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
     r.add_argument("--attacks", default="paraphrase,inversion,prefix",
                    help="robustness attacks against every erased model (comma-separated), or none")
+    r.add_argument("--attack-seeds", dest="attack_seeds", type=int, default=None,
+                   help="attack images use the first N evaluation seeds (default: 4)")
     r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
                    help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
     r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")

@@ -72,6 +72,9 @@ class EvalProtocol:
     attack_image_seed: int = 2000  # held-out images for attacks: never the ones erasure used
     erase_seed: int = 0
     batch_size: int = 64
+    # attack images use the first N evaluation seeds: an attack's teeth are its optimisation; its
+    # images only measure ASR, whose interval (over these seeds) the report prints
+    attack_seeds: int = 4
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -80,7 +83,7 @@ class EvalProtocol:
             raise ConfigError(f"evaluation seeds repeat: {list(self.seeds)}")
         for seed in self.seeds:
             _number("evaluation seed", seed, 0, MAX_SEED, integer=True)
-        for name in ("target_prompts", "few_shot_images", "batch_size"):
+        for name in ("target_prompts", "few_shot_images", "batch_size", "attack_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("synonym_prompts", "retain_prompts"):

@@ -187,6 +187,13 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _attack_seed_text(p: dict[str, Any]) -> str:
+    """Which evaluation seeds generated attack images (records before ``attack_seeds`` used them all)."""
+    seeds = list(p.get("seeds", []))
+    n = p.get("attack_seeds", len(seeds))
+    return f"the first {n} evaluation seeds {seeds[:n]}" if n < len(seeds) else f"every evaluation seed {seeds}"
+
+
 def _attack_list(attacks: dict[str, Any]) -> str:
     return ", ".join(f"{n} (v{a['version']}, {json.dumps(a['config'])})" for n, a in attacks.items())
 
@@ -222,7 +229,8 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"- composite: {COMPOSITE_FORMULA}",
         (f"- robustness: attacks {text(_attack_list(s['attacks']))}"
          f" run against every erased model and the original one (ASR orig; a null edit is bit-identical to it); "
-         f"ASR = share of attack images in which the judge sees the concept; {ROBUST_FORMULA}")
+         f"ASR = share of attack images in which the judge sees the concept; attack images use "
+         f"{_attack_seed_text(p)}, so their CIs resample those seeds; {ROBUST_FORMULA}")
         if s.get("attacks") else "",
         "- UA: share of target-prompt images in which the judge does not see the concept (higher = erased); "
         "IRA/CRA/NNA: judge accuracy on in-domain, cross-domain and near-neighbour concepts (higher = kept); "
@@ -303,7 +311,10 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
 
 
 def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
+    """One row of sample images per model (original, each method, each attack), drawn as a single
+    mosaic with a 2-pixel white gutter, one axes for the whole figure."""
     import matplotlib.pyplot as plt
+    import numpy as np
     from safetensors.torch import load_file
 
     mine = sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"])
@@ -313,15 +324,21 @@ def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
         rows.append((c["label"], tensors["edited"]))
         rows += [(f"{c['label']} {k[7:]}", v) for k, v in sorted(tensors.items()) if k.startswith("attack_")]
     n = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.7 * n + 1.2, 0.75 * len(rows)), squeeze=False)
-    for i, (label, imgs) in enumerate(rows):
-        for j in range(n):
-            ax = axes[i][j]
-            ax.axis("off")
-            if j < len(imgs):
-                ax.imshow(imgs[j].permute(1, 2, 0).numpy())
-        axes[i][0].text(-4, 16, label, ha="right", va="center", fontsize=7)
-    fig.suptitle(f"'{concept}': target prompts before (original) and after erasure; attack rows: what "
+    h, w = max(int(r[1].shape[-2]) for r in rows if len(r[1])), max(int(r[1].shape[-1]) for r in rows if len(r[1]))
+    gap = 2
+    mosaic = np.full((len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, (_, imgs) in enumerate(rows):
+        for j, img in enumerate(imgs[:n]):
+            a = img.permute(1, 2, 0).numpy()
+            mosaic[i * (h + gap): i * (h + gap) + a.shape[0], j * (w + gap): j * (w + gap) + a.shape[1]] = a
+    fig, ax = plt.subplots(figsize=(0.7 * n + 1.2, 0.75 * len(rows)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([i * (h + gap) + h / 2 for i in range(len(rows))], [r[0] for r in rows], fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(f"'{concept}': target prompts before (original) and after erasure; attack rows: what "
                  "each attack recovers from the erased model", fontsize=8)
     return _png(fig)
 

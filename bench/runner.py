@@ -346,8 +346,8 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
     device = pipeline_device(pipe)
     attacks = attacks or {}
     t0 = time.perf_counter()
-    robust_original = {name: _reference(f"{name} attack", lambda a=a: cached_attack(
-        pipe, a, concept, held_out, judge, sampler, p, cache, spec)) for name, a in attacks.items()}
+    robust_original = _reference(f"attacks ({', '.join(attacks)})", lambda: cached_attacks(
+        pipe, attacks, concept, held_out, judge, sampler, p, cache, spec)) if attacks else {}
     t_attack = time.perf_counter() - t0
     with PeakMemory(device) as mem:
         edit = method.erase(pipe, concept, images, seed=spec.erase_seed)
@@ -357,8 +357,7 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
         edited = generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
-        robust = {name: run_attack(pipe, a, concept, held_out, judge, sampler, p, spec.erase_seed)
-                  for name, a in attacks.items()}
+        robust = run_attacks(pipe, attacks, concept, held_out, judge, sampler, p, spec.erase_seed) if attacks else {}
         t_attack += time.perf_counter() - t0
     finally:
         edit.restore()
@@ -435,6 +434,8 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
                               "prompt": prompt, "seed": seed, "detected": hit, "judge": {}, "index": i})
     timing = {"erase_seconds": edit.seconds, "reference_seconds": t_ref, "generate_seconds": t_gen,
               "judge_seconds": t_judge, "images_generated": len(rows), "attack_seconds": t_attack,
+              "attack_generate_seconds": robust.get(_GENERATION, {}).get("seconds", 0.0),
+              "attack_images_generated": robust.get(_GENERATION, {}).get("images", 0),
               "cell_seconds": time.perf_counter() - t_cell}
     return write_cell(out, spec, metrics, per_image, timing, environment(device),
                       extra_files={"samples.safetensors": samples})
@@ -494,43 +495,94 @@ def _samples_bytes(original: torch.Tensor, edited: torch.Tensor, extra: dict[str
 
 
 # -- robustness ----------------------------------------------------------------------------------
-def run_attack(pipe: Any, attack: Attack, concept: Concept, held_out: list[Image.Image] | None, judge: Judge,
-               sampler: SamplerSpec, p: EvalProtocol, seed: int) -> dict[str, Any]:
-    """Run one attack on the pipeline as it is now; ASR = share of its images showing the concept."""
+def attack_seeds(p: EvalProtocol) -> tuple[int, ...]:
+    """The evaluation seeds attack images are generated with: the first ``p.attack_seeds``."""
+    return tuple(p.seeds[: p.attack_seeds])
+
+
+def run_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
+                judge: Judge, sampler: SamplerSpec, p: EvalProtocol, seed: int) -> dict[str, dict[str, Any]]:
+    """Run ``attacks`` on the pipeline as it is now; ASR = share of an attack's images showing the concept.
+
+    1. each attack optimises its conditionings (its own work, timed as its ``seconds``);
+    2. the images of every attack are generated together, in full batches of the protocol's batch
+       size, on the attack seeds (text prompts are encoded once, like learned ones);
+    3. the judge looks for the concept; each attack gets its own ASR, interval and images.
+    """
     if held_out is None:
         raise InputError("attacks need held-out concept images")
-    outcome = attack.attack(pipe, concept, held_out, seed)
-    prompts = [q for q in outcome.prompts for _ in p.seeds]
-    seeds = [s for _ in outcome.prompts for s in p.seeds]
-    embeds = None
-    if outcome.prompt_embeds is not None:
-        embeds = outcome.prompt_embeds.repeat_interleave(len(p.seeds), dim=0)
+    if not attacks:
+        return {}
+    outcomes = {name: a.attack(pipe, concept, held_out, seed) for name, a in attacks.items()}
+    seeds_a = attack_seeds(p)
+    prompts, seeds, embeds, spans = _attack_rows(pipe, outcomes, seeds_a)
     t0 = time.perf_counter()
     images = generate(pipe, prompts, seeds, sampler, p.batch_size, prompt_embeds=embeds)
+    gen_seconds = time.perf_counter() - t0
     hits = judge.detect(_u8_to_float(images), concept)
-    return {"asr": summary(hits.numpy(), np.array(seeds)), "seconds": outcome.seconds,
-            "generate_seconds": time.perf_counter() - t0, "images": images,
-            "rows": [(q, s, bool(h)) for q, s, h in zip(prompts, seeds, hits.tolist(), strict=True)]}
+    out = {}
+    for name, (a, b) in spans.items():
+        out[name] = {"asr": summary(hits[a:b].numpy(), np.array(seeds[a:b])), "seconds": outcomes[name].seconds,
+                     "images": images[a:b],
+                     "rows": [(q, s, bool(h)) for q, s, h in zip(prompts[a:b], seeds[a:b], hits[a:b].tolist(),
+                                                                 strict=True)]}
+    out[_GENERATION] = {"seconds": gen_seconds, "images": len(prompts)}
+    return out
 
 
-def cached_attack(pipe: Any, attack: Attack, concept: Concept, held_out: list[Image.Image] | None, judge: Judge,
-                  sampler: SamplerSpec, p: EvalProtocol, cache: ReferenceCache, spec: RunSpec) -> dict[str, Any]:
-    """The attack on the original model (the sanity reference; a null edit is bit-identical to it),
-    computed once per concept and cached beside the reference images."""
-    import json
+_GENERATION = "_generation"  # run_attacks' entry for the shared generation of every attack's images
 
+
+def _attack_rows(pipe: Any, outcomes: dict[str, Any], seeds_a: tuple[int, ...]
+                 ) -> tuple[list[str], list[int], torch.Tensor, dict[str, tuple[int, int]]]:
+    """Every attack's (prompt, seed) rows in one list, their conditionings, and each attack's slice."""
+    from bench.training import encode_prompts
+
+    prompts: list[str] = []
+    seeds: list[int] = []
+    embeds = []
+    spans = {}
+    for name, o in outcomes.items():
+        e = o.prompt_embeds
+        if e is None:  # text prompts: the hidden states the pipeline would compute for them
+            with torch.no_grad():
+                e = encode_prompts(pipe, o.prompts).cpu()
+        start = len(prompts)
+        prompts += [q for q in o.prompts for _ in seeds_a]
+        seeds += [s for _ in o.prompts for s in seeds_a]
+        embeds.append(e.float().repeat_interleave(len(seeds_a), dim=0))
+        spans[name] = (start, len(prompts))
+    return prompts, seeds, torch.cat(embeds), spans
+
+
+def run_attack(pipe: Any, attack: Attack, concept: Concept, held_out: list[Image.Image] | None, judge: Judge,
+               sampler: SamplerSpec, p: EvalProtocol, seed: int) -> dict[str, Any]:
+    """One attack alone (``run_attacks`` with one entry)."""
+    res = run_attacks(pipe, {attack.name: attack}, concept, held_out, judge, sampler, p, seed)
+    return {**res[attack.name], "generate_seconds": res[_GENERATION]["seconds"]}
+
+
+def cached_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
+                   judge: Judge, sampler: SamplerSpec, p: EvalProtocol, cache: ReferenceCache,
+                   spec: RunSpec) -> dict[str, dict[str, Any]]:
+    """The attacks on the original model (the sanity reference; a null edit is bit-identical to it),
+    computed once per concept and cached beside the reference images; the missing ones run together."""
     from bench.io import write_json
     from bench.records import sha256_json
 
-    key = sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": attack.name,
-                       "version": attack.version, "config": attack.config.to_dict(), "seed": spec.erase_seed,
-                       "sampler": sampler.to_dict(), "seeds": list(p.seeds), "judge": judge.ref,
-                       "images": spec.images, "protocol": spec.protocol})
-    path = cache.folder / "attacks" / f"{key[:24]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    res = run_attack(pipe, attack, concept, held_out, judge, sampler, p, spec.erase_seed)
-    keep = {"asr": res["asr"], "seconds": res["seconds"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, keep)
-    return keep
+    paths = {}
+    for name, a in attacks.items():
+        key = sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": a.name,
+                           "version": a.version, "config": a.config.to_dict(), "seed": spec.erase_seed,
+                           "sampler": sampler.to_dict(), "seeds": list(attack_seeds(p)), "judge": judge.ref,
+                           "images": spec.images, "protocol": spec.protocol})
+        paths[name] = cache.folder / "attacks" / f"{key[:24]}.json"
+    out = {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
+    missing = {name: a for name, a in attacks.items() if name not in out}
+    if missing:
+        res = run_attacks(pipe, missing, concept, held_out, judge, sampler, p, spec.erase_seed)
+        for name in missing:
+            out[name] = {"asr": res[name]["asr"], "seconds": res[name]["seconds"]}
+            paths[name].parent.mkdir(parents=True, exist_ok=True)
+            write_json(paths[name], out[name])
+    return {name: out[name] for name in attacks}

@@ -81,3 +81,57 @@ def test_inversion_recovers_concepts_from_the_original_world(concept_name):
     res = run_attack(pipe, build_attack("inversion"), concept, held_out, load_judge(track, cs), track.sampler,
                      protocol, seed=0)
     assert res["asr"]["value"] >= 0.8, res["asr"]
+
+
+def test_attack_images_one_batched_call_on_the_attack_seeds(concept_images, monkeypatch):
+    """Every attack's images of one model come from one generate call (full batches), on the first
+    ``attack_seeds`` evaluation seeds; each attack keeps its own rows, ASR and interval."""
+    import bench.runner as runner
+    from bench.protocol import EvalProtocol
+
+    class Judge:  # sees the concept in every other image
+        ref = "fake"
+
+        def detect(self, images, concept):
+            return torch.arange(len(images)) % 2 == 0
+
+    calls = []
+    real = runner.generate
+
+    def spy(pipe, prompts, seeds, sampler, batch_size=64, progress=None, prompt_embeds=None):
+        calls.append((len(prompts), batch_size, prompt_embeds is not None))
+        return real(pipe, prompts, seeds, sampler, batch_size, progress, prompt_embeds)
+
+    monkeypatch.setattr(runner, "generate", spy)
+    images = load_images(concept_images)
+    pipe = build_tiny_pipeline(seed=0)
+    attacks = {n: build_attack(n, FAST.get(n)) for n in ("paraphrase", "inversion", "prefix")}
+    p = EvalProtocol(seeds=(5, 6, 7, 8, 9), attack_seeds=3, batch_size=64)
+    res = runner.run_attacks(pipe, attacks, CONCEPT, images, Judge(), SamplerSpec(steps=2), p, seed=0)
+    expected = {"paraphrase": 4 * 3, "inversion": 2 * 3, "prefix": 2 * 3}
+    assert calls == [(sum(expected.values()), 64, True)]
+    for name, n in expected.items():
+        rows = res[name]["rows"]
+        assert len(rows) == n and len(res[name]["images"]) == n
+        assert sorted({s for _, s, _ in rows}) == [5, 6, 7]
+        assert res[name]["asr"]["n"] == n
+    assert res[runner._GENERATION]["images"] == sum(expected.values())
+
+
+def test_text_prompts_generate_the_same_through_their_embeddings(tiny_pipe):
+    """Batching a text attack with learned ones encodes its prompts as the pipeline does."""
+    from bench.training import encode_prompts
+
+    prompts, seeds = ["a photo of a cat", "a cat, seen from afar"], [0, 1]
+    plain = generate(tiny_pipe, prompts, seeds, SamplerSpec(steps=2))
+    with torch.no_grad():
+        embeds = encode_prompts(tiny_pipe, prompts)
+    assert torch.equal(plain, generate(tiny_pipe, prompts, seeds, SamplerSpec(steps=2), prompt_embeds=embeds))
+
+
+def test_attack_seeds_validated():
+    from bench.protocol import EvalProtocol
+
+    with pytest.raises(ConfigError, match="attack_seeds must be >= 1"):
+        EvalProtocol(attack_seeds=0)
+    assert EvalProtocol().attack_seeds == 4

@@ -154,3 +154,101 @@ def test_generation_vs_bare_denoising(world, benchmark):
     ours = benchmark.stats.stats.min
     bare = _min_time(lambda: _bare_denoise(pipe, prompts, seeds, WORLD_SAMPLER.steps, WORLD_SAMPLER.guidance))
     RATIOS.append((f"(b) generation {n} images/s: harness / bare", n / ours, n / bare, bare / ours, ">= 0.8"))
+
+
+# -- attacks (the robustness axis) ---------------------------------------------------------------
+def _bare_token_loop(pipe, latents, prompts, placeholder, steps, batch, lr, init):
+    """Textual inversion with nothing around it: a hooked vector, AdamW, the denoising loss."""
+    from bench.training import single_token_id
+
+    for p in pipe.unet.parameters():
+        p.requires_grad_(False)
+    for p in pipe.text_encoder.parameters():
+        p.requires_grad_(False)
+    tid = single_token_id(pipe.tokenizer, placeholder)
+    vec = init.detach().clone().requires_grad_(True)
+    opt = torch.optim.AdamW([vec], lr=lr, weight_decay=0.0)
+    sched = noise_scheduler(pipe)
+    g, rng = torch.Generator().manual_seed(0), random.Random(0)
+    with token_override(pipe.text_encoder, tid, vec):
+        for _ in range(steps):
+            idx = torch.randint(0, len(latents), (batch,), generator=g)
+            loss = denoising_loss(pipe, sched, latents[idx], encode_prompts(pipe, [rng.choice(prompts)] * batch), g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def _bare_prefix_loop(pipe, latents, prompts, steps, batch, lr, k):
+    """The prefix optimisation with nothing around it."""
+    from bench.training import encode_with_prefix
+
+    for p in pipe.unet.parameters():
+        p.requires_grad_(False)
+    for p in pipe.text_encoder.parameters():
+        p.requires_grad_(False)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    prefix = table[:k].detach().clone().requires_grad_(True)
+    opt = torch.optim.AdamW([prefix], lr=lr, weight_decay=0.0)
+    sched = noise_scheduler(pipe)
+    g, rng = torch.Generator().manual_seed(0), random.Random(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        loss = denoising_loss(pipe, sched, latents[idx], encode_with_prefix(pipe, [rng.choice(prompts)] * batch,
+                                                                           prefix), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["inversion", "prefix"])
+def test_attack_vs_bare_loop(name, world, benchmark):
+    """(c) an attack's optimisation (its ``seconds``) over the same optimiser steps on the same model."""
+    from bench.attacks.base import build_attack
+    from bench.training import encode_latents, images_to_tensor
+
+    pipe, concept, images = world
+    attack = build_attack(name)
+    cfg = attack.config
+    benchmark.pedantic(lambda: attack.attack(pipe, concept, images, seed=0), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    ours = benchmark.stats.stats.min
+    g = torch.Generator().manual_seed(0)
+    templates = concept.templates[: cfg.prompts]
+
+    def bare():
+        latents = encode_latents(pipe, images_to_tensor(images, 32, g), g)
+        if name == "inversion":
+            init = pipe.text_encoder.get_input_embeddings().weight[320]
+            _bare_token_loop(pipe, latents, [t.format(cfg.placeholder) for t in concept.templates],
+                             cfg.placeholder, cfg.steps, cfg.batch_size, cfg.lr, init)
+        else:
+            _bare_prefix_loop(pipe, latents, [t.format(concept.name) for t in templates], cfg.iterations,
+                              cfg.batch_size, cfg.lr, cfg.prefix_len)
+
+    bare_s = _min_time(bare)
+    RATIOS.append((f"(c) attack {name} / bare loop", ours, bare_s, ours / bare_s, "<= 1.2"))
+
+
+def test_attack_generation_vs_bare_denoising(world):
+    """(d) images/s of the attacks' generation (every attack's images of one model, one batched call)
+    over a bare batched denoising loop of as many images."""
+    from bench.attacks.base import build_attack
+    from bench.concepts import load_concept_set
+    from bench.protocol import EvalProtocol
+    from bench.runner import _GENERATION, Track, load_judge, run_attacks
+
+    pipe, concept, images = world
+    track, p = Track(), EvalProtocol()
+    judge = load_judge(track, load_concept_set(track.concept_set))
+    attacks = {n: build_attack(n, {"steps": 1} if n == "inversion" else {"iterations": 1} if n == "prefix" else None)
+               for n in ("paraphrase", "inversion", "prefix")}
+    best = float("inf")
+    for _ in range(ROUNDS + 1):  # the first is a warm-up
+        res = run_attacks(pipe, attacks, concept, images, judge, WORLD_SAMPLER, p, seed=0)
+        best = min(best, res[_GENERATION]["seconds"])
+    n = res[_GENERATION]["images"]
+    prompts = [r[0] for a in attacks for r in res[a]["rows"]]
+    seeds = [r[1] for a in attacks for r in res[a]["rows"]]
+    bare = _min_time(lambda: _bare_denoise(pipe, prompts, seeds, WORLD_SAMPLER.steps, WORLD_SAMPLER.guidance))
+    RATIOS.append((f"(d) attack generation {n} images/s: harness / bare", n / best, n / bare, bare / best, ">= 0.8"))
