@@ -106,7 +106,6 @@ class Bench:
     concepts: list[str] | None = None  # None: the concept set's test split
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tuned: tuple[str, ...] = ()  # methods whose overrides were chosen on dev concepts (bench tune)
     attacks: tuple[str, ...] = ()  # robustness attacks run against every erased model
     attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     truncate_prompts: bool = False  # record prompts cut at the tokenizer's limit instead of refusing them
@@ -197,20 +196,6 @@ def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, co
     )
 
 
-def bench_config(bench: Bench, spec: str) -> dict[str, Any]:
-    return build_method(spec, bench.method_overrides.get(spec)).config.to_dict()
-
-
-def method_label(spec: str, method: Eraser) -> str:
-    """``fuchi`` for the defaults; ``fuchi+1a2b3c`` when the config was overridden."""
-    from bench.method import build_method
-    from bench.records import sha256_json
-
-    default = build_method(spec).config.to_dict()
-    config = method.config.to_dict()
-    return spec if config == default else f"{spec}+{sha256_json(config)[:6]}"
-
-
 def _u8_to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255.0)
 
@@ -284,11 +269,8 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
         held_out = {c.name: few_shot_images(track, c, p, pipe, held_out=True)[0] for c in concepts} if attacks else {}
         cache = ReferenceCache(out / "reference", model_sha, track.sampler)
         for spec, method, concept in tqdm(todo, desc="cells", disable=not progress):
-            label = method_label(spec.method, method)
-            if spec.method in bench.tuned and spec.method_config == bench_config(bench, spec.method):
-                label = f"{spec.method}[tuned]"
             folder = run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler,
-                              p, out, progress, label, attacks, held_out.get(concept.name),
+                              p, out, progress, attacks, held_out.get(concept.name),
                               {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None, second)
             if cell_status(json.loads((folder / "metrics.json").read_text())) != "ok":
                 if progress:
@@ -301,20 +283,19 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
 
 def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
              images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
-             p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None,
+             p: EvalProtocol, out: Path, progress: bool = True,
              attacks: dict[str, Attack] | None = None, held_out: list[Image.Image] | None = None,
              notes: dict[str, Any] | None = None, second: Judge | None = None) -> Path:
     """Measure one cell and write its folder. NaN/Inf at any stage (erase loss, edited weights,
     latents, decoded images, judge outputs) makes it a *diverged* cell: recorded with its reason and
     stage, shown in the report, counted in no mean."""
     t_cell = time.perf_counter()
-    label = label or method_label(spec.method, method)
     try:
         return _measure_cell(pipe, cs, spec, method, concept, images, judge, cache, sampler, p, out, progress,
-                             label, attacks, held_out, notes, second)
+                             attacks, held_out, notes, second)
     except NonFiniteError as e:
         err = e.named(spec.method, concept.name)
-        info = {"method_label": label, "concept_type": concept.type, "split": concept.split, **(notes or {})}
+        info = {"concept_type": concept.type, "split": concept.split, **(notes or {})}
         return write_failed_cell(out, spec, "diverged", e.stage, str(err), info,
                                  {"cell_seconds": time.perf_counter() - t_cell}, environment(pipeline_device(pipe)))
 
@@ -329,7 +310,7 @@ def _reference(what: str, make: Any) -> Any:
 
 def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
                   images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
-                  p: EvalProtocol, out: Path, progress: bool, label: str,
+                  p: EvalProtocol, out: Path, progress: bool,
                   attacks: dict[str, Attack] | None, held_out: list[Image.Image] | None,
                   notes: dict[str, Any] | None, second: Judge | None) -> Path:
     from tqdm.auto import tqdm
@@ -412,7 +393,7 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
         metrics["asr_mean"] = float(np.mean(asr))
         metrics["composite_robust"] = robust_composite(metrics["composite"], metrics["asr_mean"])
         metrics["composite_robust_formula"] = ROBUST_FORMULA
-    metrics.update({"method_label": label, "concept_type": concept.type,
+    metrics.update({"concept_type": concept.type,
                     "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
                     "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
                     "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,
