@@ -163,22 +163,10 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
 
 
 def load_judge(track: Track, cs: ConceptSet, spec: str | None = None) -> Judge:
-    """The track's judge, or the judge ``spec`` names (see ``Track``); errors name the missing piece."""
-    spec = spec or track.judge
-    if spec in ("imagenet", "imagenet-restricted", "resnet50", "resnet50-restricted"):
-        from bench.judges.imagenet import ImageNetJudge
+    """The track's judge, or the judge ``spec`` names (see ``Track``; ``bench.judges.base.judge_registry``)."""
+    from bench.judges.base import build_judge
 
-        backbone = "resnet50" if spec.startswith("resnet50") else "efficientnet-lite0"
-        return ImageNetJudge(backbone, track.judge_weights, restricted=spec.endswith("-restricted"), concept_set=cs)
-    if spec == "clip":
-        from bench.judges.clip import ClipJudge
-
-        if not track.clip_model:
-            raise InputError("the CLIP judge needs --clip-model NAME and --clip-checkpoint PATH")
-        return ClipJudge(track.clip_model, track.clip_checkpoint, cs)
-    from bench.judges.world import WorldConceptJudge
-
-    return WorldConceptJudge(spec)
+    return build_judge(spec or track.judge, track, cs)
 
 
 def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, concept: Concept,
@@ -365,11 +353,12 @@ def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, conc
     f_edit = judge.features(_u8_to_float(edited[retain_idx])) if retain_idx else torch.zeros(0, 1)
     check_finite({"original": f_orig, "edited": f_edit}, "judge features")
     clip = {}
-    if hasattr(judge, "clip_score") and retain_idx:
+    if retain_idx:
         retain_prompts = [rows[i][2] for i in retain_idx]
         for kind, imgs in (("", edited), ("_original", original)):
-            clip["clip_score_retain" + kind] = float(judge.clip_score(_u8_to_float(imgs[retain_idx]),
-                                                                      retain_prompts).mean())
+            score = judge.clip_score(_u8_to_float(imgs[retain_idx]), retain_prompts)
+            if score is not None:
+                clip["clip_score_retain" + kind] = float(score.mean())
     check_finite(clip, "judge CLIP score")
     t_judge = time.perf_counter() - t0
 
