@@ -10,7 +10,7 @@ import torch
 
 from bench.judges.base import REJECT_LABEL, SCENE_HEAD
 from bench.metrics import DISAGREEMENT_FLAG, agreement
-from bench.runner import cell_metrics
+from bench.runner import ImageRow, cell_metrics
 from bench.world.negatives import KINDS, render_negatives
 from bench.world.render import HEADS, Scene, jitter_texture, render_batch, render_scene, to_tensor
 
@@ -40,8 +40,8 @@ def test_texture_jitter_changes_texture_only_and_defaults_render_as_before():
     assert np.array_equal(render_scene(plain), render_scene(scene))
 
 
-def _rows(groups: list[str], seeds: list[int]) -> list[tuple]:
-    return [(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
+def _rows(groups: list[str], seeds: list[int]) -> list[ImageRow]:
+    return [ImageRow(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
 
 
 def test_a_rejected_image_is_a_miss_for_retain_and_not_seen_for_ua():
