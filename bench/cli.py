@@ -114,14 +114,12 @@ def _bench_from_args(args: argparse.Namespace):
     attacks = [] if getattr(args, "attacks", "none") in (None, "none", "") else _split(args.attacks)
     attack_overrides: dict[str, dict] = {}
     overrides: dict[str, dict] = {}
-    tuned: list[str] = []
     if not getattr(args, "untuned", True):
         from bench.tune import load_tuned
 
         for spec, chosen in load_tuned(track).items():
             if spec in methods:
                 overrides[spec] = dict(chosen)
-                tuned.append(spec)
     for key, value in parse_overrides(args.set or []).items():
         if "." not in key:
             raise ConfigError(f"--set {key}=...: name the method, e.g. --set fuchi.lr=2e-5")
@@ -132,10 +130,8 @@ def _bench_from_args(args: argparse.Namespace):
         if method not in methods:
             raise ConfigError(f"--set {key}: {method!r} is not among --methods {methods} or --attacks {attacks}")
         overrides.setdefault(method, {})[field] = value
-        if method in tuned:
-            tuned.remove(method)
     return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
-                 method_overrides=overrides, tuned=tuple(tuned), attacks=tuple(attacks),
+                 method_overrides=overrides, attacks=tuple(attacks),
                  attack_overrides=attack_overrides, truncate_prompts=getattr(args, "truncate_prompts", False))
 
 

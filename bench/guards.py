@@ -57,10 +57,11 @@ def _flat(images: torch.Tensor) -> torch.Tensor:
     return ((x.max(2).values - x.min(2).values) <= FLAT_TOLERANCE).all(1)
 
 
-def image_warnings(rows: Sequence[tuple], images: Mapping[str, torch.Tensor]) -> list[str]:
+def image_warnings(rows: Sequence[Any], images: Mapping[str, torch.Tensor]) -> list[str]:
     """Warnings for degenerate images of a cell (empty list: nothing odd).
 
-    ``rows``: (group, concept, prompt, seed) per image; ``images``: ``{"edited": u8, "original": u8}``.
+    ``rows``: one ``runner.ImageRow`` (group, concept, prompt, seed) per image; ``images``:
+    ``{"edited": u8, "original": u8}``.
     Flags edited images that are all one flat colour (every one of them, or every target image),
     and target prompts whose images are the same for every evaluation seed.
     """
@@ -68,7 +69,7 @@ def image_warnings(rows: Sequence[tuple], images: Mapping[str, torch.Tensor]) ->
     edited = images.get("edited")
     if edited is not None and len(edited):
         flat = _flat(edited)
-        target = torch.tensor([r[0] == "target" for r in rows], dtype=torch.bool)
+        target = torch.tensor([r.group == "target" for r in rows], dtype=torch.bool)
         if bool(flat.all()):
             out.append(f"constant images: all {len(flat)} edited images are one flat colour")
         elif bool(target.any()) and bool(flat[target].all()):
@@ -79,8 +80,8 @@ def image_warnings(rows: Sequence[tuple], images: Mapping[str, torch.Tensor]) ->
             continue
         by_prompt: dict[str, list[int]] = {}
         for i, r in enumerate(rows):
-            if r[0] == "target":
-                by_prompt.setdefault(r[2], []).append(i)
+            if r.group == "target":
+                by_prompt.setdefault(r.prompt, []).append(i)
         groups = [idx for idx in by_prompt.values() if len(idx) > 1]
         if groups and all(_same(imgs[idx]) for idx in groups):
             seeds = len(groups[0])

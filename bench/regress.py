@@ -37,7 +37,7 @@ def quick_bench(methods: list[str] | None = None, overrides: dict[str, dict[str,
     for m, o in (overrides or {}).items():
         configs.setdefault(m, {}).update(o)
     return Bench(track=track, methods=methods, concepts=QUICK_CONCEPTS, protocol=QUICK_PROTOCOL,
-                 method_overrides=configs, tuned=tuple(m for m in methods if m in tuned and m not in (overrides or {})))
+                 method_overrides=configs)
 
 
 def measured(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

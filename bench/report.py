@@ -52,8 +52,11 @@ def load_cells(runs: Path, only: list[Path] | None = None, include_failed: bool 
 
         raise InputError(f"{runs} holds cells from {len(protocols)} different protocols (model, sampler, seeds, "
                          "prompts or judge differ); a leaderboard compares one protocol: use separate --out folders")
+    from bench.labels import cell_label, tuned_for_spec
+
+    tuned = tuned_for_spec(cells[0]["spec"]) if cells else {}  # one protocol, so one concept set
     for c in cells:
-        c["label"] = c["metrics"].get("method_label", c["spec"]["method"])
+        c["label"] = cell_label(c["spec"], tuned)
         folder = Path(c["folder"])
         c["per_image"] = [json.loads(line) for line in (folder / "per_image.jsonl").read_text().splitlines() if line]
         c["environment"] = json.loads((folder / "environment.json").read_text())

@@ -6,11 +6,13 @@ to the original model's images (cached) -> metrics -> an atomic run folder -> re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -106,7 +108,6 @@ class Bench:
     concepts: list[str] | None = None  # None: the concept set's test split
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tuned: tuple[str, ...] = ()  # methods whose overrides were chosen on dev concepts (bench tune)
     attacks: tuple[str, ...] = ()  # robustness attacks run against every erased model
     attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     truncate_prompts: bool = False  # record prompts cut at the tokenizer's limit instead of refusing them
@@ -164,22 +165,10 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
 
 
 def load_judge(track: Track, cs: ConceptSet, spec: str | None = None) -> Judge:
-    """The track's judge, or the judge ``spec`` names (see ``Track``); errors name the missing piece."""
-    spec = spec or track.judge
-    if spec in ("imagenet", "imagenet-restricted", "resnet50", "resnet50-restricted"):
-        from bench.judges.imagenet import ImageNetJudge
+    """The track's judge, or the judge ``spec`` names (see ``Track``; ``bench.judges.base.judge_registry``)."""
+    from bench.judges.base import build_judge
 
-        backbone = "resnet50" if spec.startswith("resnet50") else "efficientnet-lite0"
-        return ImageNetJudge(backbone, track.judge_weights, restricted=spec.endswith("-restricted"), concept_set=cs)
-    if spec == "clip":
-        from bench.judges.clip import ClipJudge
-
-        if not track.clip_model:
-            raise InputError("the CLIP judge needs --clip-model NAME and --clip-checkpoint PATH")
-        return ClipJudge(track.clip_model, track.clip_checkpoint, cs)
-    from bench.judges.world import WorldConceptJudge
-
-    return WorldConceptJudge(spec)
+    return build_judge(spec or track.judge, track, cs)
 
 
 def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, concept: Concept,
@@ -195,20 +184,6 @@ def cell_spec(bench: Bench, cs: ConceptSet, method: Eraser, method_spec: str, co
         images=images, protocol=p.to_dict(), dtype=bench.track.dtype,
         attacks={name: {"version": a.version, "config": a.config.to_dict()} for name, a in attacks.items()},
     )
-
-
-def bench_config(bench: Bench, spec: str) -> dict[str, Any]:
-    return build_method(spec, bench.method_overrides.get(spec)).config.to_dict()
-
-
-def method_label(spec: str, method: Eraser) -> str:
-    """``fuchi`` for the defaults; ``fuchi+1a2b3c`` when the config was overridden."""
-    from bench.method import build_method
-    from bench.records import sha256_json
-
-    default = build_method(spec).config.to_dict()
-    config = method.config.to_dict()
-    return spec if config == default else f"{spec}+{sha256_json(config)[:6]}"
 
 
 def _u8_to_float(x: torch.Tensor) -> torch.Tensor:
@@ -284,12 +259,10 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
         held_out = {c.name: few_shot_images(track, c, p, pipe, held_out=True)[0] for c in concepts} if attacks else {}
         cache = ReferenceCache(out / "reference", model_sha, track.sampler)
         for spec, method, concept in tqdm(todo, desc="cells", disable=not progress):
-            label = method_label(spec.method, method)
-            if spec.method in bench.tuned and spec.method_config == bench_config(bench, spec.method):
-                label = f"{spec.method}[tuned]"
-            folder = run_cell(pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler,
-                              p, out, progress, label, attacks, held_out.get(concept.name),
-                              {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None, second)
+            folder = run_cell(CellRun(
+                pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler, p, out,
+                attacks, held_out.get(concept.name),
+                {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None, second, progress))
             if cell_status(json.loads((folder / "metrics.json").read_text())) != "ok":
                 if progress:
                     tqdm.write(f"cell {folder.name} failed, recorded: "
@@ -299,24 +272,61 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
     return [cell_dir(out, s) for s, _, _ in cells]
 
 
-def run_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
-             images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
-             p: EvalProtocol, out: Path, progress: bool = True, label: str | None = None,
-             attacks: dict[str, Attack] | None = None, held_out: list[Image.Image] | None = None,
-             notes: dict[str, Any] | None = None, second: Judge | None = None) -> Path:
+class ImageRow(NamedTuple):
+    """One image a cell generates: its prompt group, the concept the judge looks for, prompt, seed."""
+
+    group: str
+    concept: Concept
+    prompt: str
+    seed: int
+
+
+@dataclass
+class CellRun:
+    """What one cell is measured with: the grid's shared pieces and the cell's own inputs."""
+
+    pipe: Any
+    cs: ConceptSet
+    spec: RunSpec
+    method: Eraser
+    concept: Concept
+    images: list[Image.Image]  # the few-shot images the erasure learns from
+    judge: Judge
+    cache: ReferenceCache
+    sampler: SamplerSpec
+    protocol: EvalProtocol
+    out: Path
+    attacks: dict[str, Attack] = field(default_factory=dict)
+    held_out: list[Image.Image] | None = None  # images for attacks, never the erasure's
+    notes: dict[str, Any] | None = None  # extra facts recorded with the metrics (prompt truncations)
+    second: Judge | None = None
+    progress: bool = True
+
+
+@dataclass
+class Judged:
+    """The judges' verdicts on a cell's images ("edited" and "original" each)."""
+
+    detected: dict[str, torch.Tensor]
+    rejected: dict[str, torch.Tensor]
+    describe: dict[str, list[dict[str, Any]]]
+    second_labels: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]]
+    features: dict[str, torch.Tensor]  # retain images, for KID
+    clip: dict[str, float]
+
+
+def run_cell(run: CellRun) -> Path:
     """Measure one cell and write its folder. NaN/Inf at any stage (erase loss, edited weights,
     latents, decoded images, judge outputs) makes it a *diverged* cell: recorded with its reason and
     stage, shown in the report, counted in no mean."""
     t_cell = time.perf_counter()
-    label = label or method_label(spec.method, method)
     try:
-        return _measure_cell(pipe, cs, spec, method, concept, images, judge, cache, sampler, p, out, progress,
-                             label, attacks, held_out, notes, second)
+        return _measure_cell(run)
     except NonFiniteError as e:
-        err = e.named(spec.method, concept.name)
-        info = {"method_label": label, "concept_type": concept.type, "split": concept.split, **(notes or {})}
-        return write_failed_cell(out, spec, "diverged", e.stage, str(err), info,
-                                 {"cell_seconds": time.perf_counter() - t_cell}, environment(pipeline_device(pipe)))
+        err = e.named(run.spec.method, run.concept.name)
+        info = {"concept_type": run.concept.type, "split": run.concept.split, **(run.notes or {})}
+        return write_failed_cell(run.out, run.spec, "diverged", e.stage, str(err), info,
+                                 {"cell_seconds": time.perf_counter() - t_cell}, environment(pipeline_device(run.pipe)))
 
 
 def _reference(what: str, make: Any) -> Any:
@@ -327,128 +337,175 @@ def _reference(what: str, make: Any) -> Any:
         raise InputError(f"the original model produces {e} in its {what}; no method can be measured on it") from None
 
 
-def _measure_cell(pipe: Any, cs: ConceptSet, spec: RunSpec, method: Eraser, concept: Concept,
-                  images: list[Image.Image], judge: Judge, cache: ReferenceCache, sampler: SamplerSpec,
-                  p: EvalProtocol, out: Path, progress: bool, label: str,
-                  attacks: dict[str, Attack] | None, held_out: list[Image.Image] | None,
-                  notes: dict[str, Any] | None, second: Judge | None) -> Path:
+def _measure_cell(run: CellRun) -> Path:
+    """plan -> reference -> erase -> generate -> attacks -> judge -> metrics -> record."""
     from tqdm.auto import tqdm
 
-    t_cell = time.perf_counter()
-    plan = prompt_plan(cs, concept, p)
-    rows = [(g, c, prompt, s) for g, c, prompt in plan for s in p.seeds]
-    prompts, seeds = [r[2] for r in rows], [r[3] for r in rows]
-    bar = tqdm(total=2 * len(rows), desc=f"  {spec.method}/{concept.name}", leave=False, disable=not progress)
-    t0 = time.perf_counter()
-    original = _reference("reference images", lambda: cache.get_or_generate(pipe, prompts, seeds, sampler,
-                                                                           p.batch_size, bar))
-    t_ref = time.perf_counter() - t0
-    device = pipeline_device(pipe)
-    attacks = attacks or {}
-    t0 = time.perf_counter()
-    robust_original = _reference(f"attacks ({', '.join(attacks)})", lambda: cached_attacks(
-        pipe, attacks, concept, held_out, judge, sampler, p, cache, spec)) if attacks else {}
-    t_attack = time.perf_counter() - t0
-    with PeakMemory(device) as mem:
-        edit = method.erase(pipe, concept, images, seed=spec.erase_seed)
+    t_cell, timing = time.perf_counter(), {}
+    # 1. plan: every (group, judged concept, prompt, seed) the cell generates
+    rows = _plan_rows(run)
+    bar = tqdm(total=2 * len(rows), desc=f"  {run.spec.method}/{run.concept.name}", leave=False,
+               disable=not run.progress)
+    # 2. reference: the original model's images and attacks, cached across methods
+    with _timed(timing, "reference_seconds"):
+        original = _reference_images(run, rows, bar)
+    with _timed(timing, "attack_seconds"):
+        robust_original = _reference_attacks(run)
+    # 3. erase, 4. generate and 5. attack with the edited model, then put the model back
+    with PeakMemory(pipeline_device(run.pipe)) as mem:
+        edit = run.method.erase(run.pipe, run.concept, run.images, seed=run.spec.erase_seed)
     try:
         check_finite(edit.tensors, "edited weights")
-        t0 = time.perf_counter()
-        edited = generate(pipe, prompts, seeds, sampler, p.batch_size, bar)
-        t_gen = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        robust = run_attacks(pipe, attacks, concept, held_out, judge, sampler, p, spec.erase_seed) if attacks else {}
-        t_attack += time.perf_counter() - t0
+        with _timed(timing, "generate_seconds"):
+            edited = generate(run.pipe, [r.prompt for r in rows], [r.seed for r in rows], run.sampler,
+                              run.protocol.batch_size, bar)
+        with _timed(timing, "attack_seconds"):
+            robust = _attack(run)
     finally:
         edit.restore()
     bar.close()
+    # 6. judge every image of both models
+    with _timed(timing, "judge_seconds"):
+        judged = _judge(run, rows, {"edited": edited, "original": original})
+    # 7. metrics
+    metrics = _cell_record_metrics(run, rows, judged, {"edited": edited, "original": original}, robust,
+                                   robust_original, edit, mem)
+    # 8. record: an atomic run folder
+    timing.update({"erase_seconds": edit.seconds, "images_generated": len(rows),
+                   "attack_generate_seconds": robust.get(_GENERATION, {}).get("seconds", 0.0),
+                   "attack_images_generated": robust.get(_GENERATION, {}).get("images", 0),
+                   "cell_seconds": time.perf_counter() - t_cell})
+    return _record(run, rows, judged, {"edited": edited, "original": original}, robust, metrics, timing)
 
+
+@contextlib.contextmanager
+def _timed(timing: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall time to ``timing[key]``."""
     t0 = time.perf_counter()
-    det = {"edited": torch.zeros(len(rows), dtype=torch.bool), "original": torch.zeros(len(rows), dtype=torch.bool)}
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
+
+
+def _plan_rows(run: CellRun) -> list[ImageRow]:
+    return [ImageRow(g, c, prompt, s) for g, c, prompt in prompt_plan(run.cs, run.concept, run.protocol)
+            for s in run.protocol.seeds]
+
+
+def _reference_images(run: CellRun, rows: list[ImageRow], bar: Any) -> torch.Tensor:
+    return _reference("reference images", lambda: run.cache.get_or_generate(
+        run.pipe, [r.prompt for r in rows], [r.seed for r in rows], run.sampler, run.protocol.batch_size, bar))
+
+
+def _reference_attacks(run: CellRun) -> dict[str, dict[str, Any]]:
+    if not run.attacks:
+        return {}
+    return _reference(f"attacks ({', '.join(run.attacks)})", lambda: cached_attacks(
+        run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol, run.cache, run.spec))
+
+
+def _attack(run: CellRun) -> dict[str, dict[str, Any]]:
+    if not run.attacks:
+        return {}
+    return run_attacks(run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol,
+                       run.spec.erase_seed)
+
+
+def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) -> Judged:
+    """Detections per judged concept, reject verdicts, per-image outputs, the second judge's labels,
+    features of the retain images and, where the judge gives one, the CLIP score on retain prompts."""
+    judge, x = run.judge, {k: _u8_to_float(v) for k, v in images.items()}
     by_concept: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        by_concept.setdefault(r[1].name, []).append(i)
-    for kind, imgs in (("edited", edited), ("original", original)):
+        by_concept.setdefault(r.concept.name, []).append(i)
+    detected = {k: torch.zeros(len(rows), dtype=torch.bool) for k in images}
+    for kind in images:
         for name, idx in by_concept.items():
-            det[kind][idx] = judge.detect(_u8_to_float(imgs[idx]), cs.get(name))
-    desc = {k: judge.describe(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
-    labels = {k: judge.labels(_u8_to_float(v)) for k, v in (("edited", edited), ("original", original))}
-    rejected = {k: torch.tensor([x == REJECT_LABEL for x in v[SCENE_HEAD]], dtype=torch.bool)
+            detected[kind][idx] = judge.detect(x[kind][idx], run.cs.get(name))
+    describe = {k: judge.describe(v) for k, v in x.items()}
+    labels = {k: judge.labels(v) for k, v in x.items()}
+    rejected = {k: torch.tensor([y == REJECT_LABEL for y in v[SCENE_HEAD]], dtype=torch.bool)
                 for k, v in labels.items()}
-    second_labels = {}
-    if second is not None:
-        for kind, imgs in (("edited", edited), ("original", original)):
-            second_labels[kind] = (labels[kind], second.labels(_u8_to_float(imgs)))
-    retain_idx = [i for i, r in enumerate(rows) if r[0] in RETAIN_GROUPS]
-    f_orig = judge.features(_u8_to_float(original[retain_idx])) if retain_idx else torch.zeros(0, 1)
-    f_edit = judge.features(_u8_to_float(edited[retain_idx])) if retain_idx else torch.zeros(0, 1)
-    check_finite({"original": f_orig, "edited": f_edit}, "judge features")
+    second = {k: (labels[k], run.second.labels(v)) for k, v in x.items()} if run.second is not None else {}
+    retain_idx = [i for i, r in enumerate(rows) if r.group in RETAIN_GROUPS]
+    features = {k: judge.features(v[retain_idx]) if retain_idx else torch.zeros(0, 1) for k, v in x.items()}
+    check_finite(features, "judge features")
     clip = {}
-    if hasattr(judge, "clip_score") and retain_idx:
-        retain_prompts = [rows[i][2] for i in retain_idx]
-        for kind, imgs in (("", edited), ("_original", original)):
-            clip["clip_score_retain" + kind] = float(judge.clip_score(_u8_to_float(imgs[retain_idx]),
-                                                                      retain_prompts).mean())
+    if retain_idx:
+        retain_prompts = [rows[i].prompt for i in retain_idx]
+        for kind, suffix in (("edited", ""), ("original", "_original")):
+            score = judge.clip_score(x[kind][retain_idx], retain_prompts)
+            if score is not None:
+                clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
-    t_judge = time.perf_counter() - t0
+    return Judged(detected, rejected, describe, second, features, clip)
 
-    metrics = cell_metrics(rows, det, f_orig, f_edit, rejected)
-    metrics.update(clip)
-    metrics["image_warnings"] = image_warnings(rows, {"edited": edited, "original": original})
-    metrics.update(notes or {})
+
+def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str, torch.Tensor],
+                         robust: dict[str, Any], robust_original: dict[str, Any], edit: Any,
+                         mem: PeakMemory) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds: the measures, the attacks' and the costs."""
+    metrics = cell_metrics(rows, judged.detected, judged.features["original"], judged.features["edited"],
+                           judged.rejected)
+    metrics.update(judged.clip)
+    metrics["image_warnings"] = image_warnings(rows, images)
+    metrics.update(run.notes or {})
     for kind, suffix in (("edited", ""), ("original", "_original")):
-        if kind in second_labels:
-            metrics["judge_agreement" + suffix] = agreement(*second_labels[kind])
-    if second_labels:
-        metrics["second_judge"] = second.ref
+        if kind in judged.second_labels:
+            metrics["judge_agreement" + suffix] = agreement(*judged.second_labels[kind])
+    if judged.second_labels:
+        metrics["second_judge"] = run.second.ref
         metrics["judges_disagree"] = bool(1 - metrics["judge_agreement"]["min"] > DISAGREEMENT_FLAG)
-    metrics["reject_definition"] = judge.reject_definition
-    for name in attacks:
+    metrics["reject_definition"] = run.judge.reject_definition
+    for name in run.attacks:
         metrics[f"asr_{name}"] = robust[name]["asr"]
         metrics[f"asr_{name}_original"] = robust_original[name]["asr"]
         metrics[f"attack_seconds_{name}"] = robust[name]["seconds"]
-    if attacks:
-        asr = [robust[n]["asr"]["value"] for n in attacks]
-        metrics["asr_mean"] = float(np.mean(asr))
+    if run.attacks:
+        metrics["asr_mean"] = float(np.mean([robust[n]["asr"]["value"] for n in run.attacks]))
         metrics["composite_robust"] = robust_composite(metrics["composite"], metrics["asr_mean"])
         metrics["composite_robust_formula"] = ROBUST_FORMULA
-    metrics.update({"method_label": label, "concept_type": concept.type,
-                    "split": concept.split,"seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
+    metrics.update({"concept_type": run.concept.type, "split": run.concept.split,
+                    "seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
                     "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
                     "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,
                     "edited_parameters": len(edit.param_names), "composite_formula": COMPOSITE_FORMULA})
+    return metrics
+
+
+def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str, torch.Tensor],
+            robust: dict[str, Any], metrics: dict[str, Any], timing: dict[str, Any]) -> Path:
+    """Per-image records, sample images and the cell folder (written atomically)."""
     per_image = []
-    for i, (g, c, prompt, s) in enumerate(rows):
+    for i, r in enumerate(rows):
         for kind in ("original", "edited"):
-            row = {"model": kind, "group": g, "judged_concept": c.name, "prompt": prompt, "seed": s,
-                   "detected": bool(det[kind][i]), "rejected": bool(rejected[kind][i]), "judge": desc[kind][i]}
-            if kind in second_labels:
-                row["second_judge"] = {h: v[i] for h, v in second_labels[kind][1].items()}
+            row = {"model": kind, "group": r.group, "judged_concept": r.concept.name, "prompt": r.prompt,
+                   "seed": r.seed, "detected": bool(judged.detected[kind][i]),
+                   "rejected": bool(judged.rejected[kind][i]), "judge": judged.describe[kind][i]}
+            if kind in judged.second_labels:
+                row["second_judge"] = {h: v[i] for h, v in judged.second_labels[kind][1].items()}
             per_image.append(row)
-    target = [i for i, r in enumerate(rows) if r[0] == "target"][: min(8, len(p.seeds) * p.target_prompts)]
-    samples = _samples_bytes(original[target], edited[target],
-                             {f"attack_{n}": robust[n]["images"][:8] for n in attacks})
-    for name in attacks:
+    p = run.protocol
+    target = [i for i, r in enumerate(rows) if r.group == "target"][: min(8, len(p.seeds) * p.target_prompts)]
+    samples = _samples_bytes(images["original"][target], images["edited"][target],
+                             {f"attack_{n}": robust[n]["images"][:8] for n in run.attacks})
+    for name in run.attacks:
         for i, (prompt, seed, hit) in enumerate(robust[name]["rows"]):
-            per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": concept.name,
+            per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": run.concept.name,
                               "prompt": prompt, "seed": seed, "detected": hit, "judge": {}, "index": i})
-    timing = {"erase_seconds": edit.seconds, "reference_seconds": t_ref, "generate_seconds": t_gen,
-              "judge_seconds": t_judge, "images_generated": len(rows), "attack_seconds": t_attack,
-              "attack_generate_seconds": robust.get(_GENERATION, {}).get("seconds", 0.0),
-              "attack_images_generated": robust.get(_GENERATION, {}).get("images", 0),
-              "cell_seconds": time.perf_counter() - t_cell}
-    return write_cell(out, spec, metrics, per_image, timing, environment(device),
+    return write_cell(run.out, run.spec, metrics, per_image, timing, environment(pipeline_device(run.pipe)),
                       extra_files={"samples.safetensors": samples})
 
 
-def cell_metrics(rows: list[tuple], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
+def cell_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
                  f_edit: torch.Tensor, rejected: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """UA (target, synonyms), retain accuracies, reject rates, KID — each for the edited and the
     original model. ``det`` must already be false on rejected images (``Judge.detect`` is): a
     rejected image is "not seen" for UA and a miss for retain."""
     m: dict[str, Any] = {}
-    groups = np.array([r[0] for r in rows])
-    seeds = np.array([r[3] for r in rows])
+    groups = np.array([r.group for r in rows])
+    seeds = np.array([r.seed for r in rows])
     for kind, suffix in (("edited", ""), ("original", "_original")):
         d = det[kind].numpy()
         if rejected is not None:

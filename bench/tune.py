@@ -15,26 +15,21 @@ from typing import Any
 from bench.concepts import load_concept_set
 from bench.errors import ConfigError
 from bench.io import write_json
+from bench.labels import read_tuned, tuned_file
 from bench.method import build_method
 from bench.protocol import EvalProtocol
 from bench.report import load_cells, overall_table
 from bench.runner import Bench, Track, run_bench
 
-TUNED_DIR = Path(__file__).resolve().parent.parent / "reports" / "tuned"
-
 
 def tuned_path(track: Track) -> Path:
     """``reports/tuned/<concept set name>.json``: one file per concept set (track)."""
-    return TUNED_DIR / f"{load_concept_set(track.concept_set).name}.json"
+    return tuned_file(load_concept_set(track.concept_set).name)
 
 
 def load_tuned(track: Track) -> dict[str, dict[str, Any]]:
     """``{method spec: config overrides}`` chosen on dev concepts (empty when never tuned)."""
-    path = tuned_path(track)
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {spec: entry["overrides"] for spec, entry in data.get("methods", {}).items()}
+    return read_tuned(tuned_path(track))
 
 
 def parse_grid(pairs: list[str]) -> dict[str, list[Any]]:

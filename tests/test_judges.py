@@ -10,7 +10,7 @@ import torch
 
 from bench.judges.base import REJECT_LABEL, SCENE_HEAD
 from bench.metrics import DISAGREEMENT_FLAG, agreement
-from bench.runner import cell_metrics
+from bench.runner import ImageRow, cell_metrics
 from bench.world.negatives import KINDS, render_negatives
 from bench.world.render import HEADS, Scene, jitter_texture, render_batch, render_scene, to_tensor
 
@@ -40,8 +40,8 @@ def test_texture_jitter_changes_texture_only_and_defaults_render_as_before():
     assert np.array_equal(render_scene(plain), render_scene(scene))
 
 
-def _rows(groups: list[str], seeds: list[int]) -> list[tuple]:
-    return [(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
+def _rows(groups: list[str], seeds: list[int]) -> list[ImageRow]:
+    return [ImageRow(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
 
 
 def test_a_rejected_image_is_a_miss_for_retain_and_not_seen_for_ua():
@@ -132,3 +132,31 @@ def test_imagenet_judge_rejects_blank_frames_and_keeps_photographs():
     assert labels[SCENE_HEAD] == ["valid", "valid"] + [REJECT_LABEL] * 3
     assert labels["imagenet"] == ["285", "967"] + [REJECT_LABEL] * 3
     assert labels["object"][:2] == ["other", "other"]  # no concept set given: every class is "other"
+
+
+def test_judges_are_found_through_a_registry():
+    """Names resolve through one registry (no if/elif); anything else is a ConceptWorld judge folder."""
+    from bench.concepts import load_concept_set
+    from bench.errors import ConfigError
+    from bench.judges.base import build_judge, judge_registry
+    from bench.judges.imagenet import ImageNetJudge
+    from bench.runner import Track
+
+    assert {"imagenet", "imagenet-restricted", "resnet50", "resnet50-restricted", "clip"} <= set(judge_registry())
+    track = Track()
+    cs = load_concept_set(Path(__file__).resolve().parents[1] / "datasets" / "sd" / "imagenette.yaml")
+    judge = build_judge("imagenet-restricted", track, cs)
+    assert isinstance(judge, ImageNetJudge) and judge.restricted and judge.backbone == "efficientnet-lite0"
+    with pytest.raises(ConfigError, match="did you mean 'imagenet'"):
+        build_judge("imagnet", track, cs)
+    with pytest.raises(Exception, match="expected judge_config.json"):
+        build_judge("/no/such/judge", track, cs)
+
+
+@needs_world
+def test_clip_score_is_part_of_the_interface():
+    """A judge without a text encoder answers None: the cell then records no CLIP score."""
+    from bench.judges.world import WorldConceptJudge
+
+    judge = WorldConceptJudge(WORLD / "judge")
+    assert judge.clip_score(torch.zeros(2, 3, 32, 32), ["a star", "a moon"]) is None

@@ -218,7 +218,10 @@ def test_check_finite_names_the_stage():
 
 
 def test_degenerate_images_are_flagged():
-    rows = [("target", None, p, s) for p in ("a cat", "a kitty") for s in (0, 1)] + [("in_domain", None, "a dog", 0)]
+    from bench.runner import ImageRow
+
+    rows = [ImageRow("target", None, p, s) for p in ("a cat", "a kitty") for s in (0, 1)]
+    rows.append(ImageRow("in_domain", None, "a dog", 0))
     rng = torch.Generator().manual_seed(0)
     varied = torch.randint(0, 255, (5, 3, 8, 8), generator=rng, dtype=torch.uint8)
     assert image_warnings(rows, {"edited": varied, "original": varied}) == []

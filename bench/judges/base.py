@@ -54,6 +54,53 @@ class Judge(ABC):
         """Per-image judge outputs written to ``per_image.jsonl`` (override for richer output)."""
         return [{} for _ in range(len(images))]
 
+    def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor | None:
+        """Per-image image-text similarity with ``prompts`` (CLIP score), or None: a judge without
+        a text encoder gives none, and the cell records no CLIP score (never a 0)."""
+        return None
+
 
 def scene_labels(rejected: torch.Tensor) -> list[str]:
     return [REJECT_LABEL if r else "valid" for r in rejected.tolist()]
+
+
+# -- the registry of judges ------------------------------------------------------------------------
+ENTRY_POINT_GROUP = "erasebench.judges"
+# name -> "module:factory"; a factory takes (name, track, concept set) and returns a Judge. A judge
+# spec that is not a name here is a ConceptWorld judge folder.
+_BUILTIN = {
+    "imagenet": "bench.judges.imagenet:build",
+    "imagenet-restricted": "bench.judges.imagenet:build",
+    "resnet50": "bench.judges.imagenet:build",
+    "resnet50-restricted": "bench.judges.imagenet:build",
+    "clip": "bench.judges.clip:build",
+}
+_REGISTRY: Any = None
+
+
+def judge_registry(refresh: bool = False) -> Any:
+    """Judge factories by name (built in, then the ``erasebench.judges`` entry points)."""
+    from bench.registry import Registry
+
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        reg: Registry = Registry("judge")
+        for name, target in _BUILTIN.items():
+            reg.register(name, target, origin=target.split(":")[0].replace(".", "/") + ".py")
+        reg.load_entry_points(ENTRY_POINT_GROUP)
+        _REGISTRY = reg
+    return _REGISTRY
+
+
+def build_judge(spec: str, track: Any, concept_set: Any) -> Judge:
+    """The judge ``spec`` names: a registered name, or else a ConceptWorld judge folder."""
+    from pathlib import Path
+
+    reg = judge_registry()
+    if spec in reg:
+        return reg.get(spec)(spec, track, concept_set)
+    if not Path(spec).exists() and "/" not in spec and "\\" not in spec:
+        reg.get(spec)  # a bare word that is no judge: "unknown judge ...; did you mean ...?"
+    from bench.judges.world import WorldConceptJudge
+
+    return WorldConceptJudge(spec)

@@ -110,3 +110,10 @@ class ClipJudge(Judge):
     def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """100 x max(cosine(image, prompt), 0) per image, the usual CLIP score."""
         return 100 * (self._image(images) * self._text(prompts)).sum(-1).clamp(min=0)
+
+
+def build(name: str, track: Any, concept_set: ConceptSet) -> ClipJudge:
+    """The registry's factory: an open_clip model and checkpoint named by the track."""
+    if not track.clip_model:
+        raise InputError("the CLIP judge needs --clip-model NAME and --clip-checkpoint PATH")
+    return ClipJudge(track.clip_model, track.clip_checkpoint, concept_set)

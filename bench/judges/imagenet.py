@@ -140,3 +140,10 @@ class ImageNetJudge(Judge):
         top = p.topk(3, dim=-1)
         return [{"top3": top.indices[i].tolist(), "p": [round(v, 4) for v in top.values[i].tolist()]}
                 for i in range(len(images))]
+
+
+def build(name: str, track: Any, concept_set: ConceptSet) -> ImageNetJudge:
+    """The registry's factory: ``imagenet``/``resnet50``, each optionally ``-restricted``."""
+    backbone = "resnet50" if name.startswith("resnet50") else "efficientnet-lite0"
+    return ImageNetJudge(backbone, track.judge_weights, restricted=name.endswith("-restricted"),
+                         concept_set=concept_set)
