@@ -117,3 +117,89 @@ class _Identity(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+# -- pooled numbers: a bootstrap over concepts and seeds ---------------------------------------------
+HIERARCHICAL_NOTE = (f"hierarchical bootstrap 95% over concepts and seeds ({BOOTSTRAP_RESAMPLES} draws: concepts "
+                     "with replacement, then, within each drawn concept, its evaluation seeds with replacement; "
+                     "every pooled number of a method, H and H_robust included, is recomputed on the same draws)")
+
+
+class ClusterTable:
+    """Hits of several pooled numbers (keys), summed per (concept, seed) cluster: the unit the
+    hierarchical bootstrap resamples. ``add(key, concept, seed, hit)`` one image at a time."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, dict[tuple[str, int], float]] = {}
+        self._counts: dict[str, dict[tuple[str, int], int]] = {}
+
+    def add(self, key: str, concept: str, seed: int, hit: bool) -> None:
+        s, n = self._sums.setdefault(key, {}), self._counts.setdefault(key, {})
+        s[(concept, seed)] = s.get((concept, seed), 0.0) + float(hit)
+        n[(concept, seed)] = n.get((concept, seed), 0) + 1
+
+    def keys(self) -> list[str]:
+        return list(self._sums)
+
+    def n(self, key: str) -> int:
+        return int(sum(self._counts.get(key, {}).values()))
+
+    def rate(self, key: str) -> float:
+        n = self.n(key)
+        return float(sum(self._sums[key].values()) / n) if n else float("nan")
+
+    def arrays(self) -> tuple[list[str], list[int], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Concepts, seeds and, per key, (sums, counts) arrays of shape concepts x seeds."""
+        concepts = sorted({c for d in self._counts.values() for c, _ in d})
+        seeds = sorted({s for d in self._counts.values() for _, s in d})
+        ci, si = {c: i for i, c in enumerate(concepts)}, {s: i for i, s in enumerate(seeds)}
+        out = {}
+        for key in self._sums:
+            sums, counts = np.zeros((len(concepts), len(seeds))), np.zeros((len(concepts), len(seeds)))
+            for (c, s), v in self._sums[key].items():
+                sums[ci[c], si[s]] = v
+                counts[ci[c], si[s]] = self._counts[key][(c, s)]
+            out[key] = (sums, counts)
+        return concepts, seeds, out
+
+
+def hierarchical_bootstrap(table: ClusterTable, stats: dict[str, Any], seed: int = 0,
+                           resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95
+                           ) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of pooled numbers, resampling concepts and then seeds within concepts.
+
+    ``stats``: name -> function of ``{key: pooled rate}`` (a key's own rate: ``lambda r: r[key]``;
+    H: a function of several keys). Every statistic is computed on the same draws, so an interval of
+    H reflects how UA and retain move together. A draw in which a statistic's inputs have no image
+    (possible when a key covers fewer seeds, e.g. attack images) is left out of that interval.
+    """
+    concepts, seeds, arrays = table.arrays()
+    if not concepts:
+        return {name: (float("nan"), float("nan")) for name in stats}
+    rng = np.random.default_rng(seed)
+    pick_c = rng.integers(0, len(concepts), size=(resamples, len(concepts)))
+    pick_s = rng.integers(0, len(seeds), size=(resamples, len(concepts), len(seeds)))
+    rates = {}
+    for key, (sums, counts) in arrays.items():
+        s = sums[pick_c[..., None], pick_s].sum(axis=(1, 2))
+        n = counts[pick_c[..., None], pick_s].sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates[key] = np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    out = {}
+    for name, fn in stats.items():
+        values = np.array([fn({k: float(v[i]) for k, v in rates.items()}) for i in range(resamples)], dtype=float)
+        values = values[np.isfinite(values)]
+        if not len(values):
+            out[name] = (float("nan"), float("nan"))
+            continue
+        lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+        out[name] = (float(lo), float(hi))
+    return out
+
+
+def tied_ranks(values: Sequence[float], intervals: Sequence[tuple[float, float]]) -> list[str]:
+    """Rank by ``values`` (higher is better), where a method is behind another only when their
+    intervals do not overlap: rank = 1 + number of methods whose interval lies wholly above its
+    own; ``=`` marks a rank shared with an overlapping method."""
+    ranks = [1 + sum(1 for lo_j, _ in intervals if lo_j > hi_i) for _, hi_i in intervals]
+    return [f"{r}=" if ranks.count(r) > 1 else str(r) for r in ranks]

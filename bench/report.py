@@ -21,10 +21,13 @@ from bench.io import ensure_writable_dir
 from bench.metrics import (
     COMPOSITE_FORMULA,
     DISAGREEMENT_FLAG,
+    HIERARCHICAL_NOTE,
     ROBUST_FORMULA,
+    ClusterTable,
     composite,
+    hierarchical_bootstrap,
     robust_composite,
-    summary,
+    tied_ranks,
 )
 from bench.records import cell_status, scan_cells
 
@@ -94,39 +97,72 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["method", "concept"]).reset_index(drop=True)
 
 
+def _cluster_table(mine: list[dict[str, Any]], attacks: list[str]) -> ClusterTable:
+    """A method's edited-model hits per pooled number, clustered by (erased concept, seed)."""
+    table = ClusterTable()
+    groups = {g: k for k, g in _GROUP_OF.items()}
+    for c in mine:
+        concept = c["spec"]["concept"]
+        for r in c["per_image"]:
+            if r["model"] != "edited":
+                continue
+            key = groups.get(r["group"])
+            if key is not None:
+                table.add(key, concept, r["seed"], not r["detected"] if key.startswith("ua") else r["detected"])
+            elif r["group"].startswith("attack:") and r["group"][7:] in attacks:
+                table.add(f"asr_{r['group'][7:]}", concept, r["seed"], r["detected"])
+    return table
+
+
+def _pooled_stats(table: ClusterTable, attacks: list[str]) -> dict[str, Any]:
+    """The pooled numbers as functions of per-key rates: each accuracy, each ASR, H and H_robust."""
+    retain = ("retain_in_domain", "retain_cross_domain", "near_neighbours")
+
+    def h(r: dict[str, float]) -> float:
+        return composite(r.get("ua", float("nan")), [r.get(k, float("nan")) for k in retain])
+
+    stats: dict[str, Any] = {k: (lambda r, k=k: r.get(k, float("nan"))) for k in table.keys()}
+    stats["H"] = h
+    if attacks:
+        stats["H robust"] = lambda r: robust_composite(h(r), float(np.mean([r[f"asr_{a}"] for a in attacks])))
+    return stats
+
+
+def _interval(ci: dict[str, tuple[float, float]], name: str) -> str:
+    lo, hi = ci[name]
+    return f"[{lo:.2f}, {hi:.2f}]" if lo == lo else ""
+
+
 def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
-    """Per method: accuracies pooled over concepts with bootstrap CIs over seeds, costs averaged."""
+    """Per method: accuracies pooled over concepts, with hierarchical bootstrap CIs over concepts and
+    seeds (``HIERARCHICAL_NOTE``), H and H_robust with theirs; costs averaged; a rank in which methods
+    whose H intervals overlap are tied."""
     out = []
     for method in sorted({c["label"] for c in cells}):
         mine = [c for c in cells if c["label"] == method]
         row: dict[str, Any] = {"method": method, "concepts": len(mine)}
-        values = {}
-        for key, label in ACCURACIES:
-            hits, seeds = [], []
-            for c in mine:
-                for r in c["per_image"]:
-                    if r["model"] == "edited" and r["group"] == _GROUP_OF[key]:
-                        hits.append(not r["detected"] if key.startswith("ua") else r["detected"])
-                        seeds.append(r["seed"])
-            s = summary(hits, seeds)
-            values[key] = s["value"]
-            row[label] = s["value"]
-            row[label + " CI"] = f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if hits else ""
-        retain = [values[k] for k in ("retain_in_domain", "retain_cross_domain", "near_neighbours")]
-        row["H"] = composite(values["ua"], retain)
         attacks = sorted(mine[0]["spec"].get("attacks", {}))
-        asr_values = []
+        table = _cluster_table(mine, attacks)
+        stats = _pooled_stats(table, attacks)
+        ci = hierarchical_bootstrap(table, stats)
+        values = {k: table.rate(k) for k in table.keys()}
+
+        for key, label in ACCURACIES:
+            row[label] = values.get(key, float("nan"))
+            row[label + " CI"] = _interval(ci, key) if key in values else ""
+        row["H"] = stats["H"](values)
+        row["H CI"] = _interval(ci, "H")
+        row["_H_interval"] = ci["H"]
         for name in attacks:
-            hits = [r["detected"] for c in mine for r in c["per_image"] if r["group"] == f"attack:{name}"]
-            seeds = [r["seed"] for c in mine for r in c["per_image"] if r["group"] == f"attack:{name}"]
-            s = summary(hits, seeds)
-            asr_values.append(s["value"])
-            row[f"ASR {name}"] = s["value"]
-            row[f"ASR {name} CI"] = f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+            key = f"asr_{name}"
+            row[f"ASR {name}"] = values.get(key, float("nan"))
+            row[f"ASR {name} CI"] = _interval(ci, key) if key in values else ""
             row[f"ASR {name} orig"] = float(np.mean([c["metrics"][f"asr_{name}_original"]["value"] for c in mine]))
             row[f"s {name}"] = float(np.mean([c["metrics"][f"attack_seconds_{name}"] for c in mine]))
         if attacks:
-            row["H robust"] = robust_composite(row["H"], float(np.mean(asr_values)))
+            row["H robust"] = stats["H robust"](values)
+            row["H robust CI"] = _interval(ci, "H robust")
+        row["images"] = {k: table.n(k) for k in table.keys()}
         row["UA orig"] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
         for col, model in (("reject", "edited"), ("reject orig", "original")):
             flags = [r.get("rejected", False) for c in mine for r in c["per_image"]
@@ -142,7 +178,9 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         row["trainable"] = int(np.mean([c["metrics"]["trainable_params"] for c in mine]))
         row["storage"] = int(np.mean([c["metrics"]["storage_bytes"] for c in mine]))
         out.append(row)
-    return pd.DataFrame(out).sort_values("H", ascending=False).reset_index(drop=True)
+    df = pd.DataFrame(out).sort_values("H", ascending=False).reset_index(drop=True)
+    df.insert(1, "rank (H)", tied_ranks(list(df["H"]), list(df.pop("_H_interval"))))
+    return df
 
 
 def pooled_agreement(cells: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -238,7 +276,8 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         "- UA: share of target-prompt images in which the judge does not see the concept (higher = erased); "
         "IRA/CRA/NNA: judge accuracy on in-domain, cross-domain and near-neighbour concepts (higher = kept); "
         "KID: edited vs original images on retain prompts, on judge features (lower = closer); "
-        "CIs: bootstrap 95% over evaluation seeds",
+        "per-concept CIs: bootstrap 95% over evaluation seeds",
+        f"- overall CIs: {HIERARCHICAL_NOTE}",
     ]
 
 
@@ -359,11 +398,13 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
     if not cells:
         return failed_only_report(out, failed)
     overall, per_cell = overall_table(cells), cell_table(cells)
+    coverage = coverage_table(overall.pop("images"), overall["method"])
     images = plots(cells, overall, per_cell)
     (out / "figures").mkdir(exist_ok=True)
     for name, data in images.items():
         (out / "figures" / name).write_bytes(data)
     csv_safe(per_cell).to_csv(out / "leaderboard.csv", index=False)
+    csv_safe(overall).to_csv(out / "overall.csv", index=False)  # the pooled numbers the tables show
     short = per_cell[["method", "concept", "ua", "reject", "ua_original", "ua_synonyms", "retain_in_domain",
                       "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds", "agree",
                       "judges_disagree"]]
@@ -374,7 +415,8 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
               markdown_table(agree), ""] if len(agree) else []
     md_failed, html_failed = failed_section(failed)
     md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
-          markdown_table(overall), "", *md_failed, "## Per concept", "", markdown_table(short), "", *judges,
+          markdown_table(overall), "", RANK_NOTE, "", "Images behind each pooled number:", "",
+          markdown_table(coverage), "", *md_failed, "## Per concept", "", markdown_table(short), "", *judges,
           "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
           *(["", "![robustness](figures/robustness.png)"] if "robustness.png" in images else []),
           "", "## Before / after", ""]
@@ -382,7 +424,23 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
     (out / "index.html").write_text(_html(cells, overall, short, images, agree).replace(
         "<h2>Per concept</h2>", html_failed + "<h2>Per concept</h2>"))
-    return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html"}
+    return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
+            "html": out / "index.html"}
+
+
+RANK_NOTE = ("rank (H): 1 + the number of methods whose H interval lies wholly above this one's; `=` marks a "
+             "rank shared with a method whose H interval overlaps (a tie)")
+
+
+def coverage_table(images: pd.Series, methods: pd.Series) -> pd.DataFrame:
+    """Per method, how many images each pooled number covers."""
+    names = dict(ACCURACIES)
+    rows = []
+    for method, counts in zip(methods, images, strict=True):
+        row = {"method": method}
+        row.update({names.get(k, "ASR " + k[4:] if k.startswith("asr_") else k): n for k, n in counts.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes],
@@ -398,7 +456,7 @@ def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFram
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:4px}}</style></head><body>
 <h1>Concept-erasure leaderboard</h1><h2>Protocol</h2><ul>{protocol}</ul>
-<h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}
+<h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}<p>{html_text(RANK_NOTE)}</p>
 <div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
 <div>{img("robustness.png") if "robustness.png" in images else ""}</div>
 <h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}

@@ -87,6 +87,12 @@ def test_report_is_built_from_folders(one_run, tmp_path):
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert "circle" in paths["csv"].read_text()
+    # the pooled numbers are in a file of their own, with concept x seed intervals on H too
+    import pandas as pd
+
+    overall = pd.read_csv(paths["overall_csv"])
+    assert {"rank (H)", "H", "H CI", "UA CI"} <= set(overall.columns) and overall["H CI"].str.startswith("[").all()
+    assert "hierarchical bootstrap 95% over concepts and seeds" in md and "Images behind each pooled number" in md
 
 
 @pytest.mark.parametrize(
