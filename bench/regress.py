@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.io import write_json
 from bench.method import method_registry
+from bench.metric_registry import lookup
 from bench.protocol import EvalProtocol
 from bench.report import load_cells
 from bench.runner import Bench, Track, run_bench
@@ -67,9 +68,17 @@ def compare(goldens: dict[str, Any], got: dict[str, dict[str, float]]) -> list[s
                 continue
             if a is None or b is None or abs(float(a) - float(b)) > tol:
                 method, concept = cell.split("/", 1)
-                problems.append(f"method {method} moved on {key} for concept {concept}: golden {a}, now {b} "
-                                f"(tolerance {tol})")
+                problems.append(f"method {method} moved{_how(key, a, b)} on {key} for concept {concept}: "
+                                f"golden {a}, now {b} (tolerance {tol})")
     return problems
+
+
+def _how(key: str, old: Any, new: Any) -> str:
+    """" worse" / " better" by the metric's declared direction ("" when it has none or a value is missing)."""
+    found = lookup(key)
+    if found is None or old is None or new is None or found[0].worse(float(old), float(new)) is None:
+        return ""
+    return " worse" if found[0].worse(float(old), float(new)) else " better"
 
 
 def run_regress(update: bool = False, methods: list[str] | None = None,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench.escape import csv_safe, file_stem, html_text, md_code, md_link, md_text
 from bench.io import ensure_writable_dir
+from bench.metric_registry import display, lookup, metrics
 from bench.metrics import (
     COMPOSITE_FORMULA,
     DISAGREEMENT_FLAG,
@@ -31,8 +32,8 @@ from bench.metrics import (
 )
 from bench.records import cell_status, scan_cells
 
-ACCURACIES = [("ua", "UA"), ("ua_synonyms", "UA syn"), ("retain_in_domain", "IRA"),
-              ("retain_cross_domain", "CRA"), ("near_neighbours", "NNA")]
+ACCURACIES = [(k, display(k)) for k in ("ua", "ua_synonyms", "retain_in_domain", "retain_cross_domain",
+                                        "near_neighbours")]
 _GROUP_OF = {"ua": "target", "ua_synonyms": "synonym", "retain_in_domain": "in_domain",
              "retain_cross_domain": "cross_domain", "near_neighbours": "near_neighbour"}
 
@@ -122,9 +123,9 @@ def _pooled_stats(table: ClusterTable, attacks: list[str]) -> dict[str, Any]:
         return composite(r.get("ua", float("nan")), [r.get(k, float("nan")) for k in retain])
 
     stats: dict[str, Any] = {k: (lambda r, k=k: r.get(k, float("nan"))) for k in table.keys()}
-    stats["H"] = h
+    stats["composite"] = h
     if attacks:
-        stats["H robust"] = lambda r: robust_composite(h(r), float(np.mean([r[f"asr_{a}"] for a in attacks])))
+        stats["composite_robust"] = lambda r: robust_composite(h(r), float(np.mean([r[f"asr_{a}"] for a in attacks])))
     return stats
 
 
@@ -150,36 +151,39 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         for key, label in ACCURACIES:
             row[label] = values.get(key, float("nan"))
             row[label + " CI"] = _interval(ci, key) if key in values else ""
-        row["H"] = stats["H"](values)
-        row["H CI"] = _interval(ci, "H")
-        row["_H_interval"] = ci["H"]
+        h = display("composite")
+        row[h] = stats["composite"](values)
+        row[h + " CI"] = _interval(ci, "composite")
+        row["_H_interval"] = ci["composite"]
         for name in attacks:
             key = f"asr_{name}"
-            row[f"ASR {name}"] = values.get(key, float("nan"))
-            row[f"ASR {name} CI"] = _interval(ci, key) if key in values else ""
-            row[f"ASR {name} orig"] = float(np.mean([c["metrics"][f"asr_{name}_original"]["value"] for c in mine]))
-            row[f"s {name}"] = float(np.mean([c["metrics"][f"attack_seconds_{name}"] for c in mine]))
+            row[display(key)] = values.get(key, float("nan"))
+            row[display(key) + " CI"] = _interval(ci, key) if key in values else ""
+            row[display(key + "_original")] = float(np.mean([c["metrics"][key + "_original"]["value"] for c in mine]))
+            row[display(f"attack_seconds_{name}")] = float(np.mean([c["metrics"][f"attack_seconds_{name}"]
+                                                                    for c in mine]))
         if attacks:
-            row["H robust"] = stats["H robust"](values)
-            row["H robust CI"] = _interval(ci, "H robust")
+            row[display("composite_robust")] = stats["composite_robust"](values)
+            row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
         row["images"] = {k: table.n(k) for k in table.keys()}
-        row["UA orig"] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
-        for col, model in (("reject", "edited"), ("reject orig", "original")):
+        row[display("ua_original")] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
+        for key, model in (("reject_rate", "edited"), ("reject_rate_original", "original")):
             flags = [r.get("rejected", False) for c in mine for r in c["per_image"]
                      if r["model"] == model and not r["group"].startswith("attack:")]
-            row[col] = float(np.mean(flags)) if flags else np.nan
+            row[display(key)] = float(np.mean(flags)) if flags else np.nan
         agree = pooled_agreement(mine, "judge_agreement")
         if agree:
             row["agree"] = min(agree.values())
             row["flagged"] = sum(bool(c["metrics"].get("judges_disagree")) for c in mine)
-        row["KID"] = float(np.mean([c["metrics"]["kid_retain"]["mean"] for c in mine]))
-        row["s/concept"] = float(np.mean([c["metrics"]["seconds_per_concept"] for c in mine]))
-        row["peak MB"] = float(np.max([c["metrics"]["peak_memory_mb"] for c in mine]))
-        row["trainable"] = int(np.mean([c["metrics"]["trainable_params"] for c in mine]))
-        row["storage"] = int(np.mean([c["metrics"]["storage_bytes"] for c in mine]))
+        row[display("kid_retain")] = float(np.mean([c["metrics"]["kid_retain"]["mean"] for c in mine]))
+        row[display("seconds_per_concept")] = float(np.mean([c["metrics"]["seconds_per_concept"] for c in mine]))
+        row[display("peak_memory_mb")] = float(np.max([c["metrics"]["peak_memory_mb"] for c in mine]))
+        row[display("trainable_params")] = int(np.mean([c["metrics"]["trainable_params"] for c in mine]))
+        row[display("storage_bytes")] = int(np.mean([c["metrics"]["storage_bytes"] for c in mine]))
         out.append(row)
-    df = pd.DataFrame(out).sort_values("H", ascending=False).reset_index(drop=True)
-    df.insert(1, "rank (H)", tied_ranks(list(df["H"]), list(df.pop("_H_interval"))))
+    h = display("composite")
+    df = pd.DataFrame(out).sort_values(h, ascending=not metrics()["composite"].higher_is_better).reset_index(drop=True)
+    df.insert(1, f"rank ({h})", tied_ranks(list(df[h]), list(df.pop("_H_interval"))))
     return df
 
 
@@ -228,6 +232,12 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _shown_metrics(cells: list[dict[str, Any]]) -> list[Any]:
+    """The declarations of the metrics the cells hold (per-attack ones once), in registry order."""
+    held = {lookup(k)[0].key for c in cells for k in c["metrics"] if lookup(k) is not None}
+    return [m for key, m in metrics().items() if key in held]
+
+
 def _attack_seed_text(p: dict[str, Any]) -> str:
     """Which evaluation seeds generated attack images (records before ``attack_seeds`` used them all)."""
     seeds = list(p.get("seeds", []))
@@ -273,10 +283,9 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
          f"ASR = share of attack images in which the judge sees the concept; attack images use "
          f"{_attack_seed_text(p)}, so their CIs resample those seeds; {ROBUST_FORMULA}")
         if s.get("attacks") else "",
-        "- UA: share of target-prompt images in which the judge does not see the concept (higher = erased); "
-        "IRA/CRA/NNA: judge accuracy on in-domain, cross-domain and near-neighbour concepts (higher = kept); "
-        "KID: edited vs original images on retain prompts, on judge features (lower = closer); "
-        "per-concept CIs: bootstrap 95% over evaluation seeds",
+        "- metrics (bench/metric_registry.py): " + "; ".join(
+            text(f"{m.display}: {m.definition} ({m.direction})") for m in _shown_metrics(cells)),
+        "- per-concept CIs: bootstrap 95% over evaluation seeds",
         f"- overall CIs: {HIERARCHICAL_NOTE}",
     ]
 
@@ -300,10 +309,12 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
 
     out: dict[str, bytes] = {}
     fig, ax = plt.subplots(figsize=(5, 4))
+    ua, retain_cols = display("ua"), [display(k) for k in ("retain_in_domain", "retain_cross_domain",
+                                                          "near_neighbours")]
     for _, r in overall.iterrows():
-        retain = np.nanmean([r["IRA"], r["CRA"], r["NNA"]])
-        ax.scatter(retain, r["UA"], s=60)
-        ax.annotate(r["method"], (retain, r["UA"]), fontsize=8)
+        retain = np.nanmean([r[c] for c in retain_cols])
+        ax.scatter(retain, r[ua], s=60)
+        ax.annotate(r["method"], (retain, r[ua]), fontsize=8)
     ax.set_xlabel("mean retain accuracy (IRA, CRA, NNA)")
     ax.set_ylabel("UA (erasure)")
     ax.set_xlim(-0.02, 1.02)
@@ -312,13 +323,14 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
     ax.grid(alpha=0.3)
     out["tradeoff.png"] = _png(fig)
 
-    asr_cols = [c for c in overall.columns if c.startswith("ASR ") and not c.endswith((" CI", " orig"))]
-    if asr_cols:
+    attacks = sorted(cells[0]["spec"].get("attacks", {})) if cells else []
+    if attacks:
         fig, ax = plt.subplots(figsize=(5, 4))
-        for col, marker in zip(asr_cols, "os^vD", strict=False):
-            ax.scatter(overall["UA"], overall[col], marker=marker, label=col[4:])
+        for name, marker in zip(attacks, "os^vD", strict=False):
+            col = display(f"asr_{name}")
+            ax.scatter(overall[ua], overall[col], marker=marker, label=name)
             for _, r in overall.iterrows():
-                ax.annotate(r["method"], (r["UA"], r[col]), fontsize=7)
+                ax.annotate(r["method"], (r[ua], r[col]), fontsize=7)
         ax.set_xlabel("UA without attack")
         ax.set_ylabel("ASR under attack (concept comes back)")
         ax.set_xlim(-0.02, 1.02)
@@ -434,11 +446,10 @@ RANK_NOTE = ("rank (H): 1 + the number of methods whose H interval lies wholly a
 
 def coverage_table(images: pd.Series, methods: pd.Series) -> pd.DataFrame:
     """Per method, how many images each pooled number covers."""
-    names = dict(ACCURACIES)
     rows = []
     for method, counts in zip(methods, images, strict=True):
         row = {"method": method}
-        row.update({names.get(k, "ASR " + k[4:] if k.startswith("asr_") else k): n for k, n in counts.items()})
+        row.update({display(k): n for k, n in counts.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 

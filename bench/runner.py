@@ -28,6 +28,7 @@ from bench.io import ensure_writable_dir
 from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge
 from bench.measure import PeakMemory
 from bench.method import Eraser, build_method
+from bench.metric_registry import REGISTRY_VERSION
 from bench.metrics import (
     COMPOSITE_FORMULA,
     DISAGREEMENT_FLAG,
@@ -324,7 +325,8 @@ def run_cell(run: CellRun) -> Path:
         return _measure_cell(run)
     except NonFiniteError as e:
         err = e.named(run.spec.method, run.concept.name)
-        info = {"concept_type": run.concept.type, "split": run.concept.split, **(run.notes or {})}
+        info = {"metrics_registry": REGISTRY_VERSION, "concept_type": run.concept.type, "split": run.concept.split,
+                **(run.notes or {})}
         return write_failed_cell(run.out, run.spec, "diverged", e.stage, str(err), info,
                                  {"cell_seconds": time.perf_counter() - t_cell}, environment(pipeline_device(run.pipe)))
 
@@ -466,7 +468,7 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
         metrics["asr_mean"] = float(np.mean([robust[n]["asr"]["value"] for n in run.attacks]))
         metrics["composite_robust"] = robust_composite(metrics["composite"], metrics["asr_mean"])
         metrics["composite_robust_formula"] = ROBUST_FORMULA
-    metrics.update({"concept_type": run.concept.type, "split": run.concept.split,
+    metrics.update({"metrics_registry": REGISTRY_VERSION, "concept_type": run.concept.type, "split": run.concept.split,
                     "seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
                     "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
                     "trainable_params": edit.trainable_params, "storage_bytes": edit.storage_bytes,

@@ -17,6 +17,7 @@ from bench.errors import ConfigError
 from bench.io import write_json
 from bench.labels import read_tuned, tuned_file
 from bench.method import build_method
+from bench.metric_registry import metrics
 from bench.protocol import EvalProtocol
 from bench.report import load_cells, overall_table
 from bench.runner import Bench, Track, run_bench
@@ -63,7 +64,8 @@ def tune(track: Track, method: str, grid: dict[str, list[Any]], concepts: list[s
         row = overall_table(measured).iloc[0]
         scores.append({"overrides": p, "H": float(row["H"]), "UA": float(row["UA"]),
                        "retain": float((row["IRA"] + row["CRA"] + row["NNA"]) / 3)})
-    best = max(scores, key=lambda s: (s["H"] if s["H"] == s["H"] else -1.0))
+    sign = 1.0 if metrics()["composite"].higher_is_better else -1.0  # the direction the registry declares
+    best = max(scores, key=lambda s: (sign * s["H"] if s["H"] == s["H"] else -float("inf")))
     path = tuned_path(track)
     data = json.loads(path.read_text()) if path.is_file() else {"methods": {}}
     data["methods"][method] = {"overrides": best["overrides"], "chosen_by": "max composite H on dev concepts",

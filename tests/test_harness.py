@@ -49,6 +49,10 @@ def test_cell_folder_describes_itself(one_run):
         assert 0.0 <= metrics[key]["value"] <= 1.0 and metrics[key]["ci_low"] <= metrics[key]["ci_high"]
     assert metrics["seconds_per_concept"] > 0 and metrics["trainable_params"] > 0
     assert "method_label" not in metrics  # labels are derived at report time (tests/test_labels.py)
+    # every number the cell holds is declared in the metric registry, whose version it records
+    from bench.metric_registry import REGISTRY_VERSION, undeclared
+
+    assert undeclared(list(metrics)) == [] and metrics["metrics_registry"] == REGISTRY_VERSION
     assert "clip_score_retain" not in metrics  # the ConceptWorld judge has no text encoder: no CLIP score
     rows = [json.loads(line) for line in (cell / "per_image.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"original", "edited"}
@@ -93,6 +97,9 @@ def test_report_is_built_from_folders(one_run, tmp_path):
     overall = pd.read_csv(paths["overall_csv"])
     assert {"rank (H)", "H", "H CI", "UA CI"} <= set(overall.columns) and overall["H CI"].str.startswith("[").all()
     assert "hierarchical bootstrap 95% over concepts and seeds" in md and "Images behind each pooled number" in md
+    # definitions and directions come from the metric registry
+    assert "UA: share of target-prompt images in which the judge does not see the concept (higher is better)" in md
+    assert "KID: kernel inception distance" in md and "(lower is better)" in md
 
 
 @pytest.mark.parametrize(
