@@ -78,7 +78,10 @@ def metrics() -> dict[str, Metric]:
 
 
 def _template(key: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(key).replace(re.escape("{attack}"), "(?P<attack>[A-Za-z0-9_-]+?)") + "$")
+    """A declared key as a pattern: ``{name}`` placeholders (an attack, a prompt group) match a name."""
+    parts = re.split(r"\{(\w+)\}", key)
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]+?)" for i, p in enumerate(parts))
+    return re.compile("^" + pattern + "$")
 
 
 def lookup(key: str) -> tuple[Metric, dict[str, str]] | None:
@@ -87,7 +90,10 @@ def lookup(key: str) -> tuple[Metric, dict[str, str]] | None:
     candidates = [(key, "edited")]
     if key.endswith("_original"):  # the original model's value of a metric declared with original=True
         candidates.insert(0, (key.removesuffix("_original"), "original"))
-    for name, model in candidates:
+    for name, model in candidates:  # an exact declaration wins over a template (asr_mean, not asr_{attack})
+        exact = _METRICS.get(name)
+        if exact is not None and (model == "edited" or exact.original):
+            return exact, {"model": model}
         for metric in _METRICS.values():
             m = _template(metric.key).match(name)
             if m and (model == "edited" or metric.original):
@@ -101,7 +107,9 @@ def display(key: str) -> str:
     if found is None:
         raise KeyError(f"metric {key!r} is not declared in bench.metric_registry")
     metric, params = found
-    name = metric.display.replace("{attack}", params.get("attack", ""))
+    name = metric.display
+    for k, v in params.items():
+        name = name.replace("{" + k + "}", v)
     return name + (" orig" if params["model"] == "original" else "")
 
 
@@ -126,6 +134,10 @@ _(Metric("retain_mean", "RA", "mean of IRA, CRA and NNA (those the concept set h
          aggregate="from the pooled IRA, CRA and NNA", original=True))
 _(Metric("composite", "H", "harmonic mean of UA and RA", True, unit="score",
          aggregate="from the pooled UA and RA", original=True))
+_(Metric("diversity_{group}", "div {group}", "seed diversity of the edited model's images for the group's "
+         "prompts relative to the original's (mean pairwise judge-feature distance among one prompt's seeds, "
+         "edited / original): about 1 keeps the variety, near 0 means the prompt collapsed to one image", True,
+         unit="ratio", aggregate="mean over concepts"))
 _(Metric("reject_rate", "reject", "share of the cell's images the judge rejects (nothing to judge)", False,
          interval=_SEED, original=True))
 _(Metric("reject_rate_target", "reject target", "share of target-prompt images the judge rejects", None,

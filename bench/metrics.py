@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-METRICS_VERSION = "3"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement
+METRICS_VERSION = "4"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
+# 4: seed diversity (collapse) per prompt group
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
@@ -203,3 +204,30 @@ def tied_ranks(values: Sequence[float], intervals: Sequence[tuple[float, float]]
     own; ``=`` marks a rank shared with an overlapping method."""
     ranks = [1 + sum(1 for lo_j, _ in intervals if lo_j > hi_i) for _, hi_i in intervals]
     return [f"{r}=" if ranks.count(r) > 1 else str(r) for r in ranks]
+
+
+# -- collapse: how different one prompt's images are across seeds ---------------------------------------
+def seed_diversity(features: torch.Tensor, prompts: Sequence[str]) -> float:
+    """Mean over prompts of the mean pairwise Euclidean distance between the judge features of that
+    prompt's images (one per seed); NaN when no prompt has two images."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    per_prompt = []
+    for idx in by_prompt.values():
+        if len(idx) < 2:
+            continue
+        f = features[idx].double()
+        d = torch.cdist(f, f)
+        per_prompt.append(float(d.sum() / (len(idx) * (len(idx) - 1))))
+    return float(np.mean(per_prompt)) if per_prompt else float("nan")
+
+
+def collapse_ratio(edited: torch.Tensor, original: torch.Tensor, prompts: Sequence[str]) -> float | None:
+    """Seed diversity of the edited model's images over the original's, for the same prompts and
+    seeds: about 1 when the edit keeps the variety, near 0 when every seed gives one image. None when
+    the original's images have no diversity to compare with."""
+    base = seed_diversity(original, prompts)
+    if not base > 0:
+        return None
+    return seed_diversity(edited, prompts) / base

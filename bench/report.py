@@ -31,6 +31,7 @@ from bench.metrics import (
     tied_ranks,
 )
 from bench.records import cell_status, scan_cells
+from bench.runner import GROUPS
 
 ACCURACIES = [(k, display(k)) for k in ("ua", "ua_synonyms", "retain_in_domain", "retain_cross_domain",
                                         "near_neighbours")]
@@ -84,6 +85,9 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             row[f"asr_{name}_original"] = m[f"asr_{name}_original"]["value"]
         if "composite_robust" in m:
             row["composite_robust"] = m["composite_robust"]
+        for g in GROUPS:
+            v = m.get(f"diversity_{g}")
+            row[f"diversity_{g}"] = np.nan if v is None else v
         row["reject"] = m["reject_rate"]["value"] if "reject_rate" in m else np.nan
         row["reject_original"] = m["reject_rate_original"]["value"] if "reject_rate_original" in m else np.nan
         agree = m.get("judge_agreement")
@@ -167,6 +171,9 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
         row["images"] = {k: table.n(k) for k in table.keys()}
         row[display("ua_original")] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
+        div = [c["metrics"].get("diversity_target") for c in mine]
+        row[display("diversity_target")] = float(np.mean([v for v in div if v is not None])) if any(
+            v is not None for v in div) else np.nan
         for key, model in (("reject_rate", "edited"), ("reject_rate_original", "original")):
             flags = [r.get("rejected", False) for c in mine for r in c["per_image"]
                      if r["model"] == model and not r["group"].startswith("attack:")]
@@ -417,7 +424,8 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
         (out / "figures" / name).write_bytes(data)
     csv_safe(per_cell).to_csv(out / "leaderboard.csv", index=False)
     csv_safe(overall).to_csv(out / "overall.csv", index=False)  # the pooled numbers the tables show
-    short = per_cell[["method", "concept", "ua", "reject", "ua_original", "ua_synonyms", "retain_in_domain",
+    short = per_cell[["method", "concept", "ua", "diversity_target", "reject", "ua_original", "ua_synonyms",
+                      "retain_in_domain",
                       "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds", "agree",
                       "judges_disagree"]]
     if per_cell["warnings"].astype(bool).any():  # degenerate images: flagged, never unnoticed

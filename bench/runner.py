@@ -35,6 +35,7 @@ from bench.metrics import (
     METRICS_VERSION,
     ROBUST_FORMULA,
     agreement,
+    collapse_ratio,
     composite,
     kid,
     robust_composite,
@@ -314,6 +315,7 @@ class Judged:
     second_labels: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]]
     features: dict[str, torch.Tensor]  # retain images, for KID
     clip: dict[str, float]
+    diversity: dict[str, float | None]  # per prompt group: seed diversity, edited over original
 
 
 def run_cell(run: CellRun) -> Path:
@@ -441,7 +443,20 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
             if score is not None:
                 clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
-    return Judged(detected, rejected, describe, second, features, clip)
+    return Judged(detected, rejected, describe, second, features, clip, _diversity(judge, rows, x))
+
+
+def _diversity(judge: Judge, rows: list[ImageRow], x: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """Collapse per prompt group: the seed diversity of the edited images over the original's."""
+    out: dict[str, float | None] = {}
+    for group in GROUPS:
+        idx = [i for i, r in enumerate(rows) if r.group == group]
+        if not idx:
+            continue
+        f = {k: judge.features(v[idx]) for k, v in x.items()}
+        check_finite(f, "judge features")
+        out[group] = collapse_ratio(f["edited"], f["original"], [rows[i].prompt for i in idx])
+    return out
 
 
 def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str, torch.Tensor],
@@ -451,6 +466,7 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
     metrics = cell_metrics(rows, judged.detected, judged.features["original"], judged.features["edited"],
                            judged.rejected)
     metrics.update(judged.clip)
+    metrics.update({f"diversity_{g}": v for g, v in judged.diversity.items()})
     metrics["image_warnings"] = image_warnings(rows, images)
     metrics.update(run.notes or {})
     for kind, suffix in (("edited", ""), ("original", "_original")):

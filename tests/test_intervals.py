@@ -59,3 +59,20 @@ def test_h_interval_uses_the_same_draws_and_skips_empty_ones():
 def test_overlapping_intervals_are_tied():
     assert tied_ranks([0.6, 0.5, 0.3], [(0.55, 0.65), (0.45, 0.58), (0.2, 0.35)]) == ["1=", "1=", "3"]
     assert tied_ranks([0.6, 0.3], [(0.55, 0.65), (0.2, 0.35)]) == ["1", "2"]
+
+
+def test_a_collapsed_prompt_scores_near_zero_diversity():
+    """Every seed of one prompt giving the same image: diversity 0, against the original's spread."""
+    import torch
+
+    from bench.metrics import collapse_ratio, seed_diversity
+
+    g = torch.Generator().manual_seed(0)
+    prompts = ["a star"] * 8 + ["a moon"] * 8
+    varied = torch.randn(16, 32, generator=g)
+    collapsed = varied[:1].repeat(16, 1) + 1e-6 * torch.randn(16, 32, generator=g)
+    assert seed_diversity(collapsed, prompts) < 1e-4 < seed_diversity(varied, prompts)
+    assert collapse_ratio(collapsed, varied, prompts) < 1e-4
+    assert abs(collapse_ratio(varied, varied, prompts) - 1.0) < 1e-9
+    assert collapse_ratio(varied, collapsed * 0, prompts) is None  # nothing to compare with: no number
+    assert seed_diversity(varied[:2], ["one", "two"]) != seed_diversity(varied[:2], ["one", "two"])  # NaN

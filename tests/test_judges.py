@@ -160,3 +160,18 @@ def test_clip_score_is_part_of_the_interface():
 
     judge = WorldConceptJudge(WORLD / "judge")
     assert judge.clip_score(torch.zeros(2, 3, 32, 32), ["a star", "a moon"]) is None
+
+
+@needs_world
+def test_collapse_on_rendered_scenes_with_the_world_judge():
+    """Eight different renders of 'a star' against eight copies of one: the copies score 0 diversity."""
+    from bench.judges.world import WorldConceptJudge
+    from bench.metrics import collapse_ratio
+
+    judge = WorldConceptJudge(WORLD / "judge")
+    arr, _ = render_batch(7, 8, shape="star")
+    varied = to_tensor(arr)
+    copies = varied[:1].repeat(8, 1, 1, 1)
+    prompts = ["a picture of a star"] * 8
+    assert collapse_ratio(judge.features(copies), judge.features(varied), prompts) < 1e-6
+    assert collapse_ratio(judge.features(varied), judge.features(varied), prompts) == 1.0
