@@ -167,7 +167,8 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         if attacks:
             row[display("composite_robust")] = stats["composite_robust"](values)
             row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
-        row["images"] = {k: table.n(k) for k in table.keys()}
+        order = [k for k, _ in ACCURACIES] + [f"asr_{a}" for a in attacks]  # not the order cells were scanned
+        row["images"] = {k: table.n(k) for k in order if k in table.keys()}
         row[display("ua_original")] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
         div = [c["metrics"].get("diversity_target") for c in mine]
         row[display("diversity_target")] = float(np.mean([v for v in div if v is not None])) if any(
@@ -438,7 +439,7 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
           "", "## Before / after", ""]
     md += [f"![{md_text(n)}]({md_link('figures/' + n)})" for n in images if n.startswith("grid_")]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
-    (out / "index.html").write_text(_html(cells, overall, short, images, agree).replace(
+    (out / "index.html").write_text(_html(cells, overall, short, images, agree, coverage).replace(
         "<h2>Per concept</h2>", html_failed + "<h2>Per concept</h2>"))
     return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
             "html": out / "index.html"}
@@ -459,7 +460,7 @@ def coverage_table(images: pd.Series, methods: pd.Series) -> pd.DataFrame:
 
 
 def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes],
-          agree: pd.DataFrame) -> str:
+          agree: pd.DataFrame, coverage: pd.DataFrame) -> str:
     def img(name: str) -> str:
         return f'<img alt="{html_text(name)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
@@ -472,6 +473,7 @@ def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFram
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:4px}}</style></head><body>
 <h1>Concept-erasure leaderboard</h1><h2>Protocol</h2><ul>{protocol}</ul>
 <h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}<p>{html_text(RANK_NOTE)}</p>
+<p>Images behind each pooled number:</p>{coverage.to_html(index=False, formatters={c: _fmt for c in coverage.columns})}
 <div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
 <div>{img("robustness.png") if "robustness.png" in images else ""}</div>
 <h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}
