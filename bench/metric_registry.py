@@ -10,6 +10,7 @@ on the original model too is declared with ``original=True`` and recorded again 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -77,6 +78,7 @@ def metrics() -> dict[str, Metric]:
     return dict(_METRICS)
 
 
+@functools.cache
 def _template(key: str) -> re.Pattern[str]:
     """A declared key as a pattern: ``{name}`` placeholders (an attack, a prompt group) match a name."""
     parts = re.split(r"\{(\w+)\}", key)

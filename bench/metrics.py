@@ -198,10 +198,10 @@ def hierarchical_bootstrap(table: ClusterTable, stats: dict[str, Any], seed: int
     return out
 
 
-def tied_ranks(values: Sequence[float], intervals: Sequence[tuple[float, float]]) -> list[str]:
-    """Rank by ``values`` (higher is better), where a method is behind another only when their
-    intervals do not overlap: rank = 1 + number of methods whose interval lies wholly above its
-    own; ``=`` marks a rank shared with an overlapping method."""
+def tied_ranks(intervals: Sequence[tuple[float, float]]) -> list[str]:
+    """Ranks from intervals of a higher-is-better number: a method is behind another only when their
+    intervals do not overlap. rank = 1 + number of methods whose interval lies wholly above its own;
+    ``=`` marks a rank shared with another method."""
     ranks = [1 + sum(1 for lo_j, _ in intervals if lo_j > hi_i) for _, hi_i in intervals]
     return [f"{r}=" if ranks.count(r) > 1 else str(r) for r in ranks]
 

@@ -76,9 +76,8 @@ def compare(goldens: dict[str, Any], got: dict[str, dict[str, float]]) -> list[s
 def _how(key: str, old: Any, new: Any) -> str:
     """" worse" / " better" by the metric's declared direction ("" when it has none or a value is missing)."""
     found = lookup(key)
-    if found is None or old is None or new is None or found[0].worse(float(old), float(new)) is None:
-        return ""
-    return " worse" if found[0].worse(float(old), float(new)) else " better"
+    worse = None if found is None or old is None or new is None else found[0].worse(float(old), float(new))
+    return "" if worse is None else (" worse" if worse else " better")
 
 
 def run_regress(update: bool = False, methods: list[str] | None = None,

@@ -31,12 +31,12 @@ from bench.metrics import (
     tied_ranks,
 )
 from bench.records import cell_status, scan_cells
-from bench.runner import GROUPS
+from bench.runner import GROUPS, RETAIN_GROUPS
 
 ACCURACIES = [(k, display(k)) for k in ("ua", "ua_synonyms", "retain_in_domain", "retain_cross_domain",
                                         "near_neighbours")]
-_GROUP_OF = {"ua": "target", "ua_synonyms": "synonym", "retain_in_domain": "in_domain",
-             "retain_cross_domain": "cross_domain", "near_neighbours": "near_neighbour"}
+UA_KEYS = {"ua": "target", "ua_synonyms": "synonym"}  # a hit is an image where the concept is NOT seen
+_GROUP_OF = {**UA_KEYS, **{key: group for group, key in RETAIN_GROUPS.items()}}
 
 
 PROTOCOL_KEYS = ("model_sha256", "concept_set", "concept_set_sha256", "sampler", "eval_seeds", "protocol",
@@ -113,7 +113,7 @@ def _cluster_table(mine: list[dict[str, Any]], attacks: list[str]) -> ClusterTab
                 continue
             key = groups.get(r["group"])
             if key is not None:
-                table.add(key, concept, r["seed"], not r["detected"] if key.startswith("ua") else r["detected"])
+                table.add(key, concept, r["seed"], not r["detected"] if key in UA_KEYS else r["detected"])
             elif r["group"].startswith("attack:") and r["group"][7:] in attacks:
                 table.add(f"asr_{r['group'][7:]}", concept, r["seed"], r["detected"])
     return table
@@ -121,10 +121,8 @@ def _cluster_table(mine: list[dict[str, Any]], attacks: list[str]) -> ClusterTab
 
 def _pooled_stats(table: ClusterTable, attacks: list[str]) -> dict[str, Any]:
     """The pooled numbers as functions of per-key rates: each accuracy, each ASR, H and H_robust."""
-    retain = ("retain_in_domain", "retain_cross_domain", "near_neighbours")
-
     def h(r: dict[str, float]) -> float:
-        return composite(r.get("ua", float("nan")), [r.get(k, float("nan")) for k in retain])
+        return composite(r.get("ua", float("nan")), [r.get(k, float("nan")) for k in RETAIN_GROUPS.values()])
 
     stats: dict[str, Any] = {k: (lambda r, k=k: r.get(k, float("nan"))) for k in table.keys()}
     stats["composite"] = h
@@ -169,7 +167,8 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         if attacks:
             row[display("composite_robust")] = stats["composite_robust"](values)
             row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
-        row["images"] = {k: table.n(k) for k in table.keys()}
+        order = [k for k, _ in ACCURACIES] + [f"asr_{a}" for a in attacks]  # not the order cells were scanned
+        row["images"] = {k: table.n(k) for k in order if k in table.keys()}
         row[display("ua_original")] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
         div = [c["metrics"].get("diversity_target") for c in mine]
         row[display("diversity_target")] = float(np.mean([v for v in div if v is not None])) if any(
@@ -190,7 +189,7 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         out.append(row)
     h = display("composite")
     df = pd.DataFrame(out).sort_values(h, ascending=not metrics()["composite"].higher_is_better).reset_index(drop=True)
-    df.insert(1, f"rank ({h})", tied_ranks(list(df[h]), list(df.pop("_H_interval"))))
+    df.insert(1, f"rank ({h})", tied_ranks(list(df.pop("_H_interval"))))
     return df
 
 
@@ -316,8 +315,7 @@ def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataF
 
     out: dict[str, bytes] = {}
     fig, ax = plt.subplots(figsize=(5, 4))
-    ua, retain_cols = display("ua"), [display(k) for k in ("retain_in_domain", "retain_cross_domain",
-                                                          "near_neighbours")]
+    ua, retain_cols = display("ua"), [display(k) for k in RETAIN_GROUPS.values()]
     for _, r in overall.iterrows():
         retain = np.nanmean([r[c] for c in retain_cols])
         ax.scatter(retain, r[ua], s=60)
@@ -375,7 +373,6 @@ def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
     """One row of sample images per model (original, each method, each attack), drawn as a single
     mosaic with a 2-pixel white gutter, one axes for the whole figure."""
     import matplotlib.pyplot as plt
-    import numpy as np
     from safetensors.torch import load_file
 
     mine = sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"])
@@ -442,7 +439,7 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
           "", "## Before / after", ""]
     md += [f"![{md_text(n)}]({md_link('figures/' + n)})" for n in images if n.startswith("grid_")]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
-    (out / "index.html").write_text(_html(cells, overall, short, images, agree).replace(
+    (out / "index.html").write_text(_html(cells, overall, short, images, agree, coverage).replace(
         "<h2>Per concept</h2>", html_failed + "<h2>Per concept</h2>"))
     return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
             "html": out / "index.html"}
@@ -463,7 +460,7 @@ def coverage_table(images: pd.Series, methods: pd.Series) -> pd.DataFrame:
 
 
 def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes],
-          agree: pd.DataFrame) -> str:
+          agree: pd.DataFrame, coverage: pd.DataFrame) -> str:
     def img(name: str) -> str:
         return f'<img alt="{html_text(name)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
@@ -476,6 +473,7 @@ def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFram
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:4px}}</style></head><body>
 <h1>Concept-erasure leaderboard</h1><h2>Protocol</h2><ul>{protocol}</ul>
 <h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}<p>{html_text(RANK_NOTE)}</p>
+<p>Images behind each pooled number:</p>{coverage.to_html(index=False, formatters={c: _fmt for c in coverage.columns})}
 <div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
 <div>{img("robustness.png") if "robustness.png" in images else ""}</div>
 <h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}

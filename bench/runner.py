@@ -432,9 +432,10 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
     rejected = {k: torch.tensor([y == REJECT_LABEL for y in v[SCENE_HEAD]], dtype=torch.bool)
                 for k, v in labels.items()}
     second = {k: (labels[k], run.second.labels(v)) for k, v in x.items()} if run.second is not None else {}
+    every = {k: judge.features(v) for k, v in x.items()}  # once per image: KID and collapse slice it
+    check_finite(every, "judge features")
     retain_idx = [i for i, r in enumerate(rows) if r.group in RETAIN_GROUPS]
-    features = {k: judge.features(v[retain_idx]) if retain_idx else torch.zeros(0, 1) for k, v in x.items()}
-    check_finite(features, "judge features")
+    features = {k: v[retain_idx] if retain_idx else torch.zeros(0, 1) for k, v in every.items()}
     clip = {}
     if retain_idx:
         retain_prompts = [rows[i].prompt for i in retain_idx]
@@ -443,19 +444,17 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
             if score is not None:
                 clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
-    return Judged(detected, rejected, describe, second, features, clip, _diversity(judge, rows, x))
+    return Judged(detected, rejected, describe, second, features, clip, _diversity(rows, every))
 
 
-def _diversity(judge: Judge, rows: list[ImageRow], x: dict[str, torch.Tensor]) -> dict[str, float | None]:
+def _diversity(rows: list[ImageRow], features: dict[str, torch.Tensor]) -> dict[str, float | None]:
     """Collapse per prompt group: the seed diversity of the edited images over the original's."""
     out: dict[str, float | None] = {}
     for group in GROUPS:
         idx = [i for i, r in enumerate(rows) if r.group == group]
-        if not idx:
-            continue
-        f = {k: judge.features(v[idx]) for k, v in x.items()}
-        check_finite(f, "judge features")
-        out[group] = collapse_ratio(f["edited"], f["original"], [rows[i].prompt for i in idx])
+        if idx:
+            out[group] = collapse_ratio(features["edited"][idx], features["original"][idx],
+                                        [rows[i].prompt for i in idx])
     return out
 
 

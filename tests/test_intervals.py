@@ -57,8 +57,8 @@ def test_h_interval_uses_the_same_draws_and_skips_empty_ones():
 
 
 def test_overlapping_intervals_are_tied():
-    assert tied_ranks([0.6, 0.5, 0.3], [(0.55, 0.65), (0.45, 0.58), (0.2, 0.35)]) == ["1=", "1=", "3"]
-    assert tied_ranks([0.6, 0.3], [(0.55, 0.65), (0.2, 0.35)]) == ["1", "2"]
+    assert tied_ranks([(0.55, 0.65), (0.45, 0.58), (0.2, 0.35)]) == ["1=", "1=", "3"]
+    assert tied_ranks([(0.55, 0.65), (0.2, 0.35)]) == ["1", "2"]
 
 
 def test_a_collapsed_prompt_scores_near_zero_diversity():
