@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report
+.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report tune curves
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,13 @@ bench: $(STAMP)
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
 		--out runs/bench --report reports
+
+# Choose each method's strength on dev concepts (log steps of <= 2x; every point recorded in
+# reports/tuned/). The dev concepts are the ones the committed choice was made on.
+DEV_CONCEPTS ?= ring,diamond,checkered,quaddle,triangle,cross
+tune: $(STAMP)
+	for m in $(subst $(comma), ,$(METHODS)); do \
+		$(PY) -m bench tune --method $$m --concepts $(DEV_CONCEPTS) --seeds 0-3 --out runs/tune || exit 2; done
 
 report: $(STAMP)
 	$(PY) -m bench report --runs runs/bench --out reports
