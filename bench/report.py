@@ -279,7 +279,9 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"concept set {code(s['concept_set'])}",
         f"- sampler: {text(smp['scheduler'])}, {smp['steps']} steps, guidance {smp['guidance']}, eta {smp['eta']}",
         f"- evaluation seeds: {p.get('seeds', s['eval_seeds'])}; per concept {p.get('target_prompts')} target "
-        f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept",
+        f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept"
+        + (f", and up to {p['composed_prompts']} composed prompt(s) (selective alignment) on the first "
+           f"{p.get('composed_seeds')} seeds" if p.get("composed_prompts") else ""),
         f"- few-shot images: {s['images'].get('n')} ({text(s['images'].get('source'))}, seed {s['images'].get('seed', '-')}); "
         f"erase seed {s['erase_seed']}",
         f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}; a rejected image ("

@@ -53,7 +53,7 @@ def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
         return {"overrides": point, "H": -abs(np.log(point["lr"] / 0.05)), "UA": 0.0, "retain": 0.0}
 
     scores, how = _ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"])
-    assert seen == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064]  # stops once the best is inside
+    assert seen == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128]  # stops: best (0.064) inside
     assert [s["overrides"]["lr"] for s in scores] == sorted(seen) and "<= 2x" in how
     with pytest.raises(ConfigError, match="finer than decades"):
         TuneSpec(ratio=10)
