@@ -76,7 +76,7 @@ class EvalProtocol:
     # images only measure ASR, whose interval (over these seeds) the report prints
     attack_seeds: int = 4
     composed_prompts: int = 2  # the concept's first k composed prompts (selective alignment)
-    composed_seeds: int = 8  # composed images use the first N evaluation seeds
+    composed_seeds: int = 4  # composed images use the first N evaluation seeds (as attack images: budget)
 
     def __post_init__(self) -> None:
         if not self.seeds:
