@@ -541,8 +541,12 @@ def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str
             per_image.append(row)
     p = run.protocol
     target = [i for i, r in enumerate(rows) if r.group == "target"][: min(8, len(p.seeds) * p.target_prompts)]
-    samples = _samples_bytes(images["original"][target], images["edited"][target],
-                             {f"attack_{n}": robust[n]["images"][:8] for n in run.attacks})
+    drill = _drill_rows(rows, len(target))
+    extra = {f"attack_{n}": robust[n]["images"][:8] for n in run.attacks}
+    for group, idx in drill.items():
+        extra[f"original_{group}"], extra[f"edited_{group}"] = images["original"][idx], images["edited"][idx]
+    samples = _samples_bytes(images["original"][target], images["edited"][target], extra,
+                             {"target": target, **drill})
     for name in run.attacks:
         for i, (prompt, seed, hit) in enumerate(robust[name]["rows"]):
             per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": run.concept.name,
@@ -610,12 +614,27 @@ def _fid(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(fid.compute())
 
 
-def _samples_bytes(original: torch.Tensor, edited: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> bytes:
+def _drill_rows(rows: list[ImageRow], n: int) -> dict[str, list[int]]:
+    """Rows whose images a report shows beside the target's: up to ``n`` of the first near-neighbour
+    concept and of the first in-domain retain concept (the damage that decides a method)."""
+    out = {}
+    for group in ("near_neighbour", "in_domain"):
+        idx = [i for i, r in enumerate(rows) if r.group == group]
+        first = [i for i in idx if rows[i].concept.name == rows[idx[0]].concept.name][:n] if idx else []
+        if first:
+            out[group] = first
+    return out
+
+
+def _samples_bytes(original: torch.Tensor, edited: torch.Tensor, extra: dict[str, torch.Tensor] | None = None,
+                   rows: dict[str, list[int]] | None = None) -> bytes:
+    """The sample images; ``rows`` (metadata ``rows``, JSON) names, per shown group, the indices of
+    their rows in the cell's plan (``per_image.jsonl`` holds rows 2i original, 2i+1 edited)."""
     from safetensors.torch import save
 
     tensors = {"original": original.contiguous(), "edited": edited.contiguous()}
     tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
-    return save(tensors)
+    return save(tensors, metadata={"rows": json.dumps(rows)} if rows else None)
 
 
 # -- robustness ----------------------------------------------------------------------------------
