@@ -102,10 +102,19 @@ def original_numbers(cells: list[dict[str, Any]]) -> dict[str, float]:
     out["retain_mean"] = float(np.mean(retain)) if retain else float("nan")
     out["composite"] = composite(out.get("ua", float("nan")), retain)
     attacks = sorted(cells[0]["spec"].get("attacks", {})) if cells else []
+    rejected = {}
+    for c in cells:
+        for r in c["per_image"]:
+            if r["model"] == "original" and not r["group"].startswith("attack:"):
+                rejected[(c["spec"]["concept"], r["group"], r["prompt"], r["seed"])] = bool(r.get("rejected"))
+    if rejected:
+        out["reject_rate"] = float(np.mean(list(rejected.values())))
     if attacks:
         per_concept = {}
         for c in cells:  # the original model's ASR is cached per concept: the same in every method's cell
             per_concept[c["spec"]["concept"]] = [c["metrics"][f"asr_{a}_original"]["value"] for a in attacks]
+        for i, a in enumerate(attacks):
+            out[f"asr_{a}"] = float(np.mean([v[i] for v in per_concept.values()]))
         out["asr_mean"] = float(np.mean([np.mean(v) for v in per_concept.values()]))
         out["composite_robust"] = robust_composite(out["composite"], out["asr_mean"])
     return out

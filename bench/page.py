@@ -131,7 +131,7 @@ def full_table_html(overall: pd.DataFrame, original: dict[str, float], attacks: 
         cols = [k for key in keys for k in _expand(key, attacks) if display(k) in overall.columns]
         if cols:
             groups.append((name, cols))
-    top = '<tr><th class="m" rowspan="2" data-k="-1">method</th><th rowspan="2">rank</th><th rowspan="2">H</th>'
+    top = '<tr><th class="m" rowspan="2">method</th><th rowspan="2">rank</th><th rowspan="2">H</th>'
     top += "".join(f'<th class="g" colspan="{len(cols)}">{html_text(name)}</th>' for name, cols in groups) + "</tr>"
     sub, k = [], 3
     order = []
