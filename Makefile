@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report
+.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report tune curves
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +34,25 @@ bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
-		--out runs/bench --report reports
+		--out runs/bench --report reports --sweeps runs/sweep
+
+# Choose each method's strength on dev concepts (log steps of <= 2x; every point recorded in
+# reports/tuned/). The dev concepts are the ones the committed choice was made on.
+DEV_CONCEPTS ?= ring,diamond,checkered,quaddle,triangle,cross
+tune: $(STAMP)
+	for m in $(subst $(comma), ,$(METHODS)); do \
+		$(PY) -m bench tune --method $$m --concepts $(DEV_CONCEPTS) --seeds 0-3 --out runs/tune || exit 2; done
 
 report: $(STAMP)
-	$(PY) -m bench report --runs runs/bench --out reports
+	$(PY) -m bench report --runs runs/bench --out reports --sweeps runs/sweep
+
+# Trade-off curves: every method's strength knob swept on test concepts (8 seeds, attacks off), then
+# the leaderboard rebuilt with them (when make bench has made its cells).
+POINTS ?= 5
+curves: $(STAMP)
+	$(PY) -m bench sweep --methods $(METHODS) --points $(POINTS) $(if $(SEEDS),--seeds $(SEEDS)) --out runs/sweep
+	@if [ -d runs/bench/cells ]; then $(PY) -m bench report --runs runs/bench --out reports --sweeps runs/sweep; \
+	else echo "no runs/bench yet: make bench draws the curves into reports/"; fi
 
 regress: $(STAMP)
 	$(PY) -m bench regress

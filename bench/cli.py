@@ -23,6 +23,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             "summary": doc[0] if doc else "",
             "variants": cls.variants,
             "defaults": cls.Config().to_dict(),
+            "strength": [{"field": k.field, "low": k.low, "high": k.high, "help": k.help} for k in cls.strength],
         }
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -32,6 +33,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         for variant, overrides in row["variants"].items():
             print(f"  variant {name}@{variant}: {json.dumps(overrides)}")
         print("  defaults: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in row["defaults"].items()))
+        for k in row["strength"]:
+            print(f"  strength knob {k['field']}: {k['low']:g}..{k['high']:g} (log) — {k['help']}")
     return 0
 
 
@@ -155,7 +158,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cells = run_bench(bench, out)
     # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
-    paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells)
+    paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
+                         sweeps=Path(args.sweeps) if args.sweeps else None)
     from bench.report import load_cells, markdown_table
     from bench.report_failed import failed_table, split_failed
 
@@ -166,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {paths['html']} (no cell produced numbers)")
         return 0
     table = overall_table(measured)
-    cols = ["method", "UA", "UA CI", "UA syn", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]
+    cols = ["method", "UA", "UA CI", "UA syn", "SA", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]
     cols += [c for c in table.columns if c.startswith("ASR ") and not c.endswith((" CI", " orig"))]
     cols += ["H robust"] if "H robust" in table.columns else []
     print(markdown_table(table[cols]))
@@ -175,11 +179,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from bench.tune import parse_grid, tune, tuned_path
+    from bench.tune import TuneSpec, parse_grid, tune, tuned_path
 
     args.methods = args.method
     bench = _bench_from_args(args)
-    chosen = tune(bench.track, args.method, parse_grid(args.grid), bench.concepts, Path(args.out), bench.protocol)
+    spec = TuneSpec(grid=parse_grid(args.grid) if args.grid else None, knob=args.knob, ratio=args.ratio,
+                    fixed=bench.method_overrides.get(args.method, {}))
+    chosen = tune(bench.track, args.method, bench.concepts, Path(args.out), bench.protocol, spec)
     for row in chosen["grid"]:
         print(f"{json.dumps(row['overrides']):<40} H={row['H']:.3f} UA={row['UA']:.3f} retain={row['retain']:.3f}")
     print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {tuned_path(bench.track)}")
@@ -189,8 +195,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
 
-    paths = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report")
+    paths = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report",
+                         sweeps=Path(args.sweeps) if args.sweeps else None)
     print(f"report: {paths['html']}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.curves import curve_tables, frontier_display, points_display, run_sweep, validate_points
+    from bench.report import markdown_table
+
+    bench = _bench_from_args(args)
+    out = Path(args.out)
+    run_sweep(bench, out, validate_points(args.points), args.knob)
+    points, front = curve_tables(out)
+    if len(points):
+        print(markdown_table(points_display(points)))
+        print(markdown_table(frontier_display(front)))
+    print(f"sweep cells and manifest: {out}; the leaderboard draws them with --sweeps {out}")
     return 0
 
 
@@ -283,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
                    help="cut prompts over the tokenizer's limit and record it in each cell (default: refuse them)")
     r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
+    r.add_argument("--sweeps", default=None, help="a sweep run folder whose curves the report draws (runs/sweep)")
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
     r.add_argument("--attacks", default="paraphrase,inversion,prefix",
                    help="robustness attacks against every erased model (comma-separated), or none")
@@ -297,9 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
     r.set_defaults(func=_cmd_run)
 
-    t = sub.add_parser("tune", help="choose a method's hyper-parameters on dev concepts (grid search)")
+    t = sub.add_parser("tune", help="choose a method's strength on dev concepts (log steps of <= 2x; records every point)")
     t.add_argument("--method", required=True)
-    t.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2", help="values to try (repeatable)")
+    t.add_argument("--grid", action="append", default=None, metavar="KEY=V1,V2",
+                   help="explicit values to try (repeatable; default: the method's strength knob as a ladder)")
+    t.add_argument("--knob", default=None, help="the strength knob to walk (default: the method's first; see bench methods)")
+    t.add_argument("--ratio", type=float, default=2.0, help="largest step between neighbouring rungs (in (1, 2])")
     t.add_argument("--concepts", default=None, help="dev concepts (default: all dev concepts)")
     t.add_argument("--seeds", default="0-3")
     t.add_argument("--steps", type=int, default=None)
@@ -309,7 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None,
                    track="conceptworld")
 
+    sw = sub.add_parser("sweep", help="sweep each method's strength knob on test concepts (trade-off curves)")
+    sw.add_argument("--methods", default="fuchi,lora_eraser,full_finetune", help="comma-separated method specs")
+    sw.add_argument("--points", type=int, default=5, help="log-spaced points over each knob's declared range")
+    sw.add_argument("--knob", default=None, help="the knob to sweep (default: each method's first; bench methods)")
+    sw.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    sw.add_argument("--seeds", default=None, help="evaluation seeds (default: the protocol's 0-7)")
+    sw.add_argument("--attacks", default="none", help="attacks at every point (default none)")
+    sw.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides for every point")
+    sw.add_argument("--untuned", action="store_true",
+                    help="hold the other fields at the defaults, not at the dev-tuned config")
+    sw.add_argument("--out", default="runs/sweep", help="run folder of the sweep cells and its manifest")
+    sw.add_argument("--steps", type=int, default=None)
+    sw.add_argument("--guidance", type=float, default=None)
+    sw.set_defaults(func=_cmd_sweep, model=None, concept_set=None, judge=None, images=None, track="conceptworld")
+
     rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")
+    rp.add_argument("--sweeps", default=None, help="a sweep run folder: adds trade-off curves (runs/sweep)")
     rp.add_argument("--runs", default="runs/bench")
     rp.add_argument("--out", default=None, help="where the leaderboard is written (default: RUNS/report)")
     rp.set_defaults(func=_cmd_report)

@@ -56,6 +56,19 @@ DEFAULT_TEMPLATES = {
 
 
 @dataclass(frozen=True)
+class Composed:
+    """A target prompt that names the concept with other attributes ("a striped red star"), and
+    those other attributes as {judge head: label} (``{"style": "striped", "colour": "red"}``):
+    selective alignment asks whether the judge still sees them after the concept is erased."""
+
+    prompt: str
+    attributes: Mapping[str, str] = field(hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "attributes": dict(self.attributes)}
+
+
+@dataclass(frozen=True)
 class Concept:
     """One concept to erase; ``prompts()`` renders its target prompts from the templates."""
 
@@ -68,6 +81,7 @@ class Concept:
     retain_in_domain: tuple[str, ...] = ()
     retain_cross_domain: tuple[str, ...] = ()
     split: str = "test"
+    composed: tuple[Composed, ...] = ()  # composed target prompts (selective alignment); may be none
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +130,28 @@ class ConceptSet:
 _CONCEPT_KEYS = {f for f in Concept.__dataclass_fields__ if f != "extra"}
 
 
+def _composed(where: str, value: Any) -> tuple[Composed, ...]:
+    """``composed``: a list of {prompt: str, attributes: {head: label, ...}} (at least one attribute)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'composed' must be a list of {{prompt, attributes}} mappings, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        at = f"{where}: composed[{i}]"
+        if not isinstance(item, dict) or set(item) != {"prompt", "attributes"}:
+            raise ConfigError(f"{at}: must be a mapping with exactly 'prompt' and 'attributes', got {item!r}")
+        prompt, attrs = item["prompt"], item["attributes"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"{at}: 'prompt' must be a non-empty string, got {prompt!r}")
+        if (not isinstance(attrs, dict) or not attrs
+                or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in attrs.items())):
+            raise ConfigError(f"{at}: 'attributes' must map judge heads to labels (strings), at least one, "
+                              f"got {attrs!r}")
+        out.append(Composed(prompt, dict(attrs)))
+    return tuple(out)
+
+
 def _as_str_tuple(where: str, key: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -148,9 +184,11 @@ def parse_concept_set(data: Any, source: str = "<concept set>") -> ConceptSet:
         for key in ("type", "split"):
             if key in entry:
                 kwargs[key] = entry[key]
-        for key in _CONCEPT_KEYS - {"name", "type", "split"}:
+        for key in _CONCEPT_KEYS - {"name", "type", "split", "composed"}:
             if key in entry:
                 kwargs[key] = _as_str_tuple(where, key, entry[key])
+        if "composed" in entry:
+            kwargs["composed"] = _composed(where, entry["composed"])
         if "extra" in entry:
             kwargs["extra"] = dict(entry["extra"])
         try:

@@ -7,8 +7,10 @@ looks methods up by name, so adding one never touches ``bench/``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -23,17 +25,75 @@ from bench.registry import Registry, package_registry
 ENTRY_POINT_GROUP = "erasebench.methods"
 
 
+def _round(value: float, integer: bool) -> float | int:
+    """A grid value written as people write them: 3 significant digits (an int for integer knobs)."""
+    return max(1, round(value)) if integer else float(f"{value:.3g}")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A strength knob: the config field that moves a method along its erase/retain trade-off.
+
+    ``low``..``high`` is the default range, log-spaced: ``sweep(n)`` spreads n points over it for
+    the trade-off curve; ``ladder(ratio)`` steps through it by at most ``ratio`` (tuning), and
+    ``step(value, ratio, +1/-1)`` extends a ladder past its ends when the best point sits there.
+    """
+
+    field: str
+    low: float
+    high: float
+    integer: bool = False
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.low < self.high and math.isfinite(self.high)):
+            raise ConfigError(f"knob {self.field}: need 0 < low < high, got {self.low}, {self.high}")
+
+    def sweep(self, points: int) -> list[float | int]:
+        """``points`` log-spaced values from ``low`` to ``high`` inclusive."""
+        if points < 2:
+            raise ConfigError(f"a sweep needs at least 2 points, got {points}")
+        r = math.log(self.high / self.low) / (points - 1)
+        values = [_round(self.low * math.exp(r * i), self.integer) for i in range(points)]
+        return sorted(set(values))
+
+    def ladder(self, ratio: float = 2.0) -> list[float | int]:
+        """The fewest log-spaced values from ``low`` to ``high`` with neighbours at most ``ratio`` apart."""
+        if ratio <= 1:
+            raise ConfigError(f"a ladder ratio must be > 1, got {ratio}")
+        n = math.ceil(math.log(self.high / self.low) / math.log(ratio) - 1e-9) + 1
+        return self.sweep(max(n, 2))
+
+    def step(self, value: float, ratio: float, direction: int) -> float | int:
+        """The next rung beyond ``value``: ``value * ratio`` (direction +1) or ``value / ratio`` (-1)."""
+        return _round(value * ratio ** direction, self.integer)
+
+
 class Eraser(ABC):
     """Erases one concept from a diffusers pipeline given a few images of it.
 
     Subclasses set ``name``, ``version`` (bump when results may change), ``Config`` (a frozen
-    ``MethodConfig``) and may list named ``variants`` (config overrides worth reporting).
+    ``MethodConfig``), ``strength`` (its strength knobs, the first swept by default: trade-off
+    curves and tuning read them) and may list named ``variants`` (config overrides worth reporting).
     """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     Config: ClassVar[type[MethodConfig]]
+    strength: ClassVar[tuple[Knob, ...]] = ()
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def knob(cls, field: str | None = None) -> Knob:
+        """The strength knob named ``field`` (None: the method's first, its default sweep)."""
+        if not cls.strength:
+            raise ConfigError(f"method {cls.name!r} declares no strength knob (class attribute `strength`)")
+        if field is None:
+            return cls.strength[0]
+        for k in cls.strength:
+            if k.field == field:
+                return k
+        raise ConfigError(f"method {cls.name!r} has no strength knob {field!r} (knobs: {[k.field for k in cls.strength]})")
 
     def __init__(self, config: MethodConfig | dict[str, Any] | None = None) -> None:
         if config is None:

@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-REGISTRY_VERSION = "1"  # recorded in every cell's metrics.json (``metrics_registry``)
+REGISTRY_VERSION = "2"  # 2: selective alignment, frontier area. Recorded in every cell's metrics.json (``metrics_registry``)
 
 ANY_JUDGE = ("conceptworld", "imagenet", "resnet50", "clip")
 
@@ -54,6 +54,7 @@ RECORD_FIELDS = {
     "judges_disagree": "the judges disagree on more than the flag share of images on some head",
     "image_warnings": "degenerate images (constant colours, seeds giving one image)",
     "fid_note": "why FID was not computed",
+    "selective_alignment_note": "why selective alignment was not measured (no composed prompts; a judge that cannot)",
     "peak_memory_kind": "how peak memory was measured",
     "prompt_truncations": "prompts cut at the tokenizer's limit (--truncate-prompts)",
     "status": "ok, or why the cell has no numbers (diverged)",
@@ -140,6 +141,9 @@ _(Metric("diversity_{group}", "div {group}", "seed diversity of the edited model
          "prompts relative to the original's (mean pairwise judge-feature distance among one prompt's seeds, "
          "edited / original): about 1 keeps the variety, near 0 means the prompt collapsed to one image", True,
          unit="ratio", aggregate="mean over concepts"))
+_(Metric("selective_alignment", "SA", "selective alignment: share of composed-prompt images (the concept named "
+         "with other attributes, e.g. 'a striped red star') in which the judge still sees every other named "
+         "attribute", True, interval=_SEED, original=True, judges=("conceptworld", "clip")))
 _(Metric("reject_rate", "reject", "share of the cell's images the judge rejects (nothing to judge)", False,
          interval=_SEED, original=True))
 _(Metric("reject_rate_target", "reject target", "share of target-prompt images the judge rejects", None,
@@ -170,4 +174,8 @@ _(Metric("trainable_params", "trainable", "parameters the method trains", None, 
 _(Metric("storage_bytes", "storage", "bytes to store the edit", False, unit="bytes", aggregate="mean over concepts"))
 _(Metric("edited_parameters", "edited tensors", "parameter tensors the edit changes", None, unit="count",
          aggregate="mean over concepts"))
+_(Metric("frontier_area", "frontier area", "area of the UA-RA square dominated by the Pareto frontier of the "
+         "method's strength sweep on test concepts (bench.metrics.FRONTIER_FORMULA): 1 = erase everything, keep "
+         "everything", True, unit="area", aggregate="per method, over its sweep points (each pooled over concepts)",
+         interval="hierarchical bootstrap (the area recomputed on each draw)"))
 del _

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-METRICS_VERSION = "4"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
-# 4: seed diversity (collapse) per prompt group
+METRICS_VERSION = "5"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
+# 4: seed diversity (collapse) per prompt group; 5: selective alignment on composed prompts
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
@@ -164,6 +164,37 @@ class ClusterTable:
         return concepts, seeds, out
 
 
+def hierarchical_draws(table: ClusterTable, stats: dict[str, Any], seed: int = 0,
+                       resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, np.ndarray]:
+    """Each statistic on every bootstrap draw (concepts with replacement, then seeds within each drawn
+    concept), NaN where a draw leaves a statistic's inputs without an image. The draws depend only on
+    ``seed`` and the table's shape, so tables of the same concepts and seeds (the points of one sweep)
+    are resampled identically and a statistic over several of them (a frontier area) gets an interval."""
+    concepts, seeds, arrays = table.arrays()
+    if not concepts:
+        return {name: np.full(resamples, np.nan) for name in stats}
+    rng = np.random.default_rng(seed)
+    pick_c = rng.integers(0, len(concepts), size=(resamples, len(concepts)))
+    pick_s = rng.integers(0, len(seeds), size=(resamples, len(concepts), len(seeds)))
+    rates = {}
+    for key, (sums, counts) in arrays.items():
+        s = sums[pick_c[..., None], pick_s].sum(axis=(1, 2))
+        n = counts[pick_c[..., None], pick_s].sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates[key] = np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    return {name: np.array([fn({k: float(v[i]) for k, v in rates.items()}) for i in range(resamples)], dtype=float)
+            for name, fn in stats.items()}
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the finite ``values`` (NaN, NaN when there are none)."""
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return (float("nan"), float("nan"))
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
+
+
 def hierarchical_bootstrap(table: ClusterTable, stats: dict[str, Any], seed: int = 0,
                            resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95
                            ) -> dict[str, tuple[float, float]]:
@@ -174,28 +205,35 @@ def hierarchical_bootstrap(table: ClusterTable, stats: dict[str, Any], seed: int
     H reflects how UA and retain move together. A draw in which a statistic's inputs have no image
     (possible when a key covers fewer seeds, e.g. attack images) is left out of that interval.
     """
-    concepts, seeds, arrays = table.arrays()
-    if not concepts:
-        return {name: (float("nan"), float("nan")) for name in stats}
-    rng = np.random.default_rng(seed)
-    pick_c = rng.integers(0, len(concepts), size=(resamples, len(concepts)))
-    pick_s = rng.integers(0, len(seeds), size=(resamples, len(concepts), len(seeds)))
-    rates = {}
-    for key, (sums, counts) in arrays.items():
-        s = sums[pick_c[..., None], pick_s].sum(axis=(1, 2))
-        n = counts[pick_c[..., None], pick_s].sum(axis=(1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rates[key] = np.where(n > 0, s / np.maximum(n, 1), np.nan)
-    out = {}
-    for name, fn in stats.items():
-        values = np.array([fn({k: float(v[i]) for k, v in rates.items()}) for i in range(resamples)], dtype=float)
-        values = values[np.isfinite(values)]
-        if not len(values):
-            out[name] = (float("nan"), float("nan"))
-            continue
-        lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
-        out[name] = (float(lo), float(hi))
-    return out
+    draws = hierarchical_draws(table, stats, seed, resamples)
+    return {name: percentile_interval(values, level) for name, values in draws.items()}
+
+
+# -- trade-off curves --------------------------------------------------------------------------------
+FRONTIER_FORMULA = ("frontier area = area of the union over a method's sweep points i of the rectangles "
+                    "[0, UA_i] x [0, RA_i] (the region of the UA-RA square its Pareto frontier dominates; "
+                    "reference point (0, 0)): sum over points sorted by UA descending of "
+                    "(UA_(k) - UA_(k+1)) * max_{j<=k} RA_(j), with UA_(n+1) = 0. 1 = erase everything, keep everything")
+
+
+def frontier_area(ua: Sequence[float], retain: Sequence[float]) -> float:
+    """``FRONTIER_FORMULA`` on the points (UA_i, RA_i); NaN when any point is NaN."""
+    pts = sorted(zip(ua, retain, strict=True), key=lambda p: -p[0])
+    if not pts or any(not (u == u and r == r) for u, r in pts):
+        return float("nan")
+    area, best = 0.0, 0.0
+    for k, (u, r) in enumerate(pts):
+        best = max(best, r)
+        nxt = pts[k + 1][0] if k + 1 < len(pts) else 0.0
+        area += (u - nxt) * best
+    return float(area)
+
+
+def pareto_front(ua: Sequence[float], retain: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both UA and RA (ties kept)."""
+    pts = list(zip(ua, retain, strict=True))
+    return [i for i, (u, r) in enumerate(pts)
+            if not any((u2 >= u and r2 >= r) and (u2 > u or r2 > r) for u2, r2 in pts)]
 
 
 def tied_ranks(intervals: Sequence[tuple[float, float]]) -> list[str]:

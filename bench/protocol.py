@@ -75,6 +75,8 @@ class EvalProtocol:
     # attack images use the first N evaluation seeds: an attack's teeth are its optimisation; its
     # images only measure ASR, whose interval (over these seeds) the report prints
     attack_seeds: int = 4
+    composed_prompts: int = 2  # the concept's first k composed prompts (selective alignment)
+    composed_seeds: int = 4  # composed images use the first N evaluation seeds (as attack images: budget)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -83,10 +85,10 @@ class EvalProtocol:
             raise ConfigError(f"evaluation seeds repeat: {list(self.seeds)}")
         for seed in self.seeds:
             _number("evaluation seed", seed, 0, MAX_SEED, integer=True)
-        for name in ("target_prompts", "few_shot_images", "batch_size", "attack_seeds"):
+        for name in ("target_prompts", "few_shot_images", "batch_size", "attack_seeds", "composed_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("synonym_prompts", "retain_prompts"):
+        for name in ("synonym_prompts", "retain_prompts", "composed_prompts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 

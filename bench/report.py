@@ -31,12 +31,13 @@ from bench.metrics import (
     tied_ranks,
 )
 from bench.records import cell_status, scan_cells
-from bench.runner import GROUPS, RETAIN_GROUPS
+from bench.runner import COMPOSED, GROUPS, RETAIN_GROUPS
 
 ACCURACIES = [(k, display(k)) for k in ("ua", "ua_synonyms", "retain_in_domain", "retain_cross_domain",
                                         "near_neighbours")]
 UA_KEYS = {"ua": "target", "ua_synonyms": "synonym"}  # a hit is an image where the concept is NOT seen
 _GROUP_OF = {**UA_KEYS, **{key: group for group, key in RETAIN_GROUPS.items()}}
+SA = "selective_alignment"
 
 
 PROTOCOL_KEYS = ("model_sha256", "concept_set", "concept_set_sha256", "sampler", "eval_seeds", "protocol",
@@ -88,6 +89,9 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         for g in GROUPS:
             v = m.get(f"diversity_{g}")
             row[f"diversity_{g}"] = np.nan if v is None else v
+        for key in ("selective_alignment", "selective_alignment_original"):
+            v = m.get(key)
+            row[key] = v["value"] if v else np.nan
         row["reject"] = m["reject_rate"]["value"] if "reject_rate" in m else np.nan
         row["reject_original"] = m["reject_rate_original"]["value"] if "reject_rate_original" in m else np.nan
         agree = m.get("judge_agreement")
@@ -114,6 +118,8 @@ def _cluster_table(mine: list[dict[str, Any]], attacks: list[str]) -> ClusterTab
             key = groups.get(r["group"])
             if key is not None:
                 table.add(key, concept, r["seed"], not r["detected"] if key in UA_KEYS else r["detected"])
+            elif r["group"] == COMPOSED and "aligned" in r:
+                table.add(SA, concept, r["seed"], r["aligned"])
             elif r["group"].startswith("attack:") and r["group"][7:] in attacks:
                 table.add(f"asr_{r['group'][7:]}", concept, r["seed"], r["detected"])
     return table
@@ -167,12 +173,17 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         if attacks:
             row[display("composite_robust")] = stats["composite_robust"](values)
             row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
-        order = [k for k, _ in ACCURACIES] + [f"asr_{a}" for a in attacks]  # not the order cells were scanned
+        order = [k for k, _ in ACCURACIES] + [SA] + [f"asr_{a}" for a in attacks]  # not the scan order
         row["images"] = {k: table.n(k) for k in order if k in table.keys()}
         row[display("ua_original")] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))
         div = [c["metrics"].get("diversity_target") for c in mine]
         row[display("diversity_target")] = float(np.mean([v for v in div if v is not None])) if any(
             v is not None for v in div) else np.nan
+        # selective alignment: empty (never 0) where no cell could measure it
+        row[display(SA)] = values[SA] if SA in values else ""
+        row[display(SA) + " CI"] = _interval(ci, SA) if SA in values else ""
+        sa_orig = [c["metrics"][SA + "_original"]["value"] for c in mine if c["metrics"].get(SA + "_original")]
+        row[display(SA + "_original")] = float(np.mean(sa_orig)) if sa_orig else ""
         for key, model in (("reject_rate", "edited"), ("reject_rate_original", "original")):
             flags = [r.get("rejected", False) for c in mine for r in c["per_image"]
                      if r["model"] == model and not r["group"].startswith("attack:")]
@@ -268,7 +279,9 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"concept set {code(s['concept_set'])}",
         f"- sampler: {text(smp['scheduler'])}, {smp['steps']} steps, guidance {smp['guidance']}, eta {smp['eta']}",
         f"- evaluation seeds: {p.get('seeds', s['eval_seeds'])}; per concept {p.get('target_prompts')} target "
-        f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept",
+        f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept"
+        + (f", and up to {p['composed_prompts']} composed prompt(s) (selective alignment) on the first "
+           f"{p.get('composed_seeds')} seeds" if p.get("composed_prompts") else ""),
         f"- few-shot images: {s['images'].get('n')} ({text(s['images'].get('source'))}, seed {s['images'].get('seed', '-')}); "
         f"erase seed {s['erase_seed']}",
         f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}; a rejected image ("
@@ -402,7 +415,11 @@ def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[str, Path]:
+def build_report(runs: Path, out: Path, only: list[Path] | None = None, sweeps: Path | None = None
+                 ) -> dict[str, Path]:
+    """The leaderboard of ``runs`` (or the cells ``only`` names) into ``out``; with ``sweeps``, a run
+    folder of ``bench sweep``, also each method's trade-off curve and frontier area."""
+    from bench.curves import curves_section
     from bench.report_failed import failed_only_report, failed_section, split_failed
 
     cells, failed = split_failed(load_cells(Path(runs), only, include_failed=True))
@@ -416,12 +433,18 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
     overall, per_cell = overall_table(cells), cell_table(cells)
     coverage = coverage_table(overall.pop("images"), overall["method"])
     images = plots(cells, overall, per_cell)
+    curves = curves_section(sweeps, cells)
+    if curves:
+        images["curves.png"] = curves["figure"]
+        csv_safe(curves["points"]).to_csv(out / "curves.csv", index=False)
+        csv_safe(curves["frontier"]).to_csv(out / "frontier.csv", index=False)
     (out / "figures").mkdir(exist_ok=True)
     for name, data in images.items():
         (out / "figures" / name).write_bytes(data)
     csv_safe(per_cell).to_csv(out / "leaderboard.csv", index=False)
     csv_safe(overall).to_csv(out / "overall.csv", index=False)  # the pooled numbers the tables show
-    short = per_cell[["method", "concept", "ua", "diversity_target", "reject", "ua_original", "ua_synonyms",
+    short = per_cell[["method", "concept", "ua", "diversity_target", "reject", "ua_original", SA, SA + "_original",
+                      "ua_synonyms",
                       "retain_in_domain",
                       "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds", "agree",
                       "judges_disagree"]]
@@ -433,16 +456,38 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None) -> dict[
     md_failed, html_failed = failed_section(failed)
     md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
           markdown_table(overall), "", RANK_NOTE, "", "Images behind each pooled number:", "",
-          markdown_table(coverage), "", *md_failed, "## Per concept", "", markdown_table(short), "", *judges,
+          markdown_table(coverage), "", *md_failed, *_curves_md(curves, sweeps), "## Per concept", "",
+          markdown_table(short), "", *judges,
           "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
           *(["", "![robustness](figures/robustness.png)"] if "robustness.png" in images else []),
           "", "## Before / after", ""]
     md += [f"![{md_text(n)}]({md_link('figures/' + n)})" for n in images if n.startswith("grid_")]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
     (out / "index.html").write_text(_html(cells, overall, short, images, agree, coverage).replace(
-        "<h2>Per concept</h2>", html_failed + "<h2>Per concept</h2>"))
+        "<h2>Per concept</h2>", html_failed + _curves_html(curves, images) + "<h2>Per concept</h2>"))
     return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
             "html": out / "index.html"}
+
+
+def _curves_md(curves: dict[str, Any], sweeps: Path | None) -> list[str]:
+    if not curves:
+        return ([f"No trade-off curves: no sweep found in {md_code(str(sweeps))} (`make curves` runs it).", ""]
+                if sweeps is not None else [])
+    return ["## Trade-off curves (test concepts)", "", md_text(curves["note"]), "",
+            markdown_table(curves["frontier_display"]), "", "![curves](figures/curves.png)", "",
+            "Every sweep point:", "", markdown_table(curves["points_display"]), ""]
+
+
+def _curves_html(curves: dict[str, Any], images: dict[str, bytes]) -> str:
+    if not curves:
+        return ""
+    fmt = {c: _fmt for c in curves["points_display"].columns}
+    png = base64.b64encode(images["curves.png"]).decode()
+    return (f"<h2>Trade-off curves (test concepts)</h2><p>{html_text(curves['note'])}</p>"
+            + curves["frontier_display"].to_html(index=False, formatters={c: _fmt for c in
+                                                                          curves["frontier_display"].columns})
+            + f'<div><img alt="curves" src="data:image/png;base64,{png}"></div>'
+            + curves["points_display"].to_html(index=False, formatters=fmt))
 
 
 RANK_NOTE = ("rank (H): 1 + the number of methods whose H interval lies wholly above this one's; `=` marks a "

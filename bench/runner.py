@@ -115,8 +115,12 @@ class Bench:
     truncate_prompts: bool = False  # record prompts cut at the tokenizer's limit instead of refusing them
 
 
+COMPOSED = "composed"  # the group of composed target prompts (selective alignment), outside GROUPS
+
+
 def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple[str, Concept, str]]:
-    """(group, concept the judge looks for, prompt) for every prompt a cell generates."""
+    """(group, concept the judge looks for, prompt) for every prompt a cell generates; composed
+    prompts last (their images use the first ``p.composed_seeds`` seeds)."""
     plan = [("target", concept, t) for t in concept.prompts()[: p.target_prompts]]
     for syn in concept.synonyms:
         plan += [("synonym", concept, t) for t in concept.prompts(syn)[: p.synonym_prompts]]
@@ -124,7 +128,13 @@ def prompt_plan(cs: ConceptSet, concept: Concept, p: EvalProtocol) -> list[tuple
         for name in getattr(concept, key):
             other = cs.get(name)
             plan += [(group, other, t) for t in other.prompts()[: p.retain_prompts]]
+    plan += [(COMPOSED, concept, comp.prompt) for comp in concept.composed[: p.composed_prompts]]
     return plan
+
+
+def plan_seeds(group: str, p: EvalProtocol) -> tuple[int, ...]:
+    """The evaluation seeds a prompt of ``group`` is generated with."""
+    return tuple(p.seeds[: p.composed_seeds]) if group == COMPOSED else tuple(p.seeds)
 
 
 def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any = None, held_out: bool = False
@@ -203,8 +213,8 @@ def plan_bench(bench: Bench) -> list[dict[str, Any]]:
             concept = cs.get(name)
             plan = prompt_plan(cs, concept, p)
             grid.append({"method": spec, "config": method.config.to_dict(), "concept": name, "type": concept.type,
-                         "prompts": len(plan), "images": len(plan) * len(p.seeds),
-                         "groups": {g: sum(1 for x in plan if x[0] == g) for g in GROUPS}})
+                         "prompts": len(plan), "images": sum(len(plan_seeds(g, p)) for g, _, _ in plan),
+                         "groups": {g: sum(1 for x in plan if x[0] == g) for g in (*GROUPS, COMPOSED)}})
     return grid
 
 
@@ -275,12 +285,14 @@ def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts:
 
 
 class ImageRow(NamedTuple):
-    """One image a cell generates: its prompt group, the concept the judge looks for, prompt, seed."""
+    """One image a cell generates: its prompt group, the concept the judge looks for, prompt, seed
+    and, for a composed prompt, the other attributes it names."""
 
     group: str
     concept: Concept
     prompt: str
     seed: int
+    attributes: dict[str, str] | None = None
 
 
 @dataclass
@@ -316,6 +328,7 @@ class Judged:
     features: dict[str, torch.Tensor]  # retain images, for KID
     clip: dict[str, float]
     diversity: dict[str, float | None]  # per prompt group: seed diversity, edited over original
+    aligned: dict[str, torch.Tensor] | None = None  # composed rows: the judge sees every other attribute
 
 
 def run_cell(run: CellRun) -> Path:
@@ -393,8 +406,9 @@ def _timed(timing: dict[str, float], key: str) -> Iterator[None]:
 
 
 def _plan_rows(run: CellRun) -> list[ImageRow]:
-    return [ImageRow(g, c, prompt, s) for g, c, prompt in prompt_plan(run.cs, run.concept, run.protocol)
-            for s in run.protocol.seeds]
+    composed = {c.prompt: dict(c.attributes) for c in run.concept.composed}
+    return [ImageRow(g, c, prompt, s, composed[prompt] if g == COMPOSED else None)
+            for g, c, prompt in prompt_plan(run.cs, run.concept, run.protocol) for s in plan_seeds(g, run.protocol)]
 
 
 def _reference_images(run: CellRun, rows: list[ImageRow], bar: Any) -> torch.Tensor:
@@ -444,7 +458,23 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
             if score is not None:
                 clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
-    return Judged(detected, rejected, describe, second, features, clip, _diversity(rows, every))
+    return Judged(detected, rejected, describe, second, features, clip, _diversity(rows, every),
+                  _aligned(judge, rows, x))
+
+
+def _aligned(judge: Judge, rows: list[ImageRow], x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Selective alignment per composed row (edited and original); None without composed rows or
+    when the judge cannot check attributes."""
+    idx = [i for i, r in enumerate(rows) if r.group == COMPOSED]
+    if not idx:
+        return None
+    out = {}
+    for kind, images in x.items():
+        seen = judge.sees(images[idx], [rows[i].attributes for i in idx])
+        if seen is None:
+            return None
+        out[kind] = seen
+    return out
 
 
 def _diversity(rows: list[ImageRow], features: dict[str, torch.Tensor]) -> dict[str, float | None]:
@@ -466,6 +496,7 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
                            judged.rejected)
     metrics.update(judged.clip)
     metrics.update({f"diversity_{g}": v for g, v in judged.diversity.items()})
+    metrics.update(selective_alignment(rows, judged.aligned))
     metrics["image_warnings"] = image_warnings(rows, images)
     metrics.update(run.notes or {})
     for kind, suffix in (("edited", ""), ("original", "_original")):
@@ -494,6 +525,7 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
 def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str, torch.Tensor],
             robust: dict[str, Any], metrics: dict[str, Any], timing: dict[str, Any]) -> Path:
     """Per-image records, sample images and the cell folder (written atomically)."""
+    composed_pos = {i: k for k, i in enumerate(i for i, r in enumerate(rows) if r.group == COMPOSED)}
     per_image = []
     for i, r in enumerate(rows):
         for kind in ("original", "edited"):
@@ -502,17 +534,39 @@ def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str
                    "rejected": bool(judged.rejected[kind][i]), "judge": judged.describe[kind][i]}
             if kind in judged.second_labels:
                 row["second_judge"] = {h: v[i] for h, v in judged.second_labels[kind][1].items()}
+            if r.group == COMPOSED:
+                row["attributes"] = r.attributes
+                if judged.aligned is not None:
+                    row["aligned"] = bool(judged.aligned[kind][composed_pos[i]])
             per_image.append(row)
     p = run.protocol
     target = [i for i, r in enumerate(rows) if r.group == "target"][: min(8, len(p.seeds) * p.target_prompts)]
-    samples = _samples_bytes(images["original"][target], images["edited"][target],
-                             {f"attack_{n}": robust[n]["images"][:8] for n in run.attacks})
+    drill = _drill_rows(rows, len(target))
+    extra = {f"attack_{n}": robust[n]["images"][:8] for n in run.attacks}
+    for group, idx in drill.items():
+        extra[f"original_{group}"], extra[f"edited_{group}"] = images["original"][idx], images["edited"][idx]
+    samples = _samples_bytes(images["original"][target], images["edited"][target], extra,
+                             {"target": target, **drill})
     for name in run.attacks:
         for i, (prompt, seed, hit) in enumerate(robust[name]["rows"]):
             per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": run.concept.name,
                               "prompt": prompt, "seed": seed, "detected": hit, "judge": {}, "index": i})
     return write_cell(run.out, run.spec, metrics, per_image, timing, environment(pipeline_device(run.pipe)),
                       extra_files={"samples.safetensors": samples})
+
+
+def selective_alignment(rows: list[ImageRow], aligned: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """``selective_alignment`` (+ ``_original``): the share of composed-prompt images in which the judge
+    sees every other named attribute, with its seed bootstrap; None (an empty column, never 0) when the
+    concept has no composed prompts or the judge cannot check attributes."""
+    if aligned is None:
+        has = any(r.group == COMPOSED for r in rows)
+        return {"selective_alignment": None, "selective_alignment_original": None,
+                "selective_alignment_note": "the judge cannot check named attributes" if has
+                else "the concept set declares no composed prompts for this concept"}
+    seeds = np.array([r.seed for r in rows if r.group == COMPOSED])
+    return {"selective_alignment": summary(aligned["edited"].numpy(), seeds),
+            "selective_alignment_original": summary(aligned["original"].numpy(), seeds)}
 
 
 def cell_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
@@ -560,12 +614,27 @@ def _fid(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(fid.compute())
 
 
-def _samples_bytes(original: torch.Tensor, edited: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> bytes:
+def _drill_rows(rows: list[ImageRow], n: int) -> dict[str, list[int]]:
+    """Rows whose images a report shows beside the target's: up to ``n`` of the first near-neighbour
+    concept and of the first in-domain retain concept (the damage that decides a method)."""
+    out = {}
+    for group in ("near_neighbour", "in_domain"):
+        idx = [i for i, r in enumerate(rows) if r.group == group]
+        first = [i for i in idx if rows[i].concept.name == rows[idx[0]].concept.name][:n] if idx else []
+        if first:
+            out[group] = first
+    return out
+
+
+def _samples_bytes(original: torch.Tensor, edited: torch.Tensor, extra: dict[str, torch.Tensor] | None = None,
+                   rows: dict[str, list[int]] | None = None) -> bytes:
+    """The sample images; ``rows`` (metadata ``rows``, JSON) names, per shown group, the indices of
+    their rows in the cell's plan (``per_image.jsonl`` holds rows 2i original, 2i+1 edited)."""
     from safetensors.torch import save
 
     tensors = {"original": original.contiguous(), "edited": edited.contiguous()}
     tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
-    return save(tensors)
+    return save(tensors, metadata={"rows": json.dumps(rows)} if rows else None)
 
 
 # -- robustness ----------------------------------------------------------------------------------

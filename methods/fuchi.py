@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.edit import pipeline_parameters
+from bench.method import Knob
 from bench.training import AscentConfig, AscentEraser
 
 _MLP = re.compile(r"layers\.(\d+)\.mlp\.(fc1|fc2)\.")
@@ -42,6 +43,8 @@ class Fuchi(AscentEraser):
     name = "fuchi"
     version = "1"
     Config = FuchiConfig
+    strength = (Knob("lr", 1e-3, 1.6e-2, help="Adam learning rate of the gradient ascent"),
+                Knob("epochs", 1, 16, integer=True, help="passes over the few-shot images"))
     variants = {"paper_era": {"trainable": "paper_era"}}
 
     def edited_parameters(self, pipe: Any) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.edit import pipeline_parameters
+from bench.method import Knob
 from bench.training import AscentConfig, AscentEraser
 
 
@@ -25,6 +26,8 @@ class FullFinetune(AscentEraser):
     name = "full_finetune"
     version = "1"
     Config = FullFinetuneConfig
+    strength = (Knob("lr", 5e-5, 8e-4, help="Adam learning rate of the gradient ascent (every parameter)"),
+                Knob("epochs", 1, 16, integer=True, help="passes over the few-shot images"))
 
     def edited_parameters(self, pipe: Any) -> list[str]:
         return sorted(pipeline_parameters(pipe, ("text_encoder", "unet")))

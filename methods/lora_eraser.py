@@ -33,7 +33,7 @@ from PIL import Image
 
 from bench.concepts import Concept
 from bench.edit import Edit
-from bench.method import Eraser
+from bench.method import Eraser, Knob
 from bench.pipeline import pipeline_device
 from bench.training import (
     FewShotConfig,
@@ -85,6 +85,7 @@ class LoraEraser(Eraser):
     name = "lora_eraser"
     version = "1"
     Config = LoraEraserConfig
+    strength = (Knob("lr", 1e-3, 1.6e-2, help="learning rate of the LoRA weights (the ascent after textual inversion)"),)
 
     def target_modules(self, pipe: Any) -> list[str]:
         """Text-encoder Linear modules (names inside the text encoder) that get LoRA."""

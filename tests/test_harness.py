@@ -67,6 +67,17 @@ def test_cell_folder_describes_itself(one_run):
     assert metrics["judges_disagree"] == (1 - metrics["judge_agreement"]["min"] > 0.10)
     env = json.loads((cell / "environment.json").read_text())
     assert env["packages"]["torch"] and "device" in env
+    # samples: target, near-neighbour and in-domain retain images of both models, with their plan rows
+    from safetensors import safe_open
+
+    with safe_open(str(cell / "samples.safetensors"), "pt") as f:
+        shown = json.loads(f.metadata()["rows"])
+        keys = set(f.keys())
+    assert set(shown) == {"target", "near_neighbour", "in_domain"}
+    assert {"edited_near_neighbour", "original_in_domain"} <= keys
+    plan = rows[::2]  # per_image: 2i original, 2i+1 edited
+    assert {plan[i]["group"] for i in shown["near_neighbour"]} == {"near_neighbour"}
+    assert len({plan[i]["judged_concept"] for i in shown["in_domain"]}) == 1
 
 
 def test_rerun_skips_complete_cells_and_is_deterministic(one_run, tmp_path):

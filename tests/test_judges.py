@@ -175,3 +175,59 @@ def test_collapse_on_rendered_scenes_with_the_world_judge():
     prompts = ["a picture of a star"] * 8
     assert collapse_ratio(judge.features(copies), judge.features(varied), prompts) < 1e-6
     assert collapse_ratio(judge.features(varied), judge.features(varied), prompts) == 1.0
+
+
+@needs_world
+def test_selective_alignment_on_rendered_composed_scenes(world_judges):
+    """Renders of each composed prompt of the concept set (the scene the prompt names): the world judge
+    sees the other named attributes on nearly all; named wrongly, it sees them on almost none."""
+    from bench.concepts import load_concept_set
+    from bench.runner import COMPOSED, ImageRow, selective_alignment
+
+    cs = load_concept_set(WORLD / "concepts.yaml")
+    render_key = {"object": "shape", "colour": "colour", "style": "style"}
+    images, attrs, wrong = [], [], []
+    composed = [(c, comp) for c in cs.concepts for comp in c.composed]
+    for seed, (c, comp) in enumerate(composed):
+        scene = {render_key[k]: v for k, v in comp.attributes.items()}
+        scene[render_key[c.extra["head"]]] = c.extra["label"]
+        arr, _ = render_batch(500 + seed, 4, character_prob=0.0, **scene)
+        images.append(to_tensor(arr))
+        attrs += [dict(comp.attributes)] * 4
+        # the same scenes asked about a colour (or shape) they do not show
+        bad = dict(comp.attributes)
+        key = "colour" if "colour" in bad else "object"
+        bad[key] = next(v for v in HEADS[key] if v not in (bad[key], "none"))
+        wrong += [bad] * 4
+    x = torch.cat(images)
+    assert len(cs.names()) > len({c.name for c in cs.concepts if c.composed}) > 0  # characters have none
+    for judge in world_judges:
+        seen = judge.sees(x, attrs)
+        assert seen.float().mean() >= 0.9, (judge.id, seen.float().mean())
+        assert judge.sees(x, wrong).float().mean() <= 0.05
+    # as the cell records it: a share with a seed interval, edited and original; none -> empty, not 0
+    rows = [ImageRow(COMPOSED, None, "p", s % 4, a) for s, a in enumerate(attrs)]
+    seen = world_judges[0].sees(x, attrs)
+    m = selective_alignment(rows, {"edited": seen, "original": seen})
+    assert m["selective_alignment"]["value"] == float(seen.float().mean()) and m["selective_alignment"]["n"] == len(x)
+    assert selective_alignment(rows, None)["selective_alignment"] is None
+
+
+def test_a_judge_that_cannot_check_attributes_answers_none():
+    from bench.judges.base import Judge
+
+    class Blind(Judge):
+        id, version = "blind", "1"
+
+        def detect(self, images, concept):
+            return torch.zeros(len(images), dtype=torch.bool)
+
+        reject = detect
+
+        def labels(self, images):
+            return {}
+
+        def features(self, images):
+            return torch.zeros(len(images), 1)
+
+    assert Blind().sees(torch.zeros(2, 3, 8, 8), [{"colour": "red"}] * 2) is None

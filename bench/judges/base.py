@@ -54,6 +54,12 @@ class Judge(ABC):
         """Per-image judge outputs written to ``per_image.jsonl`` (override for richer output)."""
         return [{} for _ in range(len(images))]
 
+    def sees(self, images: torch.Tensor, attributes: list[dict[str, str]]) -> torch.Tensor | None:
+        """Bool tensor N: the judge sees every attribute named for each image (``{head: label}``, from
+        a composed prompt) and does not reject the image; None when this judge cannot check such
+        attributes (selective alignment is then not recorded, never recorded as 0)."""
+        return None
+
     def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor | None:
         """Per-image image-text similarity with ``prompts`` (CLIP score), or None: a judge without
         a text encoder gives none, and the cell records no CLIP score (never a 0)."""

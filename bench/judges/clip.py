@@ -20,6 +20,8 @@ from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
 PROMPT = {"object": "a photo of a {}", "style": "a painting in the style of {}", "character": "a picture of {}",
           "colour": "a {} object"}
 NEUTRAL = "a photo"
+# composed prompts' attributes, checked zero-shot: the prompt per judge head (others: "a photo of {}")
+ATTRIBUTE_PROMPT = {**PROMPT, "colour": "a photo of something {}", "setting": "a photo taken {}"}
 # an image is rejected when one of these outscores every concept prompt of every type
 REJECT_PROMPTS = ("a blank image", "an image of random noise", "a blurry image of nothing",
                   "a plain colour background")
@@ -106,6 +108,39 @@ class ClipJudge(Judge):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self._image(images)
+
+    def _attribute_vocabulary(self) -> dict[str, list[str]]:
+        """Per head: every label the concept set's composed prompts name under it (the candidates
+        a zero-shot attribute check chooses among)."""
+        vocab: dict[str, list[str]] = {}
+        for c in self.concept_set.concepts:
+            for comp in c.composed:
+                for head, label in comp.attributes.items():
+                    if label not in vocab.setdefault(head, []):
+                        vocab[head].append(label)
+        return vocab
+
+    def sees(self, images: torch.Tensor, attributes: list[dict[str, str]]) -> torch.Tensor:
+        """Zero-shot per named attribute: its label's prompt (``ATTRIBUTE_PROMPT`` of the head) scores
+        highest among the labels the concept set names under that head and a neutral prompt; every
+        attribute must win, on an image the judge does not reject. A head with fewer than two labels in
+        the set cannot be checked zero-shot (an error, not a pass)."""
+        if len(attributes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(attributes)} attribute sets")
+        vocab = self._attribute_vocabulary()
+        emb = self._image(images)
+        ok = ~self._reject(emb)
+        for head in sorted({h for a in attributes for h in a}):
+            names = vocab.get(head, [])
+            if len(names) < 2:
+                raise ConfigError(f"the CLIP judge checks {head!r} zero-shot among the labels the concept set's "
+                                  f"composed prompts name under it; it names {names}: at least two are needed")
+            template = ATTRIBUTE_PROMPT.get(head, "a photo of {}")
+            best = (emb @ self._text([template.format(n) for n in names] + [NEUTRAL]).T).argmax(-1)
+            for i, attrs in enumerate(attributes):
+                if head in attrs:
+                    ok[i] &= bool(best[i] == names.index(attrs[head]))
+        return ok
 
     def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """100 x max(cosine(image, prompt), 0) per image, the usual CLIP score."""

@@ -56,6 +56,21 @@ class WorldConceptJudge(Judge):
         return out
 
     @torch.no_grad()
+    def sees(self, images: torch.Tensor, attributes: list[dict[str, str]]) -> torch.Tensor:
+        """Every named attribute is its head's prediction, on a scene the judge does not reject."""
+        if len(attributes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(attributes)} attribute sets")
+        pred = self.judge.predict(images)
+        ok = ~self.judge.rejected(pred)
+        for i, attrs in enumerate(attributes):
+            for head, label in attrs.items():
+                if head not in self.judge.attribute_heads or label not in self.judge.classes[head]:
+                    raise ConfigError(f"a composed prompt names {head}={label!r}, which judge {self.judge.id} "
+                                      f"cannot see (heads: {list(self.judge.attribute_heads)})")
+                ok[i] &= bool(pred[head][i] == self.judge.classes[head].index(label))
+        return ok
+
+    @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.judge.features(images)
 

@@ -130,6 +130,8 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
         "trained on synthetic non-scenes (blank frames, washes, gradients, noise, heavy blur, cut-off,",
         "shattered and fused shapes), learns textures drawn off the world's values (dot, stripe and check",
         "size +-20 %, dark shade 0.35-0.7), blur and slight distortions, and gains the ViT second judge.",
+        "Concept set 2.2 (same model and judges, same prompts) adds composed target prompts per object, style",
+        "and colour concept (`composed`: the concept named with two other attributes) for selective alignment.",
         "",
         f"## Quality (sampler: {q['sampler']['scheduler']}, {q['sampler']['steps']} steps, guidance "
         f"{q['sampler']['guidance']}, {q['seeds']} seeds per concept)",

@@ -15,7 +15,8 @@ import numpy as np
 from bench.world.render import CHARACTERS, COLOURS, NONE_CHARACTER, SHAPES, STYLES, Scene
 
 CONCEPT_SET_NAME = "conceptworld"
-CONCEPT_SET_VERSION = "2.1"  # 2.0: styles redrawn (see render._texture); 2.1: larger dots. Same prompts
+CONCEPT_SET_VERSION = "2.2"  # 2.0: styles redrawn (see render._texture); 2.1: larger dots. Same prompts;
+# 2.2: composed target prompts per object, style and colour concept (selective alignment)
 
 OBJECT_SYNONYMS = {
     "circle": ("disc", "disk"),
@@ -105,6 +106,35 @@ _NEIGHBOURS = {
 }
 
 
+# Selective alignment: per concept, target prompts that also name the other two attributes (as trained:
+# "a picture of a striped red star"). The other attributes are fixed per concept, different for its two
+# prompts, and never "solid" (the absence of a texture is the weakest thing a prompt can name).
+COMPOSED_STYLES = ("striped", "dotted", "checkered")
+COMPOSED_PER_CONCEPT = 2
+
+
+def composed_prompts(name: str, kind: str) -> list[dict[str, Any]]:
+    """The composed target prompts of an object, style or colour concept (characters have fixed
+    attributes: none). Each names the concept and two other attributes the judge can check."""
+    if kind == "character":
+        return []
+    shapes, colours = list(SHAPES), list(COLOURS)
+    i = {"object": shapes, "style": list(STYLES), "colour": colours}[kind].index(name)
+    out = []
+    for j in range(COMPOSED_PER_CONCEPT):
+        style = COMPOSED_STYLES[(i + j) % len(COMPOSED_STYLES)]
+        colour = colours[(3 * i + 5 * j + 1) % len(colours)]
+        shape = shapes[(2 * i + 3 * j + 1) % len(shapes)]
+        if kind == "object":
+            attrs, phrase = {"style": style, "colour": colour}, describe(name, colour, style)
+        elif kind == "style":
+            attrs, phrase = {"colour": colour, "object": shape}, describe(shape, colour, name)
+        else:
+            attrs, phrase = {"style": style, "object": shape}, describe(shape, name, style)
+        out.append({"prompt": TEMPLATES[0].format(phrase), "attributes": attrs})
+    return out
+
+
 def _entry(name: str, kind: str, head: str, others: list[str], cross: list[str]) -> dict[str, Any]:
     if kind == "character":
         templates, paraphrases, synonyms = CHARACTER_TEMPLATES, CHARACTER_PARAPHRASES, ()
@@ -129,6 +159,7 @@ def _entry(name: str, kind: str, head: str, others: list[str], cross: list[str])
         "retain_in_domain": [o for o in others if o != name and o not in near],
         "retain_cross_domain": cross,
         "split": "test" if name in TEST_CONCEPTS else "dev",
+        **({"composed": composed_prompts(name, kind)} if kind != "character" else {}),
         "extra": extra,
     }
 

@@ -1,0 +1,269 @@
+"""Trade-off curves: each method swept along its strength knob on **test** concepts, UA against mean
+retain with intervals, and the area under its Pareto frontier.
+
+``python -m bench sweep`` runs the sweep points as ordinary cells into a run folder (``runs/sweep``)
+and keeps a manifest (``sweep.json``: per method, the knob and which cells each point is). Nothing is
+*chosen* on these cells: a method's operating point still comes from dev (``bench tune``); the curve
+shows where that point sits on the whole trade-off. The report reads the manifest back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import ConfigError, InputError
+from bench.io import ensure_writable_dir, write_json
+from bench.metric_registry import display
+from bench.metrics import (
+    FRONTIER_FORMULA,
+    HIERARCHICAL_NOTE,
+    frontier_area,
+    hierarchical_draws,
+    pareto_front,
+    percentile_interval,
+)
+from bench.runner import RETAIN_GROUPS, Bench
+
+SA = "selective_alignment"
+
+MANIFEST = "sweep.json"
+DEFAULT_POINTS = 5
+
+
+# -- running ---------------------------------------------------------------------------------------
+def sweep_plan(bench: Bench, points: int, knob: str | None = None) -> dict[str, tuple[str, list[Any]]]:
+    """Per method spec: the swept field and its values (validated, so a bad point fails before any work)."""
+    from bench.method import build_method, get_method
+
+    plan = {}
+    for spec in bench.methods:
+        k = get_method(spec.partition("@")[0]).knob(knob)
+        values = k.sweep(points)
+        for v in values:
+            build_method(spec, {**bench.method_overrides.get(spec, {}), k.field: v})
+        plan[spec] = (k.field, values)
+    return plan
+
+
+def run_sweep(bench: Bench, out: Path, points: int = DEFAULT_POINTS, knob: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run every sweep point of every method (resumable: complete cells are reused) and record the
+    manifest after each point, so an interrupted sweep keeps what it measured."""
+    from bench.runner import run_bench
+
+    if bench.attacks and progress:
+        print(f"sweep with attacks {list(bench.attacks)}: every point pays for them")
+    plan = sweep_plan(bench, points, knob)
+    out = ensure_writable_dir(out)
+    manifest = read_manifest(out) or {"methods": {}}
+    for spec, (field, values) in plan.items():
+        base = {k: v for k, v in bench.method_overrides.get(spec, {}).items() if k != field}
+        entry = {"knob": field, "base": base, "points": []}
+        for i, v in enumerate(values):
+            if progress:
+                print(f"sweep {spec}: {field}={v} ({i + 1}/{len(values)})")
+            cells = run_bench(replace(bench, methods=[spec], method_overrides={spec: {**base, field: v}}), out,
+                              progress=progress)
+            entry["points"].append({"value": v, "cells": [c.name for c in cells]})
+            manifest["methods"][spec] = entry
+            write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(runs: Path) -> dict[str, Any] | None:
+    path = Path(runs) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e}); delete it and run the sweep again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
+        raise InputError(f"{path} is not a sweep manifest (no 'methods' mapping)")
+    return data
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def _retain_mean(r: dict[str, float]) -> float:
+    kept = [r[k] for k in RETAIN_GROUPS.values() if k in r and r[k] == r[k]]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def curve_tables(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, frontier): one row per sweep point (pooled UA, RA, H, collapse, each with its
+    hierarchical interval) and one row per method (frontier area with its interval). Empty frames
+    when ``runs`` holds no sweep."""
+    from bench.report import _cluster_table, load_cells
+
+    manifest = read_manifest(runs)
+    if not manifest:
+        return pd.DataFrame(), pd.DataFrame()
+    cells = {Path(c["folder"]).name: c for c in load_cells(Path(runs))}
+    rows, fronts = [], []
+    stats = {"ua": lambda r: r.get("ua", float("nan")), "retain": _retain_mean,
+             "composite": lambda r: _h(r.get("ua", float("nan")), _retain_mean(r)),
+             SA: lambda r: r.get(SA, float("nan"))}
+    for spec, entry in manifest["methods"].items():
+        draws_ua, draws_ra, ua, ra, shape = [], [], [], [], None
+        for point in entry["points"]:
+            mine = [cells[name] for name in point["cells"] if name in cells]  # diverged cells: no numbers
+            if not mine:
+                continue
+            table = _cluster_table(mine, [])
+            concepts, seeds, _ = table.arrays()
+            shape = shape or (concepts, seeds)
+            draws = hierarchical_draws(table, stats)
+            values = {k: table.rate(k) for k in table.keys()}
+            row = {"method": spec, "knob": entry["knob"], "value": point["value"], "concepts": len(mine),
+                   "missing": len(point["cells"]) - len(mine)}
+            for name, fn in stats.items():
+                row[name] = fn(values)
+                row[name + "_ci_low"], row[name + "_ci_high"] = percentile_interval(draws[name])
+            div = [c["metrics"].get("diversity_target") for c in mine]
+            row["diversity_target"] = float(np.mean([v for v in div if v is not None])) if any(
+                v is not None for v in div) else float("nan")
+            rows.append(row)
+            if (concepts, seeds) == shape and not row["missing"]:  # frontier draws need identical tables
+                draws_ua.append(draws["ua"])
+                draws_ra.append(draws["retain"])
+                ua.append(row["ua"])
+                ra.append(row["retain"])
+        if ua:
+            per_draw = np.array([frontier_area(u, r) for u, r in zip(np.stack(draws_ua, 1), np.stack(draws_ra, 1),
+                                                                      strict=True)])
+            lo, hi = percentile_interval(per_draw)
+            fronts.append({"method": spec, "knob": entry["knob"], "points": len(ua),
+                           "frontier_area": frontier_area(ua, ra), "frontier_area_ci_low": lo,
+                           "frontier_area_ci_high": hi})
+    points = pd.DataFrame(rows)
+    if len(points):
+        points["pareto"] = False
+        for spec in points["method"].unique():
+            sel = points.index[points["method"] == spec]
+            front = pareto_front(points.loc[sel, "ua"].tolist(), points.loc[sel, "retain"].tolist())
+            points.loc[sel[front], "pareto"] = True
+    return points, pd.DataFrame(fronts)
+
+
+def _h(ua: float, ra: float) -> float:
+    from bench.metrics import harmonic
+
+    return harmonic(ua, ra)
+
+
+def tuned_marks(cells: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per method spec: (UA, RA) of its dev-tuned configuration on the leaderboard's cells (the
+    operating point the leaderboard ranks), pooled over concepts."""
+    from bench.report import _cluster_table
+
+    marks = {}
+    for spec in sorted({c["spec"]["method"] for c in cells}):
+        mine = [c for c in cells if c["spec"]["method"] == spec and c["label"] == f"{spec}[tuned]"]
+        if mine:
+            table = _cluster_table(mine, [])
+            values = {k: table.rate(k) for k in table.keys()}
+            marks[spec] = (values.get("ua", float("nan")), _retain_mean(values))
+    return marks
+
+
+# -- showing -----------------------------------------------------------------------------------------
+def frontier_display(front: pd.DataFrame) -> pd.DataFrame:
+    """The frontier table as the report shows it."""
+    if not len(front):
+        return front
+    name = display("frontier_area")
+    return pd.DataFrame({
+        "method": front["method"], "knob": front["knob"], "points": front["points"],
+        name: front["frontier_area"],
+        name + " CI": [f"[{a:.2f}, {b:.2f}]" if a == a else "" for a, b in
+                       zip(front["frontier_area_ci_low"], front["frontier_area_ci_high"], strict=True)],
+    }).sort_values(name, ascending=False).reset_index(drop=True)
+
+
+def points_display(points: pd.DataFrame) -> pd.DataFrame:
+    """The sweep points as the report shows them (intervals as text)."""
+    if not len(points):
+        return points
+
+    def ci(col: str) -> list[str]:
+        return [f"[{a:.2f}, {b:.2f}]" if a == a else "" for a, b in
+                zip(points[col + "_ci_low"], points[col + "_ci_high"], strict=True)]
+
+    return pd.DataFrame({
+        "method": points["method"], "knob": [f"{k}={v:g}" for k, v in zip(points["knob"], points["value"],
+                                                                          strict=True)],
+        display("ua"): points["ua"], display("ua") + " CI": ci("ua"),
+        display("retain_mean"): points["retain"], display("retain_mean") + " CI": ci("retain"),
+        display("composite"): points["composite"], display("composite") + " CI": ci("composite"),
+        display("diversity_target"): points["diversity_target"],
+        display(SA): points[SA], display(SA) + " CI": ci(SA),
+        "Pareto": ["yes" if p else "" for p in points["pareto"]],
+        "concepts": points["concepts"],
+    })
+
+
+def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]]) -> bytes:
+    """UA against RA per method along its sweep, interval whiskers both ways, knob values written at
+    the points, the dev-tuned operating point as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    from bench.report import _png
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, spec in enumerate(points["method"].unique()):
+        mine = points[points["method"] == spec].sort_values("value")
+        c = colours[i % len(colours)]
+        xerr = [mine["retain"] - mine["retain_ci_low"], mine["retain_ci_high"] - mine["retain"]]
+        yerr = [mine["ua"] - mine["ua_ci_low"], mine["ua_ci_high"] - mine["ua"]]
+        ax.errorbar(mine["retain"], mine["ua"], xerr=xerr, yerr=yerr, color=c, marker="o", ms=4, lw=1.2,
+                    elinewidth=0.7, capsize=2, label=f"{spec} ({mine['knob'].iloc[0]} sweep)")
+        for _, r in mine.iterrows():
+            ax.annotate(f"{r['value']:g}", (r["retain"], r["ua"]), fontsize=6, color=c, xytext=(3, 3),
+                        textcoords="offset points")
+        if spec in marks:
+            ax.scatter([marks[spec][1]], [marks[spec][0]], marker="*", s=180, color=c, edgecolor="k", zorder=5,
+                       label=f"{spec} dev-tuned point")
+    ax.set_xlabel(f"mean retain accuracy ({display('retain_mean')}, test concepts)")
+    ax.set_ylabel(f"{display('ua')} (erasure, test concepts)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("trade-off along each method's strength knob (whiskers: 95% CI over concepts and seeds)",
+                 fontsize=8)
+    return _png(fig)
+
+
+CURVES_NOTE = (f"Each method swept along its strength knob on the test concepts (attacks off); nothing is chosen "
+               f"on these cells: the star is the dev-tuned operating point the leaderboard ranks. {FRONTIER_FORMULA}. "
+               f"Intervals: {HIERARCHICAL_NOTE}; the frontier area's interval recomputes the area on each draw.")
+
+
+def curves_section(runs: Path | None, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything the report needs for its curves section: tables, the figure and the note; an
+    empty mapping when ``runs`` holds no sweep."""
+    if runs is None or not (Path(runs) / MANIFEST).is_file():
+        return {}
+    points, front = curve_tables(Path(runs))
+    if not len(points):
+        return {}
+    return {"points": points, "frontier": front, "figure": curves_figure(points, tuned_marks(cells)),
+            "points_display": points_display(points), "frontier_display": frontier_display(front),
+            "note": CURVES_NOTE}
+
+
+def validate_points(points: int) -> int:
+    if points < 2:
+        raise ConfigError(f"--points must be >= 2, got {points}")
+    return points

@@ -1,0 +1,130 @@
+"""Strength knobs, tuning ladders, trade-off curves and the Pareto frontier area."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bench.concepts import parse_concept_set
+from bench.errors import ConfigError
+from bench.method import Knob, build_method, get_method, method_registry
+from bench.metrics import ClusterTable, frontier_area, hierarchical_draws, pareto_front
+from bench.protocol import EvalProtocol
+from bench.runner import Bench, Track
+
+
+def test_every_method_declares_a_strength_knob_with_a_valid_default_sweep():
+    for name in method_registry().names():
+        cls = get_method(name)
+        assert cls.strength, f"{name} declares no strength knob"
+        for knob in cls.strength:
+            assert knob.field in cls.Config.__dataclass_fields__, (name, knob.field)
+            values = knob.sweep(5)
+            assert len(values) >= 5 and values == sorted(values)
+            for v in values:
+                build_method(name, {knob.field: v})  # every point is a valid config
+
+
+def test_ladders_step_by_at_most_the_ratio_and_cover_the_range():
+    k = Knob("lr", 1e-3, 1.6e-2)
+    assert k.ladder(2.0) == [0.001, 0.002, 0.004, 0.008, 0.016]
+    fine = k.ladder(1.5)
+    assert fine[0] == 1e-3 and fine[-1] == 1.6e-2
+    assert max(b / a for a, b in zip(fine, fine[1:], strict=False)) <= 1.5 * 1.01  # 3 significant digits
+    assert k.step(0.016, 2.0, 1) == 0.032 and k.step(0.001, 2.0, -1) == 0.0005
+    assert Knob("epochs", 1, 16, integer=True).ladder(2.0) == [1, 2, 4, 8, 16]
+    with pytest.raises(ConfigError):
+        Knob("lr", 1e-2, 1e-3)
+    with pytest.raises(ConfigError, match="no strength knob"):
+        get_method("fuchi").knob("beta1")
+
+
+def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
+    """A score that peaks beyond the declared range: the search walks on, recording every rung."""
+    from bench.tune import TuneSpec, _ladder_search
+
+    seen = []
+
+    def score(point):
+        seen.append(point["lr"])
+        return {"overrides": point, "H": -abs(np.log(point["lr"] / 0.05)), "UA": 0.0, "retain": 0.0}
+
+    scores, how = _ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"])
+    assert seen == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128]  # stops: best (0.064) inside
+    assert [s["overrides"]["lr"] for s in scores] == sorted(seen) and "<= 2x" in how
+    with pytest.raises(ConfigError, match="finer than decades"):
+        TuneSpec(ratio=10)
+
+
+def test_frontier_area_is_the_dominated_region():
+    assert frontier_area([1.0], [1.0]) == 1.0
+    assert frontier_area([0.5], [0.5]) == 0.25
+    assert frontier_area([0.5, 1.0], [1.0, 0.5]) == pytest.approx(0.75)
+    # a dominated point adds nothing; order does not matter
+    assert frontier_area([0.5, 1.0, 0.4], [1.0, 0.5, 0.4]) == pytest.approx(0.75)
+    assert frontier_area([1.0, 0.5], [0.5, 1.0]) == pytest.approx(0.75)
+    assert np.isnan(frontier_area([0.5, float("nan")], [0.5, 0.5]))
+    assert pareto_front([0.5, 1.0, 0.4], [1.0, 0.5, 0.4]) == [0, 1]
+
+
+def test_sweep_points_share_bootstrap_draws():
+    """Two tables of the same concepts and seeds are resampled identically: a frontier interval is
+    the area recomputed on the same draws of every point."""
+    def table(p):
+        t = ClusterTable()
+        rng = np.random.default_rng(0)
+        for c in ("a", "b", "c"):
+            for s in range(4):
+                t.add("ua", c, s, bool(rng.random() < p))
+        return t
+
+    d1 = hierarchical_draws(table(0.2), {"ua": lambda r: r["ua"]})["ua"]
+    d2 = hierarchical_draws(table(0.2), {"ua": lambda r: r["ua"]})["ua"]
+    assert np.array_equal(d1, d2)
+
+
+def test_composed_prompts_are_validated():
+    base = {"name": "s", "version": "1", "concepts": [{"name": "star"}]}
+    ok = json.loads(json.dumps(base))
+    ok["concepts"][0]["composed"] = [{"prompt": "a red star", "attributes": {"colour": "red"}}]
+    (c,) = parse_concept_set(ok).concepts
+    assert c.composed[0].prompt == "a red star" and dict(c.composed[0].attributes) == {"colour": "red"}
+    for bad in ([{"prompt": "a red star"}], [{"prompt": "", "attributes": {"colour": "red"}}],
+                [{"prompt": "a red star", "attributes": {}}], "a red star",
+                [{"prompt": "a red star", "attributes": {"colour": 3}}]):
+        data = json.loads(json.dumps(base))
+        data["concepts"][0]["composed"] = bad
+        with pytest.raises(ConfigError, match="composed"):
+            parse_concept_set(data)
+
+
+def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path):
+    from bench.curves import MANIFEST, curve_tables, run_sweep
+    from bench.report import build_report
+
+    track = replace(Track(), sampler=replace(Track().sampler, steps=5))
+    bench = Bench(track=track, methods=["fuchi"], concepts=["circle"], protocol=EvalProtocol(seeds=(0, 1)),
+                  method_overrides={"fuchi": {"epochs": 1}})
+    out = tmp_path / "sweep"
+    manifest = run_sweep(bench, out, points=2, progress=False)
+    entry = manifest["methods"]["fuchi"]
+    assert entry["knob"] == "lr" and [p["value"] for p in entry["points"]] == [0.001, 0.016]
+    assert entry["base"] == {"epochs": 1} and json.loads((out / MANIFEST).read_text()) == manifest
+    points, front = curve_tables(out)
+    assert list(points["value"]) == [0.001, 0.016] and len(front) == 1
+    assert points[["ua_ci_low", "retain_ci_low"]].notna().all().all()
+    assert (points["ua_ci_low"] <= points["ua"]).all() and (points["ua"] <= points["ua_ci_high"]).all()
+    assert 0 <= front["frontier_area"].iloc[0] <= 1
+    assert front["frontier_area_ci_low"].iloc[0] <= front["frontier_area"].iloc[0] <= front["frontier_area_ci_high"].iloc[0]
+    assert "selective_alignment" in points  # composed prompts: the judge sees the other attributes
+    paths = build_report(out, tmp_path / "report", sweeps=out)
+    md = paths["markdown"].read_text()
+    assert "## Trade-off curves (test concepts)" in md and "frontier area" in md
+    assert (tmp_path / "report" / "figures" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "curves.csv").is_file() and (tmp_path / "report" / "frontier.csv").is_file()
+    # a second run reuses every cell
+    again = run_sweep(bench, out, points=2, progress=False)
+    assert again == manifest
