@@ -487,7 +487,7 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
     for concept, grids in drill.items():
         links = []
         for c in sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"]):
-            rel = os.path.relpath((Path(c["folder"]) / "run_spec.json").resolve(), out.resolve())
+            rel = os.path.relpath(os.path.abspath(Path(c["folder"]) / "run_spec.json"), os.path.abspath(out))
             links.append(f'<a href="{h(rel)}">{h(c["label"])}</a>')
         row = per_cell[per_cell["concept"] == concept]
         stats = ", ".join(f"{m}: UA {u:.2f}, H {x:.2f}" for m, u, x in zip(row["method"], row["ua"], row["composite"],
