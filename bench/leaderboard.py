@@ -175,7 +175,7 @@ def fmt_value(key: str, v: Any) -> str:
 def unit_label(key: str) -> str:
     """The unit shown in a column header ("" for shares and scores)."""
     unit = metrics()[lookup(key)[0].key].unit
-    return {"s": "s", "MB": "MB", "bytes": "bytes", "count": "count", "distance": "", "ratio": "ratio"}.get(unit, "")
+    return {"s": "s", "MB": "MB", "count": "count", "ratio": "ratio"}.get(unit, "")  # sizes print B/KB/MB
 
 
 def arrow(key: str) -> str:

@@ -44,6 +44,8 @@ img{max-width:100%;height:auto}
 .heat td{text-align:center;min-width:44px}
 .drill figure{margin:6px 0}.drill figcaption{font-size:12px;color:#57606a}
 details{margin:16px 0}summary{cursor:pointer;font-weight:600}
+@media (max-width:700px){body{padding:8px}.headline{font-size:12.5px}.headline td{padding:4px 5px}
+.headline .ci{display:block;margin:0}}
 """
 
 SORT_JS = """

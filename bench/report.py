@@ -383,7 +383,7 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
         figures["tradeoff.png"] = tradeoff_points(head, colours)
     if attacks:
         figures["robustness.png"] = asr_bars(head, overall, attacks, colours)
-    figures["cost.png"] = cost_dots(head, colours)
+    figures["cost.png"] = cost_dots(head, colours, per_cell)
     drill: dict[str, list[tuple[str, str]]] = {}
     for concept in sorted(per_cell["concept"].unique()):
         for group, _ in DRILL_GROUPS:
