@@ -139,7 +139,7 @@ def _bench_from_args(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench.report import build_report, overall_table
+    from bench.report import build_report
     from bench.runner import plan_bench, run_bench
 
     bench = _bench_from_args(args)
@@ -169,13 +169,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not measured:
         print(f"report: {paths['html']} (no cell produced numbers)")
         return 0
-    table = overall_table(measured)
-    cols = ["method", "UA", "UA CI", "UA syn", "SA", "IRA", "CRA", "NNA", "H", "KID", "s/concept"]
-    cols += [c for c in table.columns if c.startswith("ASR ") and not c.endswith((" CI", " orig"))]
-    cols += ["H robust"] if "H robust" in table.columns else []
-    print(markdown_table(table[cols]))
+    print(headline_text(measured))
     print(f"report: {paths['html']} ({paths['markdown']}, {paths['csv']})")
     return 0
+
+
+def headline_text(cells: list) -> str:
+    """The headline sentence and table as the terminal shows them (plain text)."""
+    from bench.leaderboard import headline, headline_markdown, original_numbers, sentence
+    from bench.report import overall_table
+
+    h = headline(overall_table(cells), original_numbers(cells))
+    return "\n".join([sentence(h), "", *headline_markdown(h)]).replace("\\", "")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

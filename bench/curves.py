@@ -208,22 +208,19 @@ def points_display(points: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]]) -> bytes:
+def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]],
+                  colours: dict[str, str] | None = None, original: tuple[float, float] | None = None) -> bytes:
     """UA against RA per method along its sweep, interval whiskers both ways, knob values written at
-    the points, the dev-tuned operating point as a star."""
-    import matplotlib
+    the points, the dev-tuned operating point as a star (``colours``: per method spec, as the
+    leaderboard colours its tuned row), the original model (UA, RA) and the ideal corner."""
+    from bench.figures import ORIGINAL_COLOUR, _mpl, png
 
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False
-    import matplotlib.pyplot as plt
-
-    from bench.report import _png
-
+    plt = _mpl()
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, spec in enumerate(points["method"].unique()):
         mine = points[points["method"] == spec].sort_values("value")
-        c = colours[i % len(colours)]
+        c = (colours or {}).get(spec, cycle[i % len(cycle)])
         xerr = [mine["retain"] - mine["retain_ci_low"], mine["retain_ci_high"] - mine["retain"]]
         yerr = [mine["ua"] - mine["ua_ci_low"], mine["ua_ci_high"] - mine["ua"]]
         ax.errorbar(mine["retain"], mine["ua"], xerr=xerr, yerr=yerr, color=c, marker="o", ms=4, lw=1.2,
@@ -234,15 +231,19 @@ def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]]) -
         if spec in marks:
             ax.scatter([marks[spec][1]], [marks[spec][0]], marker="*", s=180, color=c, edgecolor="k", zorder=5,
                        label=f"{spec} dev-tuned point")
-    ax.set_xlabel(f"mean retain accuracy ({display('retain_mean')}, test concepts)")
-    ax.set_ylabel(f"{display('ua')} (erasure, test concepts)")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
+    if original is not None:
+        ax.scatter([original[1]], [original[0]], marker="s", s=50, color=ORIGINAL_COLOUR, zorder=5,
+                   label="original model (no erasure)")
+    ax.scatter([1], [1], marker="*", s=120, color="gold", edgecolor="k", zorder=4, label="ideal (erase all, keep all)")
+    ax.set_xlabel(f"mean retain accuracy {display('retain_mean')} ↑ (test concepts)")
+    ax.set_ylabel(f"{display('ua')} ↑ (erasure, test concepts)")
+    ax.set_xlim(-0.02, 1.05)
+    ax.set_ylim(-0.02, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("trade-off along each method's strength knob (whiskers: 95% CI over concepts and seeds)",
                  fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 CURVES_NOTE = (f"Each method swept along its strength knob on the test concepts (attacks off); nothing is chosen "
@@ -250,15 +251,17 @@ CURVES_NOTE = (f"Each method swept along its strength knob on the test concepts 
                f"Intervals: {HIERARCHICAL_NOTE}; the frontier area's interval recomputes the area on each draw.")
 
 
-def curves_section(runs: Path | None, cells: list[dict[str, Any]]) -> dict[str, Any]:
+def curves_section(runs: Path | None, cells: list[dict[str, Any]], colours: dict[str, str] | None = None,
+                   original: tuple[float, float] | None = None) -> dict[str, Any]:
     """Everything the report needs for its curves section: tables, the figure and the note; an
-    empty mapping when ``runs`` holds no sweep."""
+    empty mapping when ``runs`` holds no sweep. ``colours``: per method spec."""
     if runs is None or not (Path(runs) / MANIFEST).is_file():
         return {}
     points, front = curve_tables(Path(runs))
     if not len(points):
         return {}
-    return {"points": points, "frontier": front, "figure": curves_figure(points, tuned_marks(cells)),
+    return {"points": points, "frontier": front,
+            "figure": curves_figure(points, tuned_marks(cells), colours, original),
             "points_display": points_display(points), "frontier_display": frontier_display(front),
             "note": CURVES_NOTE}
 

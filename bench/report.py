@@ -1,22 +1,20 @@
 """The leaderboard, built only from run folders (never from a run's memory).
 
-``build_report(runs, out)`` scans complete cells and writes ``leaderboard.md``,
-``leaderboard.csv`` and a self-contained ``index.html`` (plots embedded) to ``out``.
+``build_report(runs, out)`` scans complete cells and writes ``index.html`` (headline first, figures as
+files under ``figures/``), ``leaderboard.md``, ``leaderboard.csv`` (tidy) and ``overall.csv`` to ``out``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.escape import csv_safe, file_stem, html_text, md_code, md_link, md_text
+from bench.escape import csv_safe, file_stem, html_text, md_code, md_text
 from bench.io import ensure_writable_dir
 from bench.metric_registry import display, lookup, metrics
 from bench.metrics import (
@@ -130,9 +128,15 @@ def _pooled_stats(table: ClusterTable, attacks: list[str]) -> dict[str, Any]:
     def h(r: dict[str, float]) -> float:
         return composite(r.get("ua", float("nan")), [r.get(k, float("nan")) for k in RETAIN_GROUPS.values()])
 
+    def retain(r: dict[str, float]) -> float:
+        kept = [r[k] for k in RETAIN_GROUPS.values() if k in r and r[k] == r[k]]
+        return float(np.mean(kept)) if kept else float("nan")
+
     stats: dict[str, Any] = {k: (lambda r, k=k: r.get(k, float("nan"))) for k in table.keys()}
     stats["composite"] = h
+    stats["retain_mean"] = retain
     if attacks:
+        stats["asr_mean"] = lambda r: float(np.mean([r.get(f"asr_{a}", float("nan")) for a in attacks]))
         stats["composite_robust"] = lambda r: robust_composite(h(r), float(np.mean([r[f"asr_{a}"] for a in attacks])))
     return stats
 
@@ -162,7 +166,9 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         h = display("composite")
         row[h] = stats["composite"](values)
         row[h + " CI"] = _interval(ci, "composite")
-        row["_H_interval"] = ci["composite"]
+        row[display("retain_mean")] = stats["retain_mean"](values)
+        row[display("retain_mean") + " CI"] = _interval(ci, "retain_mean")
+        row["_intervals"] = ci
         for name in attacks:
             key = f"asr_{name}"
             row[display(key)] = values.get(key, float("nan"))
@@ -171,6 +177,8 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             row[display(f"attack_seconds_{name}")] = float(np.mean([c["metrics"][f"attack_seconds_{name}"]
                                                                     for c in mine]))
         if attacks:
+            row[display("asr_mean")] = stats["asr_mean"](values)
+            row[display("asr_mean") + " CI"] = _interval(ci, "asr_mean")
             row[display("composite_robust")] = stats["composite_robust"](values)
             row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
         order = [k for k, _ in ACCURACIES] + [SA] + [f"asr_{a}" for a in attacks]  # not the scan order
@@ -198,10 +206,18 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         row[display("trainable_params")] = int(np.mean([c["metrics"]["trainable_params"] for c in mine]))
         row[display("storage_bytes")] = int(np.mean([c["metrics"]["storage_bytes"] for c in mine]))
         out.append(row)
-    h = display("composite")
-    df = pd.DataFrame(out).sort_values(h, ascending=not metrics()["composite"].higher_is_better).reset_index(drop=True)
-    df.insert(1, f"rank ({h})", tied_ranks(list(df.pop("_H_interval"))))
+    df = pd.DataFrame(out)
+    key = ranking_metric(df)
+    df = df.sort_values(display(key), ascending=not metrics()[key].higher_is_better).reset_index(drop=True)
+    intervals = df.pop("_intervals")
+    df.insert(1, f"rank ({display(key)})", tied_ranks([ci[key] for ci in intervals]))
+    df.attrs["intervals"] = dict(zip(df["method"], intervals, strict=True))  # numeric CIs, per method
     return df
+
+
+def ranking_metric(overall: pd.DataFrame) -> str:
+    """What the leaderboard ranks by: H robust when the robustness axis was measured, else H."""
+    return "composite_robust" if display("composite_robust") in overall.columns else "composite"
 
 
 def pooled_agreement(cells: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -291,7 +307,7 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
          f"label on the worst head; a cell is flagged when they disagree on more than {DISAGREEMENT_FLAG:.0%} "
          "of its images on some head") if s.get("second_judge") else "",
         f"- hardware: {hw}; package versions in each cell's environment.json",
-        "- hyper-parameters: a method marked [tuned] uses the config chosen on dev concepts (`bench tune`, "
+        "- hyper-parameters: a method marked [tuned] uses the config chosen on dev concepts (" + code("bench tune") + ", "
         "recorded in reports/tuned/); an unmarked one uses its published defaults; no choice used test "
         "concepts. This table reports "
         + ("test concepts only" if splits == ["test"] else f"concepts of splits {splits} (NOT a test-only leaderboard)"),
@@ -309,118 +325,18 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
     ]
 
 
-# -- plots ---------------------------------------------------------------------------------------
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plots(cells: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataFrame) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # a "$" in a concept or method name is text, not TeX
-    import matplotlib.pyplot as plt
-
-    out: dict[str, bytes] = {}
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ua, retain_cols = display("ua"), [display(k) for k in RETAIN_GROUPS.values()]
-    for _, r in overall.iterrows():
-        retain = np.nanmean([r[c] for c in retain_cols])
-        ax.scatter(retain, r[ua], s=60)
-        ax.annotate(r["method"], (retain, r[ua]), fontsize=8)
-    ax.set_xlabel("mean retain accuracy (IRA, CRA, NNA)")
-    ax.set_ylabel("UA (erasure)")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("erasure vs retention")
-    ax.grid(alpha=0.3)
-    out["tradeoff.png"] = _png(fig)
-
-    attacks = sorted(cells[0]["spec"].get("attacks", {})) if cells else []
-    if attacks:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for name, marker in zip(attacks, "os^vD", strict=False):
-            col = display(f"asr_{name}")
-            ax.scatter(overall[ua], overall[col], marker=marker, label=name)
-            for _, r in overall.iterrows():
-                ax.annotate(r["method"], (r[ua], r[col]), fontsize=7)
-        ax.set_xlabel("UA without attack")
-        ax.set_ylabel("ASR under attack (concept comes back)")
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        ax.set_title("erasure vs robustness")
-        out["robustness.png"] = _png(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.barh(overall["method"], overall["s/concept"])
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds per concept (erase only, log scale)")
-    out["seconds.png"] = _png(fig)
-
-    pivot = per_cell.pivot(index="method", columns="concept", values="composite")
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * pivot.shape[1], 0.8 + 0.5 * pivot.shape[0]))
-    im = ax.imshow(pivot.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(pivot.shape[1]), pivot.columns, rotation=45, ha="right")
-    ax.set_yticks(range(pivot.shape[0]), pivot.index)
-    for i in range(pivot.shape[0]):
-        for j in range(pivot.shape[1]):
-            v = pivot.values[i, j]
-            ax.text(j, i, "" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
-    fig.colorbar(im, ax=ax, label="composite H")
-    ax.set_title("per-concept composite")
-    out["heatmap.png"] = _png(fig)
-
-    for concept in sorted(per_cell["concept"].unique()):
-        out[f"grid_{file_stem(concept)}.png"] = _grid(cells, concept)
-    return out
-
-
-def _grid(cells: list[dict[str, Any]], concept: str) -> bytes:
-    """One row of sample images per model (original, each method, each attack), drawn as a single
-    mosaic with a 2-pixel white gutter, one axes for the whole figure."""
-    import matplotlib.pyplot as plt
-    from safetensors.torch import load_file
-
-    mine = sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"])
-    rows = [("original", load_file(str(Path(mine[0]["folder"]) / "samples.safetensors"))["original"])]
-    for c in mine:
-        tensors = load_file(str(Path(c["folder"]) / "samples.safetensors"))
-        rows.append((c["label"], tensors["edited"]))
-        rows += [(f"{c['label']} {k[7:]}", v) for k, v in sorted(tensors.items()) if k.startswith("attack_")]
-    n = max(len(r[1]) for r in rows)
-    h, w = max(int(r[1].shape[-2]) for r in rows if len(r[1])), max(int(r[1].shape[-1]) for r in rows if len(r[1]))
-    gap = 2
-    mosaic = np.full((len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), 255, dtype=np.uint8)
-    for i, (_, imgs) in enumerate(rows):
-        for j, img in enumerate(imgs[:n]):
-            a = img.permute(1, 2, 0).numpy()
-            mosaic[i * (h + gap): i * (h + gap) + a.shape[0], j * (w + gap): j * (w + gap) + a.shape[1]] = a
-    fig, ax = plt.subplots(figsize=(0.7 * n + 1.2, 0.75 * len(rows)))
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([i * (h + gap) + h / 2 for i in range(len(rows))], [r[0] for r in rows], fontsize=7)
-    ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
-    ax.set_title(f"'{concept}': target prompts before (original) and after erasure; attack rows: what "
-                 "each attack recovers from the erased model", fontsize=8)
-    return _png(fig)
-
-
 # -- writing -------------------------------------------------------------------------------------
+FIGURE_PATTERNS = ("*.png", "*.webp")  # what build_report writes into OUT/figures (and clears first)
+
+
 def build_report(runs: Path, out: Path, only: list[Path] | None = None, sweeps: Path | None = None
                  ) -> dict[str, Path]:
-    """The leaderboard of ``runs`` (or the cells ``only`` names) into ``out``; with ``sweeps``, a run
-    folder of ``bench sweep``, also each method's trade-off curve and frontier area."""
-    from bench.curves import curves_section
-    from bench.report_failed import failed_only_report, failed_section, split_failed
+    """The leaderboard of ``runs`` (or the cells ``only`` names) into ``out``: ``index.html`` (headline
+    first, images as files under ``figures/``), ``leaderboard.md`` (the headline table and links),
+    ``leaderboard.csv`` (tidy: one row per cell and metric), ``overall.csv`` (the headline's numbers);
+    with ``sweeps``, a run folder of ``bench sweep``, also the trade-off curves (``curves.csv``,
+    ``frontier.csv``)."""
+    from bench.report_failed import failed_only_report, split_failed
 
     cells, failed = split_failed(load_cells(Path(runs), only, include_failed=True))
     if not cells and not failed:
@@ -430,68 +346,160 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None, sweeps: 
     out = ensure_writable_dir(out)
     if not cells:
         return failed_only_report(out, failed)
+    return _write_report(out, cells, failed, sweeps)
+
+
+def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str, Any]], sweeps: Path | None
+                  ) -> dict[str, Path]:
+    from bench.curves import curves_section
+    from bench.figures import DRILL_GROUPS, asr_bars, cost_dots, drill_grid, method_colours, tradeoff_points
+    from bench.leaderboard import (
+        headline,
+        headline_markdown,
+        original_numbers,
+        overall_csv,
+        project_commit,
+        sentence,
+        tidy_table,
+    )
+
+    # 1. numbers: pooled per method, the original model, the headline
     overall, per_cell = overall_table(cells), cell_table(cells)
     coverage = coverage_table(overall.pop("images"), overall["method"])
-    images = plots(cells, overall, per_cell)
-    curves = curves_section(sweeps, cells)
+    original = original_numbers(cells)
+    head = headline(overall, original)
+    methods = head.methods()
+    colours = method_colours(methods)
+    attacks = sorted(cells[0]["spec"].get("attacks", {}))
+    # 2. figures, one colour per method in the table's order
+    figures: dict[str, bytes] = {}
+    by_spec = {}
+    for c in sorted(cells, key=lambda c: not c["label"].endswith("[tuned]")):  # a spec's tuned row sets its colour
+        by_spec.setdefault(c["spec"]["method"], colours[c["label"]])
+    curves = curves_section(sweeps, cells, by_spec, (original.get("ua", float("nan")), original["retain_mean"]))
     if curves:
-        images["curves.png"] = curves["figure"]
+        figures["curves.png"] = curves["figure"]
+    else:
+        figures["tradeoff.png"] = tradeoff_points(head, colours)
+    if attacks:
+        figures["robustness.png"] = asr_bars(head, overall, attacks, colours)
+    figures["cost.png"] = cost_dots(head, colours, per_cell)
+    drill: dict[str, list[tuple[str, str]]] = {}
+    for concept in sorted(per_cell["concept"].unique()):
+        for group, _ in DRILL_GROUPS:
+            made = drill_grid(cells, concept, group, methods)
+            if made:
+                name = f"drill_{file_stem(concept)}_{group}.webp"
+                figures[name] = made[0]
+                drill.setdefault(concept, []).append((name, made[1]))
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for pattern in FIGURE_PATTERNS:  # a figure of a concept no longer in the run must not linger
+        for stale in fig_dir.glob(pattern):
+            stale.unlink()
+    for name, data in figures.items():
+        (fig_dir / name).write_bytes(data)
+    # 3. data files
+    commit = project_commit()
+    csv_safe(tidy_table(cells, commit)).to_csv(out / "leaderboard.csv", index=False)
+    csv_safe(overall_csv(head)).to_csv(out / "overall.csv", index=False)
+    paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
+             "html": out / "index.html"}
+    if curves:
         csv_safe(curves["points"]).to_csv(out / "curves.csv", index=False)
         csv_safe(curves["frontier"]).to_csv(out / "frontier.csv", index=False)
-    (out / "figures").mkdir(exist_ok=True)
-    for name, data in images.items():
-        (out / "figures" / name).write_bytes(data)
-    csv_safe(per_cell).to_csv(out / "leaderboard.csv", index=False)
-    csv_safe(overall).to_csv(out / "overall.csv", index=False)  # the pooled numbers the tables show
-    short = per_cell[["method", "concept", "ua", "diversity_target", "reject", "ua_original", SA, SA + "_original",
-                      "ua_synonyms",
-                      "retain_in_domain",
-                      "retain_cross_domain", "near_neighbours", "kid_retain", "composite", "seconds", "agree",
-                      "judges_disagree"]]
-    if per_cell["warnings"].astype(bool).any():  # degenerate images: flagged, never unnoticed
-        short = short.assign(warnings=per_cell["warnings"])
+    # 4. the Markdown summary and the page
+    md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand. "
+          "The full page: [index.html](index.html).", "", md_text(sentence(head)), "",
+          *headline_markdown(head), "", md_text(HEADLINE_NOTE.format(rank=display(head.rank_key))), "",
+          "Files: [overall.csv](overall.csv) (these numbers), [leaderboard.csv](leaderboard.csv) (every cell's "
+          "numbers, one row per metric)" + (", [curves.csv](curves.csv), [frontier.csv](frontier.csv)"
+                                            if curves else "") + ", figures in [figures/](figures/)."]
+    paths["markdown"].write_text("\n".join(md) + "\n")
+    paths["html"].write_text(_page(cells, failed, overall, per_cell, coverage, head, original, attacks, curves,
+                                   drill, commit, sweeps, out))
+    return paths
+
+
+HEADLINE_NOTE = ("Sorted by {rank}; rank = 1 + the number of methods whose {rank} interval lies wholly above this "
+                 "one's, and '=' marks a rank shared with a method whose interval overlaps (a tie). Intervals: 95% "
+                 "over concepts and seeds (hierarchical bootstrap). ↑ higher is better, ↓ lower is better; bold: "
+                 "the best method. The last row is the original model, before any erasure.")
+
+
+def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataFrame,
+          coverage: pd.DataFrame, head: Any, original: dict[str, float], attacks: list[str], curves: dict[str, Any],
+          drill: dict[str, list[tuple[str, str]]], commit: str, sweeps: Path | None, out: Path) -> str:
+    from bench.leaderboard import sentence
+    from bench.metric_registry import REGISTRY_VERSION
+    from bench.page import (
+        concept_anchor,
+        full_table_html,
+        headline_html,
+        heatmap_html,
+        img,
+        list_html,
+        page,
+        provenance_html,
+        table_html,
+    )
+    from bench.report_failed import failed_table
+
+    def h(text: str) -> str:
+        return html_text(text)
+
+    rank_col = f"rank ({display(head.rank_key)})"
+    body = ["<h1>Concept-erasure leaderboard</h1>", provenance_html(cells, commit, REGISTRY_VERSION),
+            f'<p class="lead">{h(sentence(head))}</p>', headline_html(head),
+            f'<p class="note">{h(HEADLINE_NOTE.format(rank=display(head.rank_key)))}</p>']
+    body.append('<h2 id="tradeoff">Erasure against retention</h2>')
+    if curves:
+        body += [f'<p class="note">{h(curves["note"])}</p>', img("figures/curves.png", "trade-off curves"),
+                 table_html(curves["frontier_display"]),
+                 "<details><summary>Every sweep point</summary>" + table_html(curves["points_display"]) + "</details>"]
+    else:
+        msg = (f"No trade-off curves: no sweep found in {sweeps} (make curves runs it)." if sweeps is not None
+               else "Each method's operating point; make curves draws the whole trade-off.")
+        body += [f'<p class="note">{h(msg)}</p>', img("figures/tradeoff.png", "erasure against retention")]
+    if attacks:
+        body += ['<h2 id="robustness">Robustness</h2>', img("figures/robustness.png", "ASR per method and attack")]
+    body += ['<h2 id="cost">Cost</h2>', img("figures/cost.png", "seconds per concept")]
+    body += ['<h2 id="per-concept">Per concept</h2>', '<p class="note">Click a concept for its images.</p>',
+             heatmap_html(per_cell, head.methods())]
+    body += ['<h2 id="full">Every pooled number</h2>', '<p class="note">Click a header to sort; hover it for its '
+             'definition. Intervals: 95% over concepts and seeds.</p>',
+             full_table_html(overall, original, attacks, rank_col),
+             "<h3>Images behind each pooled number</h3>", table_html(coverage)]
+    if failed:
+        title = f"Failed cells ({len(failed)}): no numbers, counted in no mean"
+        body += [f"<h2>{h(title)}</h2>", table_html(failed_table(failed))]
+    warn = per_cell[per_cell["warnings"].astype(bool)]
+    if len(warn):
+        body += ["<h2>Warnings</h2>", table_html(warn[["method", "concept", "warnings"]])]
     agree = agreement_table(cells)
-    judges = ["## Judges", "", "Agreement of the two judges per head (share of images with the same label):", "",
-              markdown_table(agree), ""] if len(agree) else []
-    md_failed, html_failed = failed_section(failed)
-    md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "", *[x for x in protocol_text(cells) if x], "", "## Overall (test concepts)", "",
-          markdown_table(overall), "", RANK_NOTE, "", "Images behind each pooled number:", "",
-          markdown_table(coverage), "", *md_failed, *_curves_md(curves, sweeps), "## Per concept", "",
-          markdown_table(short), "", *judges,
-          "![trade-off](figures/tradeoff.png) ![seconds](figures/seconds.png)", "", "![heatmap](figures/heatmap.png)",
-          *(["", "![robustness](figures/robustness.png)"] if "robustness.png" in images else []),
-          "", "## Before / after", ""]
-    md += [f"![{md_text(n)}]({md_link('figures/' + n)})" for n in images if n.startswith("grid_")]
-    (out / "leaderboard.md").write_text("\n".join(md) + "\n")
-    (out / "index.html").write_text(_html(cells, overall, short, images, agree, coverage).replace(
-        "<h2>Per concept</h2>", html_failed + _curves_html(curves, images) + "<h2>Per concept</h2>"))
-    return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
-            "html": out / "index.html"}
-
-
-def _curves_md(curves: dict[str, Any], sweeps: Path | None) -> list[str]:
-    if not curves:
-        return ([f"No trade-off curves: no sweep found in {md_code(str(sweeps))} (`make curves` runs it).", ""]
-                if sweeps is not None else [])
-    return ["## Trade-off curves (test concepts)", "", md_text(curves["note"]), "",
-            markdown_table(curves["frontier_display"]), "", "![curves](figures/curves.png)", "",
-            "Every sweep point:", "", markdown_table(curves["points_display"]), ""]
-
-
-def _curves_html(curves: dict[str, Any], images: dict[str, bytes]) -> str:
-    if not curves:
-        return ""
-    fmt = {c: _fmt for c in curves["points_display"].columns}
-    png = base64.b64encode(images["curves.png"]).decode()
-    return (f"<h2>Trade-off curves (test concepts)</h2><p>{html_text(curves['note'])}</p>"
-            + curves["frontier_display"].to_html(index=False, formatters={c: _fmt for c in
-                                                                          curves["frontier_display"].columns})
-            + f'<div><img alt="curves" src="data:image/png;base64,{png}"></div>'
-            + curves["points_display"].to_html(index=False, formatters=fmt))
-
-
-RANK_NOTE = ("rank (H): 1 + the number of methods whose H interval lies wholly above this one's; `=` marks a "
-             "rank shared with a method whose H interval overlaps (a tie)")
+    if len(agree):
+        body += ["<h2 id=\"judges\">Judges</h2>", '<p class="note">Agreement of the two judges per head (share of '
+                 "images with the same label).</p>", table_html(agree)]
+    body.append('<h2 id="drill">Per-concept drill-down</h2><p class="note">Rows: the original model, then each '
+                "method in the table's order; columns: evaluation seeds. Under each image the judge's verdict: ✓ it "
+                "sees the prompt's concept, ✗ it does not, ∅ it rejected the image (nothing to judge). For the "
+                "target prompt ✗ is the erasure working; for the other concepts ✓ is the model keeping them.</p>")
+    for concept, grids in drill.items():
+        links = []
+        for c in sorted((c for c in cells if c["spec"]["concept"] == concept), key=lambda c: c["label"]):
+            rel = os.path.relpath(os.path.abspath(Path(c["folder"]) / "run_spec.json"), os.path.abspath(out))
+            links.append(f'<a href="{h(rel)}">{h(c["label"])}</a>')
+        row = per_cell[per_cell["concept"] == concept]
+        stats = ", ".join(f"{m}: UA {u:.2f}, H {x:.2f}" for m, u, x in zip(row["method"], row["ua"], row["composite"],
+                                                                          strict=True))
+        body.append(f'<section class="drill" id="{h(concept_anchor(concept))}"><h3>{h(concept)}</h3>'
+                    f'<p class="note">{h(stats)}. Run records: {" · ".join(links)}</p>'
+                    + "".join(f"<figure>{img('figures/' + n, cap)}<figcaption>{h(cap)}</figcaption></figure>"
+                              for n, cap in grids) + "</section>")
+    plain = protocol_text(cells, code=lambda v: f"'{v}'", text=str)
+    body += ["<details><summary>Protocol and definitions</summary>", list_html([h(x[2:]) for x in plain if x]),
+             "</details>"]
+    return page("erasebench leaderboard", body)
 
 
 def coverage_table(images: pd.Series, methods: pd.Series) -> pd.DataFrame:
@@ -504,24 +512,3 @@ def coverage_table(images: pd.Series, methods: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _html(cells: list[dict[str, Any]], overall: pd.DataFrame, short: pd.DataFrame, images: dict[str, bytes],
-          agree: pd.DataFrame, coverage: pd.DataFrame) -> str:
-    def img(name: str) -> str:
-        return f'<img alt="{html_text(name)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
-
-    plain = protocol_text(cells, code=lambda v: f"`{v}`", text=str)
-    protocol = "".join(f"<li>{html.escape(x[2:])}</li>" for x in plain if x)
-    grids = "".join(img(n) for n in images if n.startswith("grid_"))
-    fmt = {c: _fmt for c in overall.columns}
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>erasebench leaderboard</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:4px}}</style></head><body>
-<h1>Concept-erasure leaderboard</h1><h2>Protocol</h2><ul>{protocol}</ul>
-<h2>Overall (test concepts)</h2>{overall.to_html(index=False, formatters=fmt)}<p>{html_text(RANK_NOTE)}</p>
-<p>Images behind each pooled number:</p>{coverage.to_html(index=False, formatters={c: _fmt for c in coverage.columns})}
-<div>{img("tradeoff.png")}{img("seconds.png")}</div><div>{img("heatmap.png")}</div>
-<div>{img("robustness.png") if "robustness.png" in images else ""}</div>
-<h2>Per concept</h2>{short.to_html(index=False, formatters={c: _fmt for c in short.columns})}
-{"<h2>Judges</h2>" + agree.to_html(index=False, formatters={c: _fmt for c in agree.columns}) if len(agree) else ""}
-<h2>Before / after</h2><div>{grids}</div></body></html>
-"""

@@ -427,7 +427,7 @@ def _attack(run: CellRun) -> dict[str, dict[str, Any]]:
     if not run.attacks:
         return {}
     return run_attacks(run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol,
-                       run.spec.erase_seed)
+                       run.spec.erase_seed, run.progress)
 
 
 def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) -> Judged:
@@ -644,7 +644,8 @@ def attack_seeds(p: EvalProtocol) -> tuple[int, ...]:
 
 
 def run_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
-                judge: Judge, sampler: SamplerSpec, p: EvalProtocol, seed: int) -> dict[str, dict[str, Any]]:
+                judge: Judge, sampler: SamplerSpec, p: EvalProtocol, seed: int, progress: bool = False
+                ) -> dict[str, dict[str, Any]]:
     """Run ``attacks`` on the pipeline as it is now; ASR = share of an attack's images showing the concept.
 
     1. each attack optimises its conditionings (its own work, timed as its ``seconds``);
@@ -656,7 +657,14 @@ def run_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_ou
         raise InputError("attacks need held-out concept images")
     if not attacks:
         return {}
-    outcomes = {name: a.attack(pipe, concept, held_out, seed) for name, a in attacks.items()}
+    from tqdm.auto import tqdm
+
+    outcomes = {}
+    with tqdm(total=len(attacks), desc=f"  attacks on {concept.name}", leave=False, disable=not progress) as bar:
+        for name, a in attacks.items():
+            bar.set_postfix_str(name)
+            outcomes[name] = a.attack(pipe, concept, held_out, seed)
+            bar.update()
     seeds_a = attack_seeds(p)
     prompts, seeds, embeds, spans = _attack_rows(pipe, outcomes, seeds_a)
     t0 = time.perf_counter()

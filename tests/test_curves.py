@@ -121,8 +121,8 @@ def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path
     assert front["frontier_area_ci_low"].iloc[0] <= front["frontier_area"].iloc[0] <= front["frontier_area_ci_high"].iloc[0]
     assert "selective_alignment" in points  # composed prompts: the judge sees the other attributes
     paths = build_report(out, tmp_path / "report", sweeps=out)
-    md = paths["markdown"].read_text()
-    assert "## Trade-off curves (test concepts)" in md and "frontier area" in md
+    page = paths["html"].read_text()
+    assert 'src="figures/curves.png"' in page and "frontier area" in page
     assert (tmp_path / "report" / "figures" / "curves.png").stat().st_size > 1000
     assert (tmp_path / "report" / "curves.csv").is_file() and (tmp_path / "report" / "frontier.csv").is_file()
     # a second run reuses every cell

@@ -98,19 +98,29 @@ def test_report_is_built_from_folders(one_run, tmp_path):
     out, _ = one_run
     paths = build_report(out, tmp_path / "report")
     md = paths["markdown"].read_text()
-    assert "fuchi+" in md and "circle" in md and "DDIMScheduler, 5 steps" in md and "H = 2 * UA * RA" in md
-    html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") >= 4
-    assert "circle" in paths["csv"].read_text()
-    # the pooled numbers are in a file of their own, with concept x seed intervals on H too
+    # the Markdown summary: the headline sentence and table, the original model as a baseline row
+    assert "Best by H" in md and "| rank | method | H ↑ | UA ↑ | RA ↑ |" in md and "fuchi+" in md
+    assert "| original model (no erasure) |" in md and "[index.html](index.html)" in md
+    page = paths["html"].read_text()
+    assert "data:image" not in page and 'src="figures/cost.png"' in page  # images are files beside the page
+    assert "DDIMScheduler, 5 steps" in page and "H = 2 * UA * RA" in page
+    # tidy data: one row per cell and metric, intervals as numbers, tuning state in its own column
     import pandas as pd
 
+    tidy = pd.read_csv(paths["csv"])
+    assert {"method", "variant", "tuned", "config_hash", "concept", "metric", "value", "ci_low", "ci_high", "n",
+            "judge", "metrics_version", "commit"} <= set(tidy.columns)
+    ua = tidy[(tidy["metric"] == "ua") & (tidy["concept"] == "circle")].iloc[0]
+    assert ua["method"] == "fuchi" and 0 <= ua["ci_low"] <= ua["value"] <= ua["ci_high"] <= 1
+    # overall.csv: exactly the headline's numbers, with concept x seed intervals on H
     overall = pd.read_csv(paths["overall_csv"])
-    assert {"rank (H)", "H", "H CI", "UA CI"} <= set(overall.columns) and overall["H CI"].str.startswith("[").all()
-    assert "hierarchical bootstrap 95% over concepts and seeds" in md and "Images behind each pooled number" in md
-    # definitions and directions come from the metric registry
-    assert "UA: share of target-prompt images in which the judge does not see the concept (higher is better)" in md
-    assert "KID: kernel inception distance" in md and "(lower is better)" in md
+    assert list(overall.columns[:3]) == ["rank", "method", "composite"]
+    assert overall["composite_ci_low"].iloc[0] <= overall["composite"].iloc[0] <= overall["composite_ci_high"].iloc[0]
+    assert "hierarchical bootstrap 95% over concepts and seeds" in page and "Images behind each pooled number" in page
+    # definitions and directions come from the metric registry (tooltips and the protocol section)
+    assert "UA: share of target-prompt images in which the judge does not see the concept (higher is better)" in page
+    assert "KID: kernel inception distance" in page and "(lower is better)" in page
+    assert 'title="share of target-prompt images in which the judge does not see the concept' in page
 
 
 @pytest.mark.parametrize(

@@ -316,12 +316,10 @@ def test_diverging_method_is_a_failed_cell_never_a_score(grid, tmp_path, tiny_mo
     assert again == cells  # the diverged cell is a record: skipped on rerun, not redone
     assert {c: (c / "metrics.json").stat().st_mtime_ns for c in cells} == before
     paths = build_report(out, tmp_path / "report")
-    md = paths["markdown"].read_text()
-    overall = md.split("## Overall")[1].split("## Failed cells")[0]
-    assert "fuchi" in overall and "full_finetune" not in overall
-    failed = md.split("## Failed cells (1): no numbers, counted in no mean")[1].split("## Per concept")[0]
-    assert "| full_finetune+" in failed and f"| diverged | {bad['stage']} |" in failed
-    assert "diverged" in paths["html"].read_text()
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert "fuchi" in md and "full_finetune" not in md  # the headline: measured methods only
+    failed = page.split("Failed cells (1): no numbers, counted in no mean")[1].split("<h2")[0]
+    assert "full_finetune+" in failed and "<td>diverged</td>" in failed and f"<td>{bad['stage']}</td>" in failed
     assert "full_finetune" not in pd.read_csv(paths["csv"])["method"].str.cat()
 
 
@@ -330,21 +328,18 @@ def test_hostile_names_render_as_text(grid, tmp_path):
     paths = build_report(out, tmp_path / "report")
     md, page = paths["markdown"].read_text(), paths["html"].read_text()
     body = page.split("<body>", 1)[1]
-    prose = re.sub(r"(`+).*?\1", "", md)  # inside a code span HTML is shown literally, never interpreted
-    assert "`hostile <i>set</i>@1|2`" in md
-    for raw in ("<b>", "<script>", "<i>"):
-        assert raw not in prose and raw not in body, raw
-    assert "\nsecond line" not in md  # a newline would end the table row (in HTML it is only whitespace)
+    for raw in ("<b>cat", "<script>alert", "<i>set"):
+        assert raw not in md and raw not in body, raw
     assert "](http" not in md  # a name is never a link
     assert "&lt;b&gt;cat&lt;/b&gt; | `x` $y$ *z*" in page and "hostile &lt;i&gt;set&lt;/i&gt;@1|2" in page
-    assert "&lt;b>cat&lt;/b> \\| \\`x\\` \\$y\\$ \\*z\\*\\\\nsecond line" in md
+    assert "\nsecond line" not in md  # a newline would end a table row
     for table in re.findall(r"(?:^\|.*\|$\n?)+", md, flags=re.M):  # every Markdown table keeps its shape
         widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table.strip().splitlines()}
         assert len(widths) == 1, table
     figures = [p.name for p in (tmp_path / "report" / "figures").iterdir()]
-    assert all(re.fullmatch(r"[A-Za-z0-9 _.-]+\.png", f) for f in figures)
+    assert all(re.fullmatch(r"[A-Za-z0-9 _.-]+\.(png|webp)", f) for f in figures)
     csv = pd.read_csv(paths["csv"])
-    assert csv["concept"].tolist() == [HOSTILE]  # quoted, round-trips exactly
+    assert set(csv["concept"]) == {HOSTILE}  # quoted, round-trips exactly
 
 
 def test_degenerate_cell_gets_a_warning_column(grid, tmp_path):
@@ -360,8 +355,9 @@ def test_degenerate_cell_gets_a_warning_column(grid, tmp_path):
     write_cell(tmp_path / "flagged", RunSpec.from_dict(spec), metrics, rows,
                json.loads((ok / "timing.json").read_text()), json.loads((ok / "environment.json").read_text()),
                extra_files={"samples.safetensors": (ok / "samples.safetensors").read_bytes()})
-    md = build_report(tmp_path / "flagged", tmp_path / "report")["markdown"].read_text()
-    assert "| warnings |" in md and "constant images: all 10 edited images are one flat colour" in md
+    page = build_report(tmp_path / "flagged", tmp_path / "report")["html"].read_text()
+    warnings = page.split("<h2>Warnings</h2>")[1].split("<h2")[0]
+    assert "constant images: all 10 edited images are one flat colour" in warnings
 
 
 def test_edited_or_truncated_records_are_named(grid, tmp_path, tiny_model_dir, fake_judge, capsys):
