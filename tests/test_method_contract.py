@@ -11,7 +11,7 @@ from bench.images import load_images
 from bench.method import build_method
 from bench.smoke import method_specs
 from bench.tiny import build_tiny_pipeline
-from bench.training import concept_loss, few_shot_latents
+from bench.training import FewShotConfig, concept_loss, few_shot_latents
 from tests.conftest import state
 
 SPECS = method_specs()
@@ -76,7 +76,8 @@ def test_lora_eraser_touches_only_targeted_layers(images):
 def test_concept_loss_goes_up(spec, images):
     pipe = build_tiny_pipeline(seed=0)
     method = build_method(spec)
-    latents = few_shot_latents(pipe, images, method.config, torch.Generator().manual_seed(7))
+    cfg = method.config if isinstance(method.config, FewShotConfig) else FewShotConfig()  # UCE takes no images
+    latents = few_shot_latents(pipe, images, cfg, torch.Generator().manual_seed(7))
     before = concept_loss(pipe, latents, CONCEPT.prompts(), seed=11)
     method.erase(pipe, CONCEPT, images, seed=0)
     after = concept_loss(pipe, latents, CONCEPT.prompts(), seed=11)
