@@ -213,7 +213,7 @@ def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]],
     """UA against RA per method along its sweep, interval whiskers both ways, knob values written at
     the points, the dev-tuned operating point as a star (``colours``: per method spec, as the
     leaderboard colours its tuned row), the original model (UA, RA) and the ideal corner."""
-    from bench.figures import ORIGINAL_COLOUR, _mpl, png
+    from bench.figures import ORIGINAL_COLOUR, _mpl, png, ua_ra_axes
 
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(6.5, 5))
@@ -234,13 +234,7 @@ def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]],
     if original is not None:
         ax.scatter([original[1]], [original[0]], marker="s", s=50, color=ORIGINAL_COLOUR, zorder=5,
                    label="original model (no erasure)")
-    ax.scatter([1], [1], marker="*", s=120, color="gold", edgecolor="k", zorder=4, label="ideal (erase all, keep all)")
-    ax.set_xlabel(f"mean retain accuracy {display('retain_mean')} ↑ (test concepts)")
-    ax.set_ylabel(f"{display('ua')} ↑ (erasure, test concepts)")
-    ax.set_xlim(-0.02, 1.05)
-    ax.set_ylim(-0.02, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ua_ra_axes(ax, "test concepts", fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("trade-off along each method's strength knob (whiskers: 95% CI over concepts and seeds)",
                  fontsize=8)
     return png(fig)

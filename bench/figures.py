@@ -134,18 +134,19 @@ def tradeoff_points(h: Headline, colours: dict[str, str]) -> bytes:
             continue
         ax.errorbar([r["retain_mean"]], [r["ua"]], xerr=_err(r, "retain_mean"), yerr=_err(r, "ua"), fmt="o",
                     color=colours[r["method"]], capsize=2, label=r["method"])
-    _ideal(ax)
+    ua_ra_axes(ax)
     return png(fig)
 
 
-def _ideal(ax: Any) -> None:
+def ua_ra_axes(ax: Any, where: str = "", **legend: Any) -> None:
+    """The UA-RA square every trade-off figure shares: the ideal corner, labelled axes, the legend."""
     ax.scatter([1], [1], marker="*", s=120, color="gold", edgecolor="k", zorder=4, label="ideal (erase all, keep all)")
-    ax.set_xlabel(f"mean retain accuracy {display('retain_mean')} ↑")
-    ax.set_ylabel(f"{display('ua')} ↑ (erasure)")
+    ax.set_xlabel(f"mean retain accuracy {display('retain_mean')} ↑{' (' + where + ')' if where else ''}")
+    ax.set_ylabel(f"{display('ua')} ↑ (erasure{', ' + where if where else ''})")
     ax.set_xlim(-0.02, 1.05)
     ax.set_ylim(-0.02, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower left")
+    ax.legend(**{"fontsize": 6, "loc": "lower left", **legend})
 
 
 # -- per-concept drill-down ------------------------------------------------------------------------------
