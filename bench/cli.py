@@ -160,27 +160,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
     paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
                          sweeps=Path(args.sweeps) if args.sweeps else None)
-    from bench.report import load_cells, markdown_table
-    from bench.report_failed import failed_table, split_failed
-
-    measured, failed = split_failed(load_cells(out, only=cells, include_failed=True))
-    if failed:
-        print(markdown_table(failed_table(failed)))
-    if not measured:
-        print(f"report: {paths['html']} (no cell produced numbers)")
-        return 0
-    print(headline_text(measured))
-    print(f"report: {paths['html']} ({paths['markdown']}, {paths['csv']})")
+    if paths.get("summary"):
+        print(paths["summary"])
+    print(f"report: {paths['html']} (beside it: leaderboard.md, leaderboard.csv, overall.csv)")
     return 0
-
-
-def headline_text(cells: list) -> str:
-    """The headline sentence and table as the terminal shows them (plain text)."""
-    from bench.leaderboard import headline, headline_markdown, original_numbers, sentence
-    from bench.report import overall_table
-
-    h = headline(overall_table(cells), original_numbers(cells))
-    return "\n".join([sentence(h), "", *headline_markdown(h)]).replace("\\", "")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -207,12 +190,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.curves import curve_tables, frontier_display, points_display, run_sweep, validate_points
+    from bench.curves import curve_tables, frontier_display, points_display, run_sweep
     from bench.report import markdown_table
 
     bench = _bench_from_args(args)
     out = Path(args.out)
-    run_sweep(bench, out, validate_points(args.points), args.knob)
+    run_sweep(bench, out, args.points, args.knob)  # Knob.sweep refuses fewer than 2 points
     points, front = curve_tables(out)
     if len(points):
         print(markdown_table(points_display(points)))
