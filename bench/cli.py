@@ -12,8 +12,11 @@ from bench.errors import BenchError
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from bench.method import get_method, method_registry
+    from bench.method import get_method, leaderboard_specs, method_registry
 
+    if args.specs:
+        print(",".join(leaderboard_specs()))
+        return 0
     rows: dict[str, Any] = {}
     for name in method_registry().names():
         cls = get_method(name)
@@ -114,6 +117,10 @@ def _bench_from_args(args: argparse.Namespace):
     if getattr(args, "attack_seeds", None) is not None:
         protocol = replace(protocol, attack_seeds=args.attack_seeds)
     methods = _split(args.methods) or []
+    if methods == ["all"]:
+        from bench.method import leaderboard_specs
+
+        methods = leaderboard_specs()
     attacks = [] if getattr(args, "attacks", "none") in (None, "none", "") else _split(args.attacks)
     attack_overrides: dict[str, dict] = {}
     overrides: dict[str, dict] = {}
@@ -160,27 +167,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
     paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
                          sweeps=Path(args.sweeps) if args.sweeps else None)
-    from bench.report import load_cells, markdown_table
-    from bench.report_failed import failed_table, split_failed
-
-    measured, failed = split_failed(load_cells(out, only=cells, include_failed=True))
-    if failed:
-        print(markdown_table(failed_table(failed)))
-    if not measured:
-        print(f"report: {paths['html']} (no cell produced numbers)")
-        return 0
-    print(headline_text(measured))
-    print(f"report: {paths['html']} ({paths['markdown']}, {paths['csv']})")
+    if paths.get("summary"):
+        print(paths["summary"])
+    print(f"report: {paths['html']} (beside it: leaderboard.md, leaderboard.csv, overall.csv)")
     return 0
-
-
-def headline_text(cells: list) -> str:
-    """The headline sentence and table as the terminal shows them (plain text)."""
-    from bench.leaderboard import headline, headline_markdown, original_numbers, sentence
-    from bench.report import overall_table
-
-    h = headline(overall_table(cells), original_numbers(cells))
-    return "\n".join([sentence(h), "", *headline_markdown(h)]).replace("\\", "")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -207,12 +197,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.curves import curve_tables, frontier_display, points_display, run_sweep, validate_points
+    from bench.curves import curve_tables, frontier_display, points_display, run_sweep
     from bench.report import markdown_table
 
     bench = _bench_from_args(args)
     out = Path(args.out)
-    run_sweep(bench, out, validate_points(args.points), args.knob)
+    run_sweep(bench, out, args.points, args.knob)  # Knob.sweep refuses fewer than 2 points
     points, front = curve_tables(out)
     if len(points):
         print(markdown_table(points_display(points)))
@@ -270,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list registered methods with their default hyper-parameters")
     m.add_argument("--json", action="store_true", help="print JSON")
+    m.add_argument("--specs", action="store_true",
+                   help="print the leaderboard's method specs, comma-separated (what --methods all runs)")
     m.set_defaults(func=_cmd_methods)
 
     e = sub.add_parser("erase", help="erase one concept and write the edit and its record")
@@ -289,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_erase)
 
     r = sub.add_parser("run", help="run the benchmark grid (resumable) and build the report")
-    r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune", help="comma-separated method specs")
+    r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
+                   help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
     r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
     r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
     r.add_argument("--concept-set", dest="concept_set", default=None,
@@ -341,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    track="conceptworld")
 
     sw = sub.add_parser("sweep", help="sweep each method's strength knob on test concepts (trade-off curves)")
-    sw.add_argument("--methods", default="fuchi,lora_eraser,full_finetune", help="comma-separated method specs")
+    sw.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
+                    help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
     sw.add_argument("--points", type=int, default=5, help="log-spaced points over each knob's declared range")
     sw.add_argument("--knob", default=None, help="the knob to sweep (default: each method's first; bench methods)")
     sw.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")

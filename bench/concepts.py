@@ -82,6 +82,13 @@ class Concept:
     retain_cross_domain: tuple[str, ...] = ()
     split: str = "test"
     composed: tuple[Composed, ...] = ()  # composed target prompts (selective alignment); may be none
+    # What a method that needs them may use (the benchmark's fairness rules: never the evaluation's
+    # retain prompts). ``anchor``: the word that takes the concept's place in its templates to make an
+    # anchor prompt (its super-category; "" = the template with the concept left out). ``preserve``:
+    # prompts to keep; when the set does not declare them, the plain prompts of the set's *dev*
+    # concepts of the other types.
+    anchor: str = ""
+    preserve: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +98,8 @@ class Concept:
             raise InputError(f"concept {self.name!r}: type {self.type!r} is not one of {CONCEPT_TYPES}")
         if self.split not in SPLITS:
             raise InputError(f"concept {self.name!r}: split {self.split!r} is not one of {SPLITS}")
+        if not isinstance(self.anchor, str):
+            raise InputError(f"concept {self.name!r}: anchor must be a string (a word, or \"\"), got {self.anchor!r}")
         for t in self.templates:
             if t.count("{}") != 1:
                 raise InputError(f"concept {self.name!r}: template {t!r} must contain exactly one '{{}}'")
@@ -99,7 +108,11 @@ class Concept:
 
     def prompts(self, word: str | None = None) -> list[str]:
         """Target prompts: every template filled with ``word`` (default: the concept's name)."""
-        return [t.format(word or self.name) for t in self.templates]
+        return [t.format(self.name if word is None else word) for t in self.templates]
+
+    def anchor_prompts(self) -> list[str]:
+        """The templates filled with the anchor (whitespace collapsed when the anchor is empty)."""
+        return [" ".join(p.split()) for p in self.prompts(self.anchor)]
 
 
 @dataclass(frozen=True)
@@ -181,10 +194,10 @@ def parse_concept_set(data: Any, source: str = "<concept set>") -> ConceptSet:
             hint = difflib.get_close_matches(key, sorted(_CONCEPT_KEYS), n=1)
             raise ConfigError(f"{where}: unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
         kwargs: dict[str, Any] = {"name": entry["name"]}
-        for key in ("type", "split"):
+        for key in ("type", "split", "anchor"):
             if key in entry:
                 kwargs[key] = entry[key]
-        for key in _CONCEPT_KEYS - {"name", "type", "split", "composed"}:
+        for key in _CONCEPT_KEYS - {"name", "type", "split", "anchor", "composed"}:
             if key in entry:
                 kwargs[key] = _as_str_tuple(where, key, entry[key])
         if "composed" in entry:
@@ -205,7 +218,24 @@ def parse_concept_set(data: Any, source: str = "<concept set>") -> ConceptSet:
             for ref in getattr(c, key):
                 if ref not in known:
                     raise ConfigError(f"{source}: concept {c.name!r}: {key} names unknown concept {ref!r}")
-    return ConceptSet(name=str(data["name"]), version=str(data["version"]), concepts=tuple(concepts))
+    return ConceptSet(name=str(data["name"]), version=str(data["version"]), concepts=_default_preserve(concepts))
+
+
+def _default_preserve(concepts: list[Concept]) -> tuple[Concept, ...]:
+    """Give every concept without a declared ``preserve`` list the plain prompts of the set's dev
+    concepts of the other types (of its own type in a one-type set), leaving out the concepts its own
+    evaluation names (near-neighbours, retain sets): a rule of the set, so every method reads one list."""
+    import dataclasses
+
+    out = []
+    for c in concepts:
+        if not c.preserve:
+            evaluated = {c.name, *c.near_neighbours, *c.retain_in_domain, *c.retain_cross_domain}
+            dev = [d for d in concepts if d.split == "dev" and d.name not in evaluated]
+            pool = [d for d in dev if d.type != c.type] or dev
+            c = dataclasses.replace(c, preserve=tuple(d.prompts()[0] for d in pool))
+        out.append(c)
+    return tuple(out)
 
 
 def load_concept_set(path: str | Path) -> ConceptSet:

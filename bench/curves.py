@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import ConfigError, InputError
+from bench.errors import InputError
 from bench.io import ensure_writable_dir, write_json
 from bench.metric_registry import display
 from bench.metrics import (
@@ -28,7 +28,7 @@ from bench.metrics import (
     pareto_front,
     percentile_interval,
 )
-from bench.runner import RETAIN_GROUPS, Bench
+from bench.runner import Bench
 
 SA = "selective_alignment"
 
@@ -90,25 +90,18 @@ def read_manifest(runs: Path) -> dict[str, Any] | None:
 
 
 # -- measuring ---------------------------------------------------------------------------------------
-def _retain_mean(r: dict[str, float]) -> float:
-    kept = [r[k] for k in RETAIN_GROUPS.values() if k in r and r[k] == r[k]]
-    return float(np.mean(kept)) if kept else float("nan")
-
-
 def curve_tables(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, frontier): one row per sweep point (pooled UA, RA, H, collapse, each with its
     hierarchical interval) and one row per method (frontier area with its interval). Empty frames
     when ``runs`` holds no sweep."""
-    from bench.report import _cluster_table, load_cells
+    from bench.report import _cluster_table, _pooled_stats, load_cells
 
     manifest = read_manifest(runs)
     if not manifest:
         return pd.DataFrame(), pd.DataFrame()
     cells = {Path(c["folder"]).name: c for c in load_cells(Path(runs))}
     rows, fronts = [], []
-    stats = {"ua": lambda r: r.get("ua", float("nan")), "retain": _retain_mean,
-             "composite": lambda r: _h(r.get("ua", float("nan")), _retain_mean(r)),
-             SA: lambda r: r.get(SA, float("nan"))}
+    shown = {"ua": "ua", "retain": "retain_mean", "composite": "composite", SA: SA}  # column: pooled number
     for spec, entry in manifest["methods"].items():
         draws_ua, draws_ra, ua, ra, shape = [], [], [], [], None
         for point in entry["points"]:
@@ -116,6 +109,8 @@ def curve_tables(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             if not mine:
                 continue
             table = _cluster_table(mine, [])
+            pooled = _pooled_stats(table, [])
+            stats = {col: pooled.get(key, lambda r: float("nan")) for col, key in shown.items()}
             concepts, seeds, _ = table.arrays()
             shape = shape or (concepts, seeds)
             draws = hierarchical_draws(table, stats)
@@ -149,27 +144,6 @@ def curve_tables(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             front = pareto_front(points.loc[sel, "ua"].tolist(), points.loc[sel, "retain"].tolist())
             points.loc[sel[front], "pareto"] = True
     return points, pd.DataFrame(fronts)
-
-
-def _h(ua: float, ra: float) -> float:
-    from bench.metrics import harmonic
-
-    return harmonic(ua, ra)
-
-
-def tuned_marks(cells: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Per method spec: (UA, RA) of its dev-tuned configuration on the leaderboard's cells (the
-    operating point the leaderboard ranks), pooled over concepts."""
-    from bench.report import _cluster_table
-
-    marks = {}
-    for spec in sorted({c["spec"]["method"] for c in cells}):
-        mine = [c for c in cells if c["spec"]["method"] == spec and c["label"] == f"{spec}[tuned]"]
-        if mine:
-            table = _cluster_table(mine, [])
-            values = {k: table.rate(k) for k in table.keys()}
-            marks[spec] = (values.get("ua", float("nan")), _retain_mean(values))
-    return marks
 
 
 # -- showing -----------------------------------------------------------------------------------------
@@ -245,22 +219,17 @@ CURVES_NOTE = (f"Each method swept along its strength knob on the test concepts 
                f"Intervals: {HIERARCHICAL_NOTE}; the frontier area's interval recomputes the area on each draw.")
 
 
-def curves_section(runs: Path | None, cells: list[dict[str, Any]], colours: dict[str, str] | None = None,
+def curves_section(runs: Path | None, marks: dict[str, tuple[float, float]], colours: dict[str, str] | None = None,
                    original: tuple[float, float] | None = None) -> dict[str, Any]:
     """Everything the report needs for its curves section: tables, the figure and the note; an
-    empty mapping when ``runs`` holds no sweep. ``colours``: per method spec."""
+    empty mapping when ``runs`` holds no sweep. ``marks``: per method spec, the (UA, RA) of its
+    dev-tuned operating point on the leaderboard; ``colours``: per method spec."""
     if runs is None or not (Path(runs) / MANIFEST).is_file():
         return {}
     points, front = curve_tables(Path(runs))
     if not len(points):
         return {}
     return {"points": points, "frontier": front,
-            "figure": curves_figure(points, tuned_marks(cells), colours, original),
+            "figure": curves_figure(points, marks, colours, original),
             "points_display": points_display(points), "frontier_display": frontier_display(front),
             "note": CURVES_NOTE}
-
-
-def validate_points(points: int) -> int:
-    if points < 2:
-        raise ConfigError(f"--points must be >= 2, got {points}")
-    return points

@@ -211,11 +211,13 @@ def drill_grid(cells: list[dict[str, Any]], concept: str, group: str, methods: l
 
 
 def _sample_rows(cell: dict[str, Any]) -> dict[str, list[int]]:
-    from safetensors import safe_open
+    """Per shown group, the plan rows of a cell's samples (read once per cell, not once per grid)."""
+    if "sample_rows" not in cell:
+        from safetensors import safe_open
 
-    with safe_open(str(Path(cell["folder"]) / "samples.safetensors"), "pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta.get("rows", "{}"))
+        with safe_open(str(Path(cell["folder"]) / "samples.safetensors"), "pt") as f:
+            cell["sample_rows"] = json.loads((f.metadata() or {}).get("rows", "{}"))
+    return cell["sample_rows"]
 
 
 def _marks(cell: dict[str, Any], idx: list[int], model: str) -> list[str]:

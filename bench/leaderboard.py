@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.metric_registry import display, lookup, metrics
+from bench.metrics import robust_composite
 from bench.records import sha256_json
 
 # the headline columns, in order (those a run measured): at most rank + method + these 7
@@ -36,35 +37,24 @@ class Headline:
 
     def best(self, key: str) -> float | None:
         """The best value of ``key`` among the methods (by the registry's direction), None without one."""
-        hib = metrics()[key].higher_is_better
-        vals = self.table.loc[self.table["method"] != ORIGINAL, key].astype(float).dropna()
-        if hib is None or vals.empty:
-            return None
-        return float(vals.max() if hib else vals.min())
+        from bench.report import best_value
 
-
-def _ci(text: str) -> tuple[float, float]:
-    if not isinstance(text, str) or not text.startswith("["):
-        return (float("nan"), float("nan"))
-    lo, hi = text.strip("[]").split(",")
-    return (float(lo), float(hi))
+        return best_value(self.table.loc[self.table["method"] != ORIGINAL, key], key)
 
 
 def headline(overall: pd.DataFrame, original: dict[str, float]) -> Headline:
     """The headline table from the overall table (pooled numbers, hierarchical intervals) and the
     original model's pooled numbers (``original_numbers``)."""
-    from bench.report import ranking_metric
+    from bench.report import interval, ranking_metric
 
     rank_key = ranking_metric(overall)
     keys = tuple(k for k in HEADLINE if display(k) in overall.columns)
-    numeric = overall.attrs.get("intervals", {})  # unrounded intervals, per method and key
     rows = []
     for _, r in overall.iterrows():
         row: dict[str, Any] = {"rank": r[f"rank ({display(rank_key)})"], "method": r["method"]}
         for k in keys:
             row[k] = float(r[display(k)]) if r[display(k)] != "" else float("nan")
-            lo, hi = numeric.get(r["method"], {}).get(k) or _ci(r.get(display(k) + " CI", ""))
-            row[k + "_ci_low"], row[k + "_ci_high"] = lo, hi
+            row[k + "_ci_low"], row[k + "_ci_high"] = interval(overall, r["method"], k)
         rows.append(row)
     base: dict[str, Any] = {"rank": "", "method": ORIGINAL}
     for k in keys:
@@ -75,47 +65,23 @@ def headline(overall: pd.DataFrame, original: dict[str, float]) -> Headline:
 
 
 def original_numbers(cells: list[dict[str, Any]]) -> dict[str, float]:
-    """The original model's pooled numbers over the leaderboard's concepts: its images are the same
-    for every method (one cached reference), so each (concept, group, prompt, seed) counts once."""
-    from bench.metrics import composite, robust_composite
-    from bench.report import _GROUP_OF, SA, UA_KEYS
-    from bench.runner import COMPOSED, RETAIN_GROUPS
+    """The original model's pooled numbers over the leaderboard's concepts. Its images are the same in
+    every method's cell of a concept (one cached reference), so one cell per concept holds them all."""
+    from bench.report import _cluster_table, _pooled_stats
 
-    groups = {g: k for k, g in _GROUP_OF.items()}
-    seen: dict[tuple[str, str, str, int], tuple[str, bool]] = {}
-    for c in cells:
-        concept = c["spec"]["concept"]
-        for r in c["per_image"]:
-            if r["model"] != "original":
-                continue
-            key = groups.get(r["group"])
-            if key is not None:
-                seen[(concept, r["group"], r["prompt"], r["seed"])] = (
-                    key, not r["detected"] if key in UA_KEYS else r["detected"])
-            elif r["group"] == COMPOSED and "aligned" in r:
-                seen[(concept, r["group"], r["prompt"], r["seed"])] = (SA, r["aligned"])
-    rates: dict[str, list[bool]] = {}
-    for key, hit in seen.values():
-        rates.setdefault(key, []).append(hit)
-    out = {k: float(np.mean(v)) for k, v in rates.items()}
-    retain = [out[k] for k in RETAIN_GROUPS.values() if k in out]
-    out["retain_mean"] = float(np.mean(retain)) if retain else float("nan")
-    out["composite"] = composite(out.get("ua", float("nan")), retain)
+    one = list({c["spec"]["concept"]: c for c in cells}.values())
+    table = _cluster_table(one, [], model="original")
+    rates = {k: table.rate(k) for k in table.keys()}
+    out = {name: float(fn(rates)) for name, fn in _pooled_stats(table, []).items()}
+    flags = [bool(r.get("rejected")) for c in one for r in c["per_image"]
+             if r["model"] == "original" and not r["group"].startswith("attack:")]
+    if flags:
+        out["reject_rate"] = float(np.mean(flags))
     attacks = sorted(cells[0]["spec"].get("attacks", {})) if cells else []
-    rejected = {}
-    for c in cells:
-        for r in c["per_image"]:
-            if r["model"] == "original" and not r["group"].startswith("attack:"):
-                rejected[(c["spec"]["concept"], r["group"], r["prompt"], r["seed"])] = bool(r.get("rejected"))
-    if rejected:
-        out["reject_rate"] = float(np.mean(list(rejected.values())))
-    if attacks:
-        per_concept = {}
-        for c in cells:  # the original model's ASR is cached per concept: the same in every method's cell
-            per_concept[c["spec"]["concept"]] = [c["metrics"][f"asr_{a}_original"]["value"] for a in attacks]
-        for i, a in enumerate(attacks):
-            out[f"asr_{a}"] = float(np.mean([v[i] for v in per_concept.values()]))
-        out["asr_mean"] = float(np.mean([np.mean(v) for v in per_concept.values()]))
+    if attacks:  # the original model's ASR is cached per concept: the same in every method's cell
+        asr = {a: [c["metrics"][f"asr_{a}_original"]["value"] for c in one] for a in attacks}
+        out.update({f"asr_{a}": float(np.mean(v)) for a, v in asr.items()})
+        out["asr_mean"] = float(np.mean([np.mean(v) for v in zip(*asr.values(), strict=True)]))
         out["composite_robust"] = robust_composite(out["composite"], out["asr_mean"])
     return out
 
@@ -197,11 +163,6 @@ def headline_markdown(h: Headline) -> list[str]:
             cells.append(md_text(v + (f" [{lo:.2f}, {hi:.2f}]" if lo == lo else "")))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
-
-
-def overall_csv(h: Headline) -> pd.DataFrame:
-    """``overall.csv``: exactly the headline's numbers (intervals as numbers)."""
-    return h.table.copy()
 
 
 # -- tidy data -----------------------------------------------------------------------------------------

@@ -75,6 +75,13 @@ class Eraser(ABC):
     Subclasses set ``name``, ``version`` (bump when results may change), ``Config`` (a frozen
     ``MethodConfig``), ``strength`` (its strength knobs, the first swept by default: trade-off
     curves and tuning read them) and may list named ``variants`` (config overrides worth reporting).
+    ``quick`` holds the overrides that shrink a long method's step budget (fewer iterations, never a
+    different objective) for mechanics checks: the contract suite, ``bench smoke`` and ``bench
+    regress`` build methods with it; a benchmark run never does. ``erasure_check`` states how the
+    contract suite checks that an erase erases: None, the concept's denoising loss on the tiny
+    pipeline goes up (the methods whose objective is a denoising loss of the concept); a dict of
+    config overrides (on top of ``quick``), the ConceptWorld judge sees the concept in fewer of the
+    world model's images after an erase with them (methods whose objective is not that loss).
     """
 
     name: ClassVar[str]
@@ -82,6 +89,8 @@ class Eraser(ABC):
     Config: ClassVar[type[MethodConfig]]
     strength: ClassVar[tuple[Knob, ...]] = ()
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    quick: ClassVar[dict[str, Any]] = {}
+    erasure_check: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
     def knob(cls, field: str | None = None) -> Knob:
@@ -168,9 +177,25 @@ def get_method(name: str) -> type[Eraser]:
     return cls
 
 
-def build_method(spec: str, overrides: dict[str, Any] | None = None) -> Eraser:
-    """``"fuchi"`` or ``"fuchi@paper_era"`` (a variant), plus config overrides."""
+def leaderboard_specs() -> list[str]:
+    """Every registered method as the leaderboard reports it: by its variants when its defaults are
+    one of them (ESD: ``esd@x``, ``esd@u``; plain ``esd`` would repeat ``esd@x``), else by its name."""
+    specs = []
+    for name in method_registry().names():
+        cls = get_method(name)
+        default = cls.Config()
+        if any(cls.Config.from_dict({**default.to_dict(), **v}) == default for v in cls.variants.values()):
+            specs += [f"{name}@{v}" for v in cls.variants]
+        else:
+            specs.append(name)
+    return specs
+
+
+def build_method(spec: str, overrides: dict[str, Any] | None = None, quick: bool = False) -> Eraser:
+    """``"fuchi"`` or ``"fuchi@paper_era"`` (a variant), plus config overrides (on top of the
+    method's ``quick`` step budget when ``quick``: mechanics checks only)."""
     name, _, variant = spec.partition("@")
     cls = get_method(name)
     base = cls.variant(variant or None).config
+    overrides = {**(cls.quick if quick else {}), **(overrides or {})}
     return cls(base.replace(**overrides) if overrides else base)

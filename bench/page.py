@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.escape import file_stem, html_text, md_link
 from bench.leaderboard import ORIGINAL, Headline, arrow, fmt_value, unit_label
-from bench.metric_registry import display, lookup, metrics
+from bench.metric_registry import display, lookup
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;padding:12px 20px;max-width:1400px;
@@ -142,18 +142,17 @@ def full_table_html(overall: pd.DataFrame, original: dict[str, float], attacks: 
             sub.append(f'<th data-k="{k}"{" class=g" if i == 0 else ""}>{_header(c)}</th>')
             order.append((c, i == 0))
             k += 1
+    from bench.report import best_value, interval
+
     rows = []
-    best = {}
-    for c, _ in order:
-        hib = metrics()[lookup(c)[0].key].higher_is_better
-        vals = pd.to_numeric(overall[display(c)], errors="coerce").dropna()
-        best[c] = None if hib is None or vals.empty else float(vals.max() if hib else vals.min())
+    best = {c: best_value(overall[display(c)], c) for c, _ in order}
     for _, r in overall.iterrows():
-        tds = [f'<td class="m">{html_text(r["method"])}</td>', f"<td>{html_text(r[rank_col])}</td>",
-               _value_cell("composite", r[display("composite")], *_parse(r.get(display("composite") + " CI")))]
+        m = r["method"]
+        tds = [f'<td class="m">{html_text(m)}</td>', f"<td>{html_text(r[rank_col])}</td>",
+               _value_cell("composite", r[display("composite")], *interval(overall, m, "composite"))]
         for c, first in order:
             v = _num(r[display(c)])
-            tds.append(_value_cell(c, v, *_parse(r.get(display(c) + " CI")), bold=best[c] is not None and v == best[c],
+            tds.append(_value_cell(c, v, *interval(overall, m, c), bold=best[c] is not None and v == best[c],
                                    sep=first))
         rows.append(f"<tr>{''.join(tds)}</tr>")
     base = [f'<td class="m">{html_text(ORIGINAL)}</td>', "<td></td>",
@@ -162,13 +161,6 @@ def full_table_html(overall: pd.DataFrame, original: dict[str, float], attacks: 
     rows.append(f'<tr class="base">{"".join(base)}</tr>')
     return (f'<div class="scroll"><table class="full sortable"><thead>{top}<tr>{"".join(sub)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
-
-
-def _parse(text: Any) -> tuple[float, float]:
-    if not isinstance(text, str) or not text.startswith("["):
-        return (float("nan"), float("nan"))
-    lo, hi = text.strip("[]").split(",")
-    return (float(lo), float(hi))
 
 
 def heatmap_html(per_cell: pd.DataFrame, methods: list[str]) -> str:
@@ -240,7 +232,10 @@ def list_html(items: list[str]) -> str:
 
 
 def table_html(df: pd.DataFrame) -> str:
-    """A plain table; missing values as "—", every cell escaped."""
+    """A plain table; numbers as the report formats them (``report._fmt``), missing values as "—",
+    every cell escaped."""
+    from bench.report import _fmt
+
     head = "".join(f"<th>{html_text(c)}</th>" for c in df.columns)
     rows = []
     for _, r in df.iterrows():
@@ -249,10 +244,8 @@ def table_html(df: pd.DataFrame) -> str:
             v = r[c]
             if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and v.lower() == "nan"):
                 text = "—"
-            elif isinstance(v, (float, np.floating)):
-                text = f"{v:.3g}" if abs(v) >= 100 or (v != 0 and abs(v) < 0.01) else f"{v:.2f}"
-            elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-                text = f"{int(v):,}"
+            elif isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                text = _fmt(v)
             else:
                 text = str(v)
             tds.append(f"<td>{html_text(text)}</td>")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.io import write_json
-from bench.method import method_registry
+from bench.method import leaderboard_specs
 from bench.metric_registry import lookup
 from bench.protocol import EvalProtocol
 from bench.report import load_cells
@@ -28,13 +28,15 @@ TOLERANCES = {"ua": 0.13, "ua_synonyms": 0.13, "retain_in_domain": 0.1, "retain_
 
 
 def quick_bench(methods: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Bench:
-    """The leaderboard's configs (dev-tuned where tuned), on two test concepts and four seeds."""
+    """The leaderboard's configs (dev-tuned where tuned) within each method's ``quick`` step budget,
+    on two test concepts and four seeds."""
+    from bench.method import get_method
     from bench.tune import load_tuned
 
     track = Track()
-    methods = methods or method_registry().names()
     tuned = load_tuned(track)
-    configs = {m: dict(tuned.get(m, {})) for m in methods}
+    methods = methods or leaderboard_specs()
+    configs = {m: {**get_method(m.partition("@")[0]).quick, **tuned.get(m, {})} for m in methods}
     for m, o in (overrides or {}).items():
         configs.setdefault(m, {}).update(o)
     return Bench(track=track, methods=methods, concepts=QUICK_CONCEPTS, protocol=QUICK_PROTOCOL,

@@ -104,14 +104,14 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["method", "concept"]).reset_index(drop=True)
 
 
-def _cluster_table(mine: list[dict[str, Any]], attacks: list[str]) -> ClusterTable:
-    """A method's edited-model hits per pooled number, clustered by (erased concept, seed)."""
+def _cluster_table(mine: list[dict[str, Any]], attacks: list[str], model: str = "edited") -> ClusterTable:
+    """A method's hits per pooled number on ``model``'s images, clustered by (erased concept, seed)."""
     table = ClusterTable()
     groups = {g: k for k, g in _GROUP_OF.items()}
     for c in mine:
         concept = c["spec"]["concept"]
         for r in c["per_image"]:
-            if r["model"] != "edited":
+            if r["model"] != model:
                 continue
             key = groups.get(r["group"])
             if key is not None:
@@ -128,17 +128,33 @@ def _pooled_stats(table: ClusterTable, attacks: list[str]) -> dict[str, Any]:
     def h(r: dict[str, float]) -> float:
         return composite(r.get("ua", float("nan")), [r.get(k, float("nan")) for k in RETAIN_GROUPS.values()])
 
-    def retain(r: dict[str, float]) -> float:
-        kept = [r[k] for k in RETAIN_GROUPS.values() if k in r and r[k] == r[k]]
-        return float(np.mean(kept)) if kept else float("nan")
-
     stats: dict[str, Any] = {k: (lambda r, k=k: r.get(k, float("nan"))) for k in table.keys()}
     stats["composite"] = h
-    stats["retain_mean"] = retain
+    stats["retain_mean"] = retain_mean
     if attacks:
         stats["asr_mean"] = lambda r: float(np.mean([r.get(f"asr_{a}", float("nan")) for a in attacks]))
         stats["composite_robust"] = lambda r: robust_composite(h(r), float(np.mean([r[f"asr_{a}"] for a in attacks])))
     return stats
+
+
+def retain_mean(r: dict[str, float]) -> float:
+    """RA from per-key rates: the mean of the retain accuracies the concept set has."""
+    kept = [r[k] for k in RETAIN_GROUPS.values() if k in r and r[k] == r[k]]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def interval(overall: pd.DataFrame, method: str, key: str) -> tuple[float, float]:
+    """The unrounded hierarchical interval of ``key`` for ``method`` (NaN, NaN when it has none)."""
+    return overall.attrs["intervals"].get(method, {}).get(key, (float("nan"), float("nan")))
+
+
+def best_value(values: Any, key: str) -> float | None:
+    """The best of ``values`` by the registry's direction for ``key`` (None: no direction or no value)."""
+    hib = metrics()[lookup(key)[0].key].higher_is_better
+    vals = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    if hib is None or vals.empty:
+        return None
+    return float(vals.max() if hib else vals.min())
 
 
 def _interval(ci: dict[str, tuple[float, float]], name: str) -> str:
@@ -330,12 +346,12 @@ FIGURE_PATTERNS = ("*.png", "*.webp")  # what build_report writes into OUT/figur
 
 
 def build_report(runs: Path, out: Path, only: list[Path] | None = None, sweeps: Path | None = None
-                 ) -> dict[str, Path]:
+                 ) -> dict[str, Any]:
     """The leaderboard of ``runs`` (or the cells ``only`` names) into ``out``: ``index.html`` (headline
     first, images as files under ``figures/``), ``leaderboard.md`` (the headline table and links),
     ``leaderboard.csv`` (tidy: one row per cell and metric), ``overall.csv`` (the headline's numbers);
     with ``sweeps``, a run folder of ``bench sweep``, also the trade-off curves (``curves.csv``,
-    ``frontier.csv``)."""
+    ``frontier.csv``). Returns the paths, and under ``summary`` the plain text a terminal prints."""
     from bench.report_failed import failed_only_report, split_failed
 
     cells, failed = split_failed(load_cells(Path(runs), only, include_failed=True))
@@ -350,14 +366,13 @@ def build_report(runs: Path, out: Path, only: list[Path] | None = None, sweeps: 
 
 
 def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str, Any]], sweeps: Path | None
-                  ) -> dict[str, Path]:
+                  ) -> dict[str, Any]:
     from bench.curves import curves_section
     from bench.figures import DRILL_GROUPS, asr_bars, cost_dots, drill_grid, method_colours, tradeoff_points
     from bench.leaderboard import (
         headline,
         headline_markdown,
         original_numbers,
-        overall_csv,
         project_commit,
         sentence,
         tidy_table,
@@ -376,7 +391,10 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
     by_spec = {}
     for c in sorted(cells, key=lambda c: not c["label"].endswith("[tuned]")):  # a spec's tuned row sets its colour
         by_spec.setdefault(c["spec"]["method"], colours[c["label"]])
-    curves = curves_section(sweeps, cells, by_spec, (original.get("ua", float("nan")), original["retain_mean"]))
+    spec_of = {c["label"]: c["spec"]["method"] for c in cells}
+    marks = {spec_of[r["method"]]: (float(r[display("ua")]), float(r[display("retain_mean")]))
+             for _, r in overall.iterrows() if r["method"] == f"{spec_of[r['method']]}[tuned]"}
+    curves = curves_section(sweeps, marks, by_spec, (original.get("ua", float("nan")), original["retain_mean"]))
     if curves:
         figures["curves.png"] = curves["figure"]
     else:
@@ -402,7 +420,7 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
     # 3. data files
     commit = project_commit()
     csv_safe(tidy_table(cells, commit)).to_csv(out / "leaderboard.csv", index=False)
-    csv_safe(overall_csv(head)).to_csv(out / "overall.csv", index=False)
+    csv_safe(head.table).to_csv(out / "overall.csv", index=False)  # exactly the headline's numbers
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "overall_csv": out / "overall.csv",
              "html": out / "index.html"}
     if curves:
@@ -418,6 +436,11 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
     paths["markdown"].write_text("\n".join(md) + "\n")
     paths["html"].write_text(_page(cells, failed, overall, per_cell, coverage, head, original, attacks, curves,
                                    drill, commit, sweeps, out))
+    # what a terminal prints at the end of a run: the failures, then the headline, as plain text
+    from bench.report_failed import failed_table
+
+    failures = [markdown_table(failed_table(failed)), ""] if failed else []
+    paths["summary"] = "\n".join([*failures, sentence(head), "", *headline_markdown(head)]).replace("\\", "")
     return paths
 
 

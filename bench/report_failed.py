@@ -37,7 +37,7 @@ def failed_section(failed: list[dict[str, Any]]) -> tuple[list[str], str]:
     return md, f"<h2>{html_text(title)}</h2>{table.to_html(index=False)}"
 
 
-def failed_only_report(out: Path, failed: list[dict[str, Any]]) -> dict[str, Path]:
+def failed_only_report(out: Path, failed: list[dict[str, Any]]) -> dict[str, Any]:
     """The report of a run in which no cell could be measured: the failures, nothing else."""
     from bench.escape import csv_safe
     from bench.report import protocol_text
@@ -53,4 +53,7 @@ def failed_only_report(out: Path, failed: list[dict[str, Any]]) -> dict[str, Pat
 <title>erasebench leaderboard</title></head><body><h1>Concept-erasure leaderboard</h1><h2>Protocol</h2>
 <ul>{items}</ul><p>No cell produced numbers.</p>{html_failed}</body></html>
 """)
-    return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html"}
+    from bench.report import markdown_table
+
+    return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html",
+            "summary": markdown_table(failed_table(failed)) + "\nNo cell produced numbers."}

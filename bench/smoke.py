@@ -51,7 +51,7 @@ def run_smoke(out: Path, seed: int = 0) -> list[dict]:
     for spec in tqdm(method_specs(), desc="methods"):
         before = concept_loss(pipe, latents, concept.prompts(), seed=seed)
         rec = erase_to_folder(spec, str(model_dir), concept.name, image_dir, out / "edits" / spec.replace("@", "-"),
-                              seed=seed, overwrite=True, pipe=pipe)
+                              overrides=get_method(spec.partition("@")[0]).quick, seed=seed, overwrite=True, pipe=pipe)
         after = concept_loss(pipe, latents, concept.prompts(), seed=seed)
         rec.pop("_edit").restore()
         rows.append({"method": spec, "seconds": rec["seconds"], "trainable_params": rec["trainable_params"],

@@ -167,7 +167,8 @@ def count_params(params: dict[str, torch.nn.Parameter] | Sequence[torch.nn.Param
 
 
 class Stopwatch:
-    """Wall time of a block, synchronising CUDA so queued kernels are counted."""
+    """Wall time of a block, synchronising CUDA so queued kernels are counted; entering it again
+    adds the next block's time (``seconds`` is the total)."""
 
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
@@ -184,7 +185,7 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self._sync()
-        self.seconds = time.perf_counter() - self._start
+        self.seconds += time.perf_counter() - self._start
 
 
 # -- prompts -----------------------------------------------------------------------------------

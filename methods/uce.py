@@ -86,6 +86,9 @@ class Uce(Eraser):
     name = "uce"
     version = "1"
     Config = UceConfig
+    # A closed form, not a loss: the contract suite checks the judge ("star" seen in 8/8 world images
+    # before, 0/8 after with the authors' prompt expansion; 8/8 without it, see the README).
+    erasure_check = {"expand_prompts": True}
     strength = (Knob("erase_scale", 0.25, 4.0, help="weight of the erase term against lamb and preservation"),)
 
     def edited_parameters(self, pipe: Any) -> list[str]:

@@ -67,6 +67,18 @@ def test_builtin_methods_are_registered():
         build_method("fuchi", {"lr": -1.0})
 
 
+def test_leaderboard_specs_name_each_row_once():
+    """A method whose defaults are one of its variants is reported by its variants; `--methods all`."""
+    from bench.cli import _bench_from_args, build_parser
+    from bench.method import leaderboard_specs
+
+    specs = leaderboard_specs()
+    assert {"esd@x", "esd@u", "fuchi", "uce", "concept_ablation", "advunlearn"} <= set(specs)
+    assert "esd" not in specs and "fuchi@paper_era" not in specs
+    args = build_parser().parse_args(["run", "--methods", "all", "--dry-run"])
+    assert _bench_from_args(args).methods == specs
+
+
 _PLUGIN = '''
 from dataclasses import dataclass
 from bench.config import MethodConfig
