@@ -161,6 +161,40 @@ def snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in params.items()}
 
 
+def trainable_and_originals(method: Eraser, pipe: Any) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.Tensor]]:
+    """The parameters ``method`` edits, by name, and a snapshot of their current values."""
+    from bench.edit import pipeline_parameters
+
+    every = pipeline_parameters(pipe)
+    params = {n: every[n] for n in method.edited_parameters(pipe)}
+    return params, snapshot(params)
+
+
+@contextlib.contextmanager
+def restored_on_failure(params: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tensor]) -> Iterator[None]:
+    """A diverged (or interrupted) erase leaves the model as it found it."""
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.data.copy_(originals[name])
+        raise
+
+
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, history: list[float], what: str,
+                   clip: float | None = None) -> None:
+    """Zero, back-propagate ``loss``, optionally clip the gradient norm, step; log the loss and stop
+    on a non-finite one (``history`` holds every step's loss)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+    history.append(loss.item())
+    check_losses(history[-1:], what, first_step=len(history) - 1)
+
+
 def count_params(params: dict[str, torch.nn.Parameter] | Sequence[torch.nn.Parameter]) -> int:
     values = params.values() if isinstance(params, dict) else params
     return sum(p.numel() for p in values)
@@ -365,23 +399,13 @@ class AscentEraser(Eraser):
     """
 
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.edit import pipeline_parameters
-
         cfg = self.config
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
-        every = pipeline_parameters(pipe)
-        params = {n: every[n] for n in self.edited_parameters(pipe)}
-        originals = snapshot(params)
-        try:
-            with Stopwatch(pipeline_device(pipe)) as sw:
-                latents = few_shot_latents(pipe, images, cfg, gen)
-                losses = negated_denoising_epochs(pipe, params, latents, concept.templates, concept.name, cfg,
-                                                  cfg.epochs, gen, rng)
-        except BaseException:  # a diverged (or interrupted) erase leaves the model as it found it
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.data.copy_(originals[name])
-            raise
+        params, originals = trainable_and_originals(self, pipe)
+        with restored_on_failure(params, originals), Stopwatch(pipeline_device(pipe)) as sw:
+            latents = few_shot_latents(pipe, images, cfg, gen)
+            losses = negated_denoising_epochs(pipe, params, latents, concept.templates, concept.name, cfg,
+                                              cfg.epochs, gen, rng)
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed,
                               steps=len(losses), images=len(images), loss_first=losses[0], loss_last=losses[-1])
 

@@ -183,92 +183,88 @@ class AdvUnlearn(Eraser):
             want = unet(x, t, frozen_cond).float()
         return F.mse_loss(unet(x, t, encode_prompts(pipe, prompts)).float(), want)
 
+    def _iteration_latents(self, pipe: Any, unet: Any, conds: torch.Tensor, cond_0: torch.Tensor, rows: list[int],
+                           attack: bool, gen: torch.Generator, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration's ``x_t`` from the original model, in one batch: the update's (concept), the
+        retain batch's (at the update's step for ``reg``, a step of their own for ``iter``) and, when
+        attacking, one per attack step (concept, each at its own step)."""
+        from bench.sampling import guided_latents
+
+        cfg = self.config
+        first = int(torch.randint(0, cfg.steps, (1,), generator=gen))
+        which, stops = [0], [first]
+        if rows:
+            step = first if cfg.retain_mode == "reg" else int(torch.randint(0, cfg.steps, (1,), generator=gen))
+            which += [1 + k for k in rows]
+            stops += [step] * len(rows)
+        if attack:
+            which += [0] * cfg.attack_steps
+            stops += torch.randint(0, cfg.steps, (cfg.attack_steps,), generator=gen).tolist()
+        seeds = [rng.randrange(2**31) for _ in which]
+        x, ts = guided_latents(pipe, unet, conds, cond_0, which, stops, seeds, cfg.guidance, cfg.steps,
+                               cfg.resolution, batch_size=len(which))
+        return x.to(conds.device), ts.to(conds.device)
+
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.edit import pipeline_parameters
-        from bench.guards import check_losses
-        from bench.sampling import guided_latents, unet_predict
+        from bench.sampling import unet_predict
         from bench.training import (
             Stopwatch,
             count_params,
             encode_prompts,
             encode_with_prefix,
             only_trainable,
-            snapshot,
+            optimiser_step,
+            restored_on_failure,
+            trainable_and_originals,
             training_precision,
         )
 
         cfg = self.config
-        every = pipeline_parameters(pipe)
-        params = {n: every[n] for n in self.edited_parameters(pipe)}
-        originals = snapshot(params)
+        params, originals = trainable_and_originals(self, pipe)
         prompt = cfg.prompt_template.format(concept.name)
         retain = list(cfg.retain_prompts or concept.preserve)
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
         pool = _RetainPool(len(retain), rng)
         unet = unet_predict(pipe)
         losses: list[float] = []
+        retain_losses: list[float] = []
         adv: torch.Tensor | None = None
-        try:
-            with Stopwatch(pipeline_device(pipe)) as sw:
-                with torch.no_grad():  # the original encoder's conditions, fixed for the whole run
-                    conds = encode_prompts(pipe, [prompt, *retain]).float()
-                    cond_0 = encode_prompts(pipe, [""]).float()
-                with only_trainable(pipe, params), training_precision(pipe, ["text_encoder"]):
-                    opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
-                    for i in range(cfg.iterations):
-                        attack = i >= cfg.warmup and i % cfg.attack_every == 0
-                        # 1. this iteration's x_t from the original model: update, retain batch, attack
-                        rows = pool.draw(cfg.retain_batch) if retain else []
-                        first = int(torch.randint(0, cfg.steps, (1,), generator=gen))
-                        which, stops = [0], [first]
-                        if rows:  # "reg": at the update's step; "iter": a step of their own
-                            step = first if cfg.retain_mode == "reg" else int(torch.randint(0, cfg.steps, (1,), generator=gen))
-                            which += [1 + k for k in rows]
-                            stops += [step] * len(rows)
-                        if attack:
-                            which += [0] * cfg.attack_steps
-                            stops += torch.randint(0, cfg.steps, (cfg.attack_steps,), generator=gen).tolist()
-                        seeds = [rng.randrange(2**31) for _ in which]
+        with restored_on_failure(params, originals), Stopwatch(pipeline_device(pipe)) as sw:
+            with torch.no_grad():  # the original encoder's conditions, fixed for the whole run
+                conds = encode_prompts(pipe, [prompt, *retain]).float()
+                cond_0 = encode_prompts(pipe, [""]).float()
+            with only_trainable(pipe, params), training_precision(pipe, ["text_encoder"]):
+                opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+                for i in range(cfg.iterations):
+                    attack = i >= cfg.warmup and i % cfg.attack_every == 0
+                    rows = pool.draw(cfg.retain_batch) if retain else []
+                    r = slice(1, 1 + len(rows))
+                    # 1. this iteration's x_t and the original model's predictions for the update
+                    with torch.no_grad():
+                        x, ts = self._iteration_latents(pipe, unet, conds, cond_0, rows, attack, gen, rng)
+                        e_0, e_p = unet(torch.cat([x[:1], x[:1]]), ts[:1].repeat(2),
+                                        torch.cat([cond_0, conds[:1]])).float().chunk(2)
+                    # 2. the attack: a prefix that brings the concept back
+                    if attack:
+                        a_x, a_t = x[1 + len(rows) :], ts[1 + len(rows) :]
                         with torch.no_grad():
-                            x, ts = guided_latents(pipe, unet, conds, cond_0, which, stops, seeds, cfg.guidance,
-                                                   cfg.steps, cfg.resolution, batch_size=len(which))
-                            x, ts = x.to(conds.device), ts.to(conds.device)
-                            e = unet(torch.cat([x[:1], x[:1]]), ts[:1].repeat(2), torch.cat([cond_0, conds[:1]])).float()
-                            e_0, e_p = e.chunk(2)
-                        # 2. the attack: a prefix that brings the concept back
-                        if attack:
-                            a_x, a_t = x[1 + len(rows) :], ts[1 + len(rows) :]
-                            with torch.no_grad():
-                                a_e = unet(a_x, a_t, conds[:1].expand(len(a_x), -1, -1)).float()
-                            for p in params.values():
-                                p.requires_grad_(False)
-                            adv = self._attack(pipe, unet, prompt, a_x, a_t, a_e, adv, gen)
-                            for p in params.values():
-                                p.requires_grad_(True)
-                        # 3. the update: ESD's target, through the edited encoder (behind the prefix)
-                        cond_n = (encode_with_prefix(pipe, [prompt], adv) if i >= cfg.warmup and adv is not None
-                                  else encode_prompts(pipe, [prompt]))
-                        pred = unet(x[:1], ts[:1], cond_n).float()
-                        loss = F.mse_loss(pred, e_0 - cfg.negative_guidance * (e_p - e_0))
-                        r = slice(1, 1 + len(rows))
-                        if rows and cfg.retain_mode == "reg":
-                            loss = loss + cfg.retain_weight * self._retain_loss(
-                                pipe, unet, x[r], ts[r], [retain[k] for k in rows], conds[[1 + k for k in rows]])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        losses.append(loss.item())
-                        check_losses(losses[-1:], "advunlearn loss", first_step=i)
-                        if rows and cfg.retain_mode == "iter":  # one retain-only step on its own x_t
-                            opt.zero_grad(set_to_none=True)
-                            (cfg.retain_weight * self._retain_loss(
-                                pipe, unet, x[r], ts[r], [retain[k] for k in rows], conds[[1 + k for k in rows]])).backward()
-                            opt.step()
-        except BaseException:  # a diverged (or interrupted) erase leaves the model as it found it
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.data.copy_(originals[name])
-            raise
+                            a_e = unet(a_x, a_t, conds[:1].expand(len(a_x), -1, -1)).float()
+                        for p in params.values():
+                            p.requires_grad_(False)
+                        adv = self._attack(pipe, unet, prompt, a_x, a_t, a_e, adv, gen)
+                        for p in params.values():
+                            p.requires_grad_(True)
+                    # 3. the update: ESD's target, through the edited encoder (behind the prefix)
+                    cond_n = (encode_with_prefix(pipe, [prompt], adv) if i >= cfg.warmup and adv is not None
+                              else encode_prompts(pipe, [prompt]))
+                    loss = F.mse_loss(unet(x[:1], ts[:1], cond_n).float(), e_0 - cfg.negative_guidance * (e_p - e_0))
+                    retain_args = (pipe, unet, x[r], ts[r], [retain[k] for k in rows], conds[[1 + k for k in rows]])
+                    if rows and cfg.retain_mode == "reg":
+                        loss = loss + cfg.retain_weight * self._retain_loss(*retain_args)
+                    optimiser_step(opt, loss, losses, "advunlearn loss")
+                    if rows and cfg.retain_mode == "iter":  # one retain-only step on its own x_t
+                        optimiser_step(opt, cfg.retain_weight * self._retain_loss(*retain_args), retain_losses,
+                                       "advunlearn retain loss")
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed, prompt=prompt,
                               retain_prompts=retain, steps=len(losses), loss_first=losses[0], loss_last=losses[-1])
 

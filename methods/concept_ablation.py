@@ -151,8 +151,6 @@ class ConceptAblation(Eraser):
         return encode_latents(pipe, pixels, gen, sample=True)
 
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.edit import pipeline_parameters
-        from bench.guards import check_losses
         from bench.sampling import unet_predict
         from bench.training import (
             Stopwatch,
@@ -160,62 +158,51 @@ class ConceptAblation(Eraser):
             encode_prompts,
             noise_scheduler,
             only_trainable,
-            snapshot,
+            optimiser_step,
+            restored_on_failure,
+            trainable_and_originals,
             training_precision,
         )
 
         cfg = self.config
-        every = pipeline_parameters(pipe)
-        params = {n: every[n] for n in self.edited_parameters(pipe)}
-        originals = snapshot(params)
+        params, originals = trainable_and_originals(self, pipe)
         anchor_prompts, target_prompts = self._prompts(concept)
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
         n = cfg.steps * cfg.batch_size
         losses: list[float] = []
-        try:
-            with Stopwatch(pipeline_device(pipe)) as sw:
-                # 1. the anchor images, from the original model
-                latents = self._anchor_latents(pipe, anchor_prompts, n, rng, gen)
-                which = [i % len(anchor_prompts) for i in range(n)]
-                with torch.no_grad():
-                    anchor_c, target_c = encode_prompts(pipe, anchor_prompts), encode_prompts(pipe, target_prompts)
-                order = torch.randperm(n, generator=gen)
-                sched = noise_scheduler(pipe)
-                b = cfg.mask_border
-                with only_trainable(pipe, params), training_precision(pipe, ["unet"]):
-                    live = unet_predict(pipe)
-                    anchor_net = live if cfg.target_network == "live" else unet_predict(pipe, originals)
-                    opt = torch.optim.AdamW(list(params.values()), lr=cfg.effective_lr, betas=(cfg.beta1, cfg.beta2),
-                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-                    # 2. the target prompts regressed onto the anchor prompts, image by image
-                    for step in range(cfg.steps):
-                        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                        x0 = latents[idx].to(anchor_c.device)
-                        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-                        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen).to(x0.device)
-                        x_t = sched.add_noise(x0, noise, t)
-                        rows = [which[i] for i in idx.tolist()]
-                        if cfg.loss == "model-based":
-                            with torch.no_grad():
-                                target = anchor_net(x_t, t, anchor_c[rows]).float()
-                        else:
-                            target = (noise if sched.config.prediction_type == "epsilon"
-                                      else sched.get_velocity(x0, noise, t)).float()
-                        pred = live(x_t, t, target_c[rows]).float()
-                        h, w = pred.shape[-2:]
-                        inner = (slice(None), slice(None), slice(b, h - b), slice(b, w - b)) if 2 * b < min(h, w) else ...
-                        loss = (pred - target)[inner].pow(2).flatten(1).mean(1).mean()
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
-                        opt.step()
-                        losses.append(loss.item())
-                        check_losses(losses[-1:], "concept ablation loss", first_step=step)
-        except BaseException:  # a diverged (or interrupted) erase leaves the model as it found it
+        with restored_on_failure(params, originals), Stopwatch(pipeline_device(pipe)) as sw:
+            # 1. the anchor images, from the original model
+            latents = self._anchor_latents(pipe, anchor_prompts, n, rng, gen)
+            which = [i % len(anchor_prompts) for i in range(n)]
             with torch.no_grad():
-                for name, p in params.items():
-                    p.data.copy_(originals[name])
-            raise
+                anchor_c, target_c = encode_prompts(pipe, anchor_prompts), encode_prompts(pipe, target_prompts)
+            order = torch.randperm(n, generator=gen)
+            sched = noise_scheduler(pipe)
+            b = cfg.mask_border
+            with only_trainable(pipe, params), training_precision(pipe, ["unet"]):
+                live = unet_predict(pipe)
+                anchor_net = live if cfg.target_network == "live" else unet_predict(pipe, originals)
+                opt = torch.optim.AdamW(list(params.values()), lr=cfg.effective_lr, betas=(cfg.beta1, cfg.beta2),
+                                        eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+                # 2. the target prompts regressed onto the anchor prompts, image by image
+                for step in range(cfg.steps):
+                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    x0 = latents[idx].to(anchor_c.device)
+                    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+                    t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen).to(x0.device)
+                    x_t = sched.add_noise(x0, noise, t)
+                    rows = [which[i] for i in idx.tolist()]
+                    if cfg.loss == "model-based":
+                        with torch.no_grad():
+                            target = anchor_net(x_t, t, anchor_c[rows]).float()
+                    else:
+                        target = (noise if sched.config.prediction_type == "epsilon"
+                                  else sched.get_velocity(x0, noise, t)).float()
+                    pred = live(x_t, t, target_c[rows]).float()
+                    h, w = pred.shape[-2:]
+                    inner = (slice(None), slice(None), slice(b, h - b), slice(b, w - b)) if 2 * b < min(h, w) else ...
+                    loss = (pred - target)[inner].pow(2).flatten(1).mean(1).mean()
+                    optimiser_step(opt, loss, losses, "concept ablation loss", clip=cfg.max_grad_norm)
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed,
                               anchor_prompts=anchor_prompts, target_prompts=target_prompts, anchor_images=n,
                               steps=len(losses), loss_first=losses[0], loss_last=losses[-1])

@@ -133,27 +133,25 @@ class Esd(Eraser):
         return sorted(names)
 
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.edit import pipeline_parameters
-        from bench.guards import check_losses
         from bench.sampling import guided_latents, unet_predict
         from bench.training import (
             Stopwatch,
             count_params,
             encode_prompts,
             only_trainable,
-            snapshot,
+            optimiser_step,
+            restored_on_failure,
+            trainable_and_originals,
             training_precision,
         )
 
         cfg = self.config
-        every = pipeline_parameters(pipe)
-        params = {n: every[n] for n in self.edited_parameters(pipe)}
-        originals = snapshot(params)
+        params, originals = trainable_and_originals(self, pipe)
         prompt = cfg.prompt_template.format(concept.name)
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
         losses: list[float] = []
-        try:
-            with Stopwatch(pipeline_device(pipe)) as sw, torch.no_grad():
+        with restored_on_failure(params, originals), Stopwatch(pipeline_device(pipe)) as sw:
+            with torch.no_grad():
                 cond_c, cond_0 = encode_prompts(pipe, [prompt]), encode_prompts(pipe, [""])
                 cond_from = encode_prompts(pipe, [cfg.erase_from]) if cfg.erase_from else None
                 # 1. every x_t, from the original model (unedited: training has not started)
@@ -162,7 +160,7 @@ class Esd(Eraser):
                 x, ts = guided_latents(pipe, unet_predict(pipe), cond_from if cond_from is not None else cond_c,
                                        cond_0, [0] * cfg.iterations, stops, seeds, cfg.guidance, cfg.steps,
                                        cfg.resolution, cfg.sample_batch)
-            with sw, only_trainable(pipe, params), training_precision(pipe, ["unet"]):
+            with only_trainable(pipe, params), training_precision(pipe, ["unet"]):
                 # 2. regress the edited UNet onto the negatively guided targets of the original
                 frozen = unet_predict(pipe, originals)
                 train_cond = cond_from if cond_from is not None else cond_c
@@ -173,17 +171,7 @@ class Esd(Eraser):
                     with torch.no_grad():
                         target = esd_targets(frozen, xi, ti, cond_c, cond_0, cond_from, cfg.negative_guidance)
                     pred = unet_predict(pipe)(xi, ti, train_cond).float()
-                    loss = F.mse_loss(pred, target)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.item())
-                    check_losses(losses[-1:], "esd loss", first_step=i)
-        except BaseException:  # a diverged (or interrupted) erase leaves the model as it found it
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.data.copy_(originals[name])
-            raise
+                    optimiser_step(opt, F.mse_loss(pred, target), losses, "esd loss")
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed,
                               prompt=prompt, erase_from=cfg.erase_from, steps=len(losses),
                               loss_first=losses[0], loss_last=losses[-1])
