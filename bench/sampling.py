@@ -4,7 +4,7 @@ ESD and AdvUnlearn train on latents ``x_t`` reached by sampling the *original* m
 concept prompt under classifier-free guidance for a random number of steps, and regress the
 edited model onto a target built from the original model's predictions at ``x_t``. Two pieces:
 
-- ``original_unet``: the UNet evaluated with the edited parameters' original values substituted
+- ``unet_predict``: the UNet, or with a snapshot given, the UNet evaluated with the edited parameters' original values substituted
   (``torch.func.functional_call``), so no second copy of the UNet is held: the snapshot a method
   keeps for its ``Edit`` anyway is all it needs;
 - ``guided_latents``: every ``x_t`` a run needs, drawn up front from the original model in batches
@@ -39,11 +39,6 @@ def unet_predict(pipe: Any, substitute: dict[str, torch.Tensor] | None = None) -
     return predict
 
 
-def original_unet(pipe: Any, originals: dict[str, torch.Tensor]) -> Predict:
-    """The unedited UNet: ``originals`` (a method's snapshot of what it trains) substituted."""
-    return unet_predict(pipe, originals)
-
-
 def ddim(pipe: Any, steps: int) -> Any:
     """A DDIM scheduler with the model's own noise schedule, set to ``steps`` (deterministic, eta 0:
     a sample's path does not depend on the other samples in its batch)."""
@@ -56,9 +51,9 @@ def ddim(pipe: Any, steps: int) -> Any:
 
 def latent_shape(pipe: Any, resolution: int = 0) -> tuple[int, int, int]:
     """(channels, h, w) of the pipeline's latents at ``resolution`` (0: its native size)."""
-    size = pipe.unet.config.sample_size
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    side = resolution // int(pipe.vae_scale_factor) if resolution else int(size)
+    from bench.pipeline import default_resolution
+
+    side = (resolution or default_resolution(pipe)) // int(pipe.vae_scale_factor)
     return int(pipe.unet.config.in_channels), side, side
 
 

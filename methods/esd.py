@@ -162,7 +162,7 @@ class Esd(Eraser):
                                        cfg.resolution, cfg.sample_batch)
             with only_trainable(pipe, params), training_precision(pipe, ["unet"]):
                 # 2. regress the edited UNet onto the negatively guided targets of the original
-                frozen = unet_predict(pipe, originals)
+                frozen, edited = unet_predict(pipe, originals), unet_predict(pipe)
                 train_cond = cond_from if cond_from is not None else cond_c
                 opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
                 device = cond_c.device
@@ -170,7 +170,7 @@ class Esd(Eraser):
                     xi, ti = x[i : i + 1].to(device), ts[i : i + 1].to(device)
                     with torch.no_grad():
                         target = esd_targets(frozen, xi, ti, cond_c, cond_0, cond_from, cfg.negative_guidance)
-                    pred = unet_predict(pipe)(xi, ti, train_cond).float()
+                    pred = edited(xi, ti, train_cond).float()
                     optimiser_step(opt, F.mse_loss(pred, target), losses, "esd loss")
         return self.make_edit(pipe, originals, sw.seconds, count_params(params), concept, seed,
                               prompt=prompt, erase_from=cfg.erase_from, steps=len(losses),
