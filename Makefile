@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report tune curves
+.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report tune curves scaleout
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,ray]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
 # Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none ATTACK_SEEDS=8
+# EXECUTOR=ray (cells on Ray actors; README "Running on a cluster")
 # The default runs the founding methods inside 10 minutes on 2 cores. The committed leaderboard adds
 # the baselines: METHODS=fuchi,lora_eraser,full_finetune,esd@x,esd@u,uce,concept_ablation (cells already
 # in runs/bench are reused). METHODS=all (python -m bench methods --specs) adds advunlearn too, whose
@@ -38,7 +39,7 @@ bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
-		--out runs/bench --report reports --sweeps runs/sweep
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) --out runs/bench --report reports --sweeps runs/sweep
 
 # Choose each method's strength on dev concepts (log steps of <= 2x; every point recorded in
 # reports/tuned/). The dev concepts are the ones the committed choice was made on.
@@ -66,6 +67,11 @@ goldens: $(STAMP)
 
 perf: $(STAMP)
 	$(PY) -m pytest -q -m perf -p no:randomly tests/perf --benchmark-columns=min,mean,rounds -s
+
+# Ray's overhead on this machine: the ConceptWorld grid (attacks off) with --executor local, then
+# --executor ray --workers 2, side by side (runs/scaleout/scaleout.json)
+scaleout: $(STAMP)
+	$(PY) -m bench.scaleout --methods $(METHODS) --out runs/scaleout
 
 # Every method on a tiny *random* pipeline: the real code path end to end, a mechanics check.
 smoke: $(STAMP)

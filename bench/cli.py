@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,30 @@ def _bench_from_args(args: argparse.Namespace):
                  attack_overrides=attack_overrides, truncate_prompts=getattr(args, "truncate_prompts", False))
 
 
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """The executor ``--executor`` names, closed (a Ray instance it started, stopped) at the end."""
+    from bench.executors import build_executor
+
+    executor = build_executor(args.executor, args.address, args.workers, args.worker_threads)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def _add_executor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where cells run: local (this process, one pipeline) or ray (actors that each load "
+                             "the pipeline once, one per GPU or per --worker-threads CPUs; pip install -e '.[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: auto or HOST:PORT of a running cluster (default: start Ray here)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --executor ray: actors (default: the cluster's GPUs, else its CPUs / --worker-threads)")
+    parser.add_argument("--worker-threads", dest="worker_threads", type=int, default=None,
+                        help="with --executor ray on CPUs: torch threads per actor (default: CPUs / --workers)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.report import build_report
     from bench.runner import plan_bench, run_bench
@@ -163,7 +189,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(grid)} cells, {total} edited images (+ the original model's, generated once)")
         return 0
     out = Path(args.out)
-    cells = run_bench(bench, out)
+    with _executor(args) as executor:
+        cells = run_bench(bench, out, executor=executor)
     # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
     paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
                          sweeps=Path(args.sweeps) if args.sweeps else None)
@@ -180,7 +207,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     bench = _bench_from_args(args)
     spec = TuneSpec(grid=parse_grid(args.grid) if args.grid else None, knob=args.knob, ratio=args.ratio,
                     fixed=bench.method_overrides.get(args.method, {}))
-    chosen = tune(bench.track, args.method, bench.concepts, Path(args.out), bench.protocol, spec)
+    with _executor(args) as executor:
+        chosen = tune(bench.track, args.method, bench.concepts, Path(args.out), bench.protocol, spec, executor)
     for row in chosen["grid"]:
         print(f"{json.dumps(row['overrides']):<40} H={row['H']:.3f} UA={row['UA']:.3f} retain={row['retain']:.3f}")
     print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {tuned_path(bench.track)}")
@@ -202,7 +230,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     bench = _bench_from_args(args)
     out = Path(args.out)
-    run_sweep(bench, out, args.points, args.knob)  # Knob.sweep refuses fewer than 2 points
+    with _executor(args) as executor:
+        run_sweep(bench, out, args.points, args.knob, executor=executor)  # Knob.sweep refuses fewer than 2 points
     points, front = curve_tables(out)
     if len(points):
         print(markdown_table(points_display(points)))
@@ -316,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file")
     r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
+    _add_executor_args(r)
     r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("tune", help="choose a method's strength on dev concepts (log steps of <= 2x; records every point)")
@@ -330,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--guidance", type=float, default=None)
     t.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides")
     t.add_argument("--out", default="runs/tune")
+    _add_executor_args(t)
     t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None,
                    track="conceptworld")
 
@@ -347,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="runs/sweep", help="run folder of the sweep cells and its manifest")
     sw.add_argument("--steps", type=int, default=None)
     sw.add_argument("--guidance", type=float, default=None)
+    _add_executor_args(sw)
     sw.set_defaults(func=_cmd_sweep, model=None, concept_set=None, judge=None, images=None, track="conceptworld")
 
     rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")

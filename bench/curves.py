@@ -52,7 +52,7 @@ def sweep_plan(bench: Bench, points: int, knob: str | None = None) -> dict[str, 
 
 
 def run_sweep(bench: Bench, out: Path, points: int = DEFAULT_POINTS, knob: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, executor: Any = None) -> dict[str, Any]:
     """Run every sweep point of every method (resumable: complete cells are reused) and record the
     manifest after each point, so an interrupted sweep keeps what it measured."""
     from bench.runner import run_bench
@@ -69,7 +69,7 @@ def run_sweep(bench: Bench, out: Path, points: int = DEFAULT_POINTS, knob: str |
             if progress:
                 print(f"sweep {spec}: {field}={v} ({i + 1}/{len(values)})")
             cells = run_bench(replace(bench, methods=[spec], method_overrides={spec: {**base, field: v}}), out,
-                              progress=progress)
+                              progress=progress, executor=executor)
             entry["points"].append({"value": v, "cells": [c.name for c in cells]})
             manifest["methods"][spec] = entry
             write_json(out / MANIFEST, manifest)

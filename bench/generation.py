@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench.guards import check_finite
+from bench.io import temp_path
 from bench.protocol import SamplerSpec
 from bench.records import canonical_json
 
@@ -130,7 +131,7 @@ class ReferenceCache:
                     fresh[j] = _load_cached(path)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp")
+                tmp = temp_path(path)
                 save_file({"image": fresh[j].contiguous()}, str(tmp), metadata={"prompt": p[j], "seed": str(s[j])})
                 os.replace(tmp, path)
             out.append(fresh)

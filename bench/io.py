@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 from bench.errors import InputError
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """A temporary name beside ``path`` that no other process (on any host sharing the folder) uses:
+    two writers racing on one file each write their own, and the last rename wins whole."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -27,7 +35,7 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-probe.tmp"
+        probe = temp_path(path / ".write-probe")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import InputError, RecordError
-from bench.io import write_json
+from bench.io import temp_path, write_json
 
 CHECKSUMS = "checksums.json"  # sha256 of every other file, written last, inside the atomic rename
 CELL_FILES = ("run_spec.json", "metrics.json", "per_image.jsonl", "timing.json", "environment.json",
@@ -119,7 +119,7 @@ def write_cell(root: Path, spec: RunSpec, metrics: dict[str, Any], per_image: li
     ``RecordError``: no partial cell is left, and a rerun redoes exactly this cell.
     """
     final = cell_dir(root, spec)
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    tmp = temp_path(final)
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -237,16 +237,24 @@ def write_failed_cell(root: Path, spec: RunSpec, status: str, stage: str, reason
 
 
 def clean_partial(root: Path) -> list[Path]:
-    """Remove temp folders left by a killed run, and cells of an older layout (no checksums, so
-    never verified: they are recomputed); returns what was removed."""
+    """Remove temp folders and files left by a killed run or worker, and cells of an older layout
+    (no checksums, so never verified: they are recomputed); returns what was removed.
+
+    Call it only while no process writes into ``root`` (the driver, holding the run lock, before
+    it hands out cells and after every cell has returned)."""
     removed = []
     cells = root / "cells"
-    if not cells.is_dir():
-        return removed
-    for d in cells.iterdir():
-        if d.is_dir() and (".tmp-" in d.name or not (d / CHECKSUMS).exists()):
-            shutil.rmtree(d)
-            removed.append(d)
+    if cells.is_dir():
+        for d in cells.iterdir():
+            if d.is_dir() and (".tmp-" in d.name or not (d / CHECKSUMS).exists()):
+                shutil.rmtree(d)
+                removed.append(d)
+    reference = root / "reference"
+    if reference.is_dir():
+        for f in reference.rglob("*.tmp*"):
+            if f.is_file():
+                f.unlink(missing_ok=True)
+                removed.append(f)
     return removed
 
 

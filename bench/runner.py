@@ -218,11 +218,13 @@ def plan_bench(bench: Bench) -> list[dict[str, Any]]:
     return grid
 
 
-def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
+def run_bench(bench: Bench, out: Path, progress: bool = True, executor: Any = None) -> list[Path]:
     """Run every missing cell of ``bench`` into ``out``; returns the cell folders (all complete).
 
     One driver per run folder (a lock); existing cells are verified against their checksums first.
+    ``executor``: where the cells run (``bench.executors``; default: this process, one pipeline).
     """
+    from bench.executors import LocalExecutor
     from bench.lock import run_lock
     from bench.prompts import cell_prompts, check_prompts, load_tokenizer
 
@@ -236,52 +238,106 @@ def run_bench(bench: Bench, out: Path, progress: bool = True) -> list[Path]:
     model_source(track.model)
     judge = load_judge(track, cs)
     second = load_judge(track, cs, track.second_judge) if track.second_judge else None
-    images = {c.name: few_shot_images(track, c, p) for c in concepts}
+    images = {c.name: few_shot_images(track, c, p)[1] for c in concepts}
     tokenizer = load_tokenizer(track.model)
     cuts = {c.name: check_prompts(tokenizer, cell_prompts(prompt_plan(cs, c, p), c, attacks), bench.truncate_prompts)
             for c in concepts}
     ensure_writable_dir(out)
+    executor = executor or LocalExecutor(judges=(judge, second))
     with run_lock(out):
-        return _run_grid(bench, out, progress, cs, concepts, methods, attacks, judge, images, cuts, second)
-
-
-def _run_grid(bench: Bench, out: Path, progress: bool, cs: ConceptSet, concepts: list[Concept],
-              methods: list[tuple[str, Eraser]], attacks: dict[str, Attack], judge: Judge,
-              images: dict[str, Any], cuts: dict[str, list[dict]], second: Judge | None) -> list[Path]:
-    from tqdm.auto import tqdm
-
-    track, p = bench.track, bench.protocol
-    removed = clean_partial(out)
-    require_verified(out)
-    model_sha = model_fingerprint(track.model)
-    cells = []
-    for spec_str, method in methods:
-        for c in concepts:
-            spec = cell_spec(bench, cs, method, spec_str, c, model_sha, judge, images[c.name][1], attacks, second)
-            cells.append((spec, method, c))
-    todo = [x for x in cells if not is_complete(cell_dir(out, x[0]))]
-    if progress:
-        stale = [d for d in removed if ".tmp-" not in d.name]
-        print(f"{len(cells)} cells ({len(cells) - len(todo)} already complete) -> {out}"
-              + (f"; {len(stale)} unverifiable older cell(s) removed, recomputed" if stale else ""))
-    if todo:
-        pipe = load_pipeline(track.model, device=track.device, dtype=track.dtype)
-        if track.images == "generate":
-            images = {c.name: few_shot_images(track, c, p, pipe) for c in concepts}
-        held_out = {c.name: few_shot_images(track, c, p, pipe, held_out=True)[0] for c in concepts} if attacks else {}
-        cache = ReferenceCache(out / "reference", model_sha, track.sampler)
-        for spec, method, concept in tqdm(todo, desc="cells", disable=not progress):
-            folder = run_cell(CellRun(
-                pipe, cs, spec, method, concept, images[concept.name][0], judge, cache, track.sampler, p, out,
-                attacks, held_out.get(concept.name),
-                {"prompt_truncations": cuts[concept.name]} if cuts[concept.name] else None, second, progress))
-            if cell_status(json.loads((folder / "metrics.json").read_text())) != "ok":
-                if progress:
-                    tqdm.write(f"cell {folder.name} failed, recorded: "
-                               f"{json.loads((folder / 'metrics.json').read_text())['reason']}")
-                # a diverged erase may have left weights behind: the next cell starts from the model on disk
-                pipe = load_pipeline(track.model, device=track.device, dtype=track.dtype)
+        removed = clean_partial(out)
+        require_verified(out)
+        model_sha = model_fingerprint(track.model)
+        cells = [(cell_spec(bench, cs, method, spec, c, model_sha, judge, images[c.name], attacks, second), spec, c)
+                 for spec, method in methods for c in concepts]
+        todo = [CellJob(s, m, c.name) for s, m, c in cells if not is_complete(cell_dir(out, s))]
+        if progress:
+            stale = [d for d in removed if d.parent.name == "cells" and ".tmp-" not in d.name]
+            print(f"{len(cells)} cells ({len(cells) - len(todo)} already complete) -> {out}"
+                  + (f"; {len(stale)} unverifiable older cell(s) removed, recomputed" if stale else ""))
+        if todo:
+            executor.run(Grid(bench, out, model_sha, cuts), todo, progress)
+        clean_partial(out)  # what a worker killed mid-cell left behind (its cell was redone)
     return [cell_dir(out, s) for s, _, _ in cells]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What any process needs, besides a ``CellWorker``, to run a grid's cells: the grid, the run
+    folder, the model's fingerprint and each concept's prompt truncations (picklable)."""
+
+    bench: Bench
+    out: Path
+    model_sha: str
+    cuts: dict[str, list[dict]]
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """One cell to measure: its spec (whose hash names its folder), method spec and concept."""
+
+    spec: RunSpec
+    method: str
+    concept: str
+
+
+class CellWorker:
+    """One process's means to run cells of grids on a track: the pipeline (loaded once, reloaded
+    after a diverged cell), the judges, the concept set and the few-shot images, reused by every
+    cell it runs. The local executor has one; on Ray, each actor holds one."""
+
+    def __init__(self, track: Track, judges: tuple[Judge, Judge | None] | None = None) -> None:
+        self.track = track
+        self.cs = load_concept_set(track.concept_set)
+        if judges is None:
+            judges = (load_judge(track, self.cs),
+                      load_judge(track, self.cs, track.second_judge) if track.second_judge else None)
+        self.judge, self.second = judges
+        self.pipe: Any = None
+        self._images: dict[tuple, list[Image.Image] | None] = {}
+
+    def pipeline(self) -> Any:
+        if self.pipe is None:
+            self.pipe = load_pipeline(self.track.model, device=self.track.device, dtype=self.track.dtype)
+        return self.pipe
+
+    def _few_shot(self, concept: Concept, p: EvalProtocol, held_out: bool) -> list[Image.Image] | None:
+        key = (concept.name, p.few_shot_images, p.attack_image_seed if held_out else p.few_shot_seed, held_out)
+        if key not in self._images:
+            self._images[key] = few_shot_images(self.track, concept, p, self.pipeline(), held_out=held_out)[0]
+        return self._images[key]
+
+    def cell_run(self, grid: Grid, job: CellJob, progress: bool = False) -> CellRun:
+        bench, p = grid.bench, grid.bench.protocol
+        concept = self.cs.get(job.concept)
+        method = build_method(job.method, bench.method_overrides.get(job.method))
+        attacks = {name: build_attack(name, bench.attack_overrides.get(name)) for name in bench.attacks}
+        cuts = grid.cuts[job.concept]
+        return CellRun(self.pipeline(), self.cs, job.spec, method, concept, self._few_shot(concept, p, False),
+                       self.judge, ReferenceCache(grid.out / "reference", grid.model_sha, self.track.sampler),
+                       self.track.sampler, p, grid.out, attacks,
+                       self._few_shot(concept, p, True) if attacks else None,
+                       {"prompt_truncations": cuts} if cuts else None, self.second, progress)
+
+    def reference(self, grid: Grid, job: CellJob) -> None:
+        """The original model's images and attacks for the job's concept, into the reference cache
+        (what every cell of the concept reuses); the same calls, in the same batches, as a cell's."""
+        run = self.cell_run(grid, job)
+        _reference_images(run, _plan_rows(run), None)
+        _reference_attacks(run)
+
+    def run(self, grid: Grid, job: CellJob, progress: bool = False) -> str | None:
+        """Measure one cell into the run folder; None, or why the cell failed (recorded as such).
+        A cell already complete (a retried task whose first try finished) is not measured again."""
+        folder = cell_dir(grid.out, job.spec)
+        if is_complete(folder):
+            return None
+        folder = run_cell(self.cell_run(grid, job, progress))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if cell_status(metrics) == "ok":
+            return None
+        self.pipe = None  # a diverged erase may have left weights behind: the next cell reloads the model
+        return str(metrics["reason"])
 
 
 class ImageRow(NamedTuple):

@@ -63,8 +63,9 @@ class TuneSpec:
 
 
 def tune(track: Track, method: str, concepts: list[str] | None, out: Path, protocol: EvalProtocol,
-         spec: TuneSpec | None = None) -> dict[str, Any]:
-    """Score every point on dev concepts by composite H, record all of them and the winner."""
+         spec: TuneSpec | None = None, executor: Any = None) -> dict[str, Any]:
+    """Score every point on dev concepts by composite H, record all of them and the winner.
+    ``executor``: where each point's cells run (``bench.executors``; default this process)."""
     spec = spec or TuneSpec()
     cs = load_concept_set(track.concept_set)
     concepts = concepts or cs.names("dev")
@@ -74,7 +75,7 @@ def tune(track: Track, method: str, concepts: list[str] | None, out: Path, proto
 
     def score(point: dict[str, Any]) -> dict[str, Any]:
         cells = run_bench(Bench(track=track, methods=[method], concepts=concepts, protocol=protocol,
-                                method_overrides={method: {**spec.fixed, **point}}), out)
+                                method_overrides={method: {**spec.fixed, **point}}), out, executor=executor)
         measured = load_cells(out, only=cells)  # diverged cells carry no numbers
         if not measured:
             return {"overrides": point, "H": float("nan"), "UA": float("nan"), "retain": float("nan")}
