@@ -177,7 +177,7 @@ def test_run_report_defaults_to_the_run_folder(tmp_path, monkeypatch):
     import bench.report
 
     written = []
-    monkeypatch.setattr(bench.runner, "run_bench", lambda b, out, progress=True: [])
+    monkeypatch.setattr(bench.runner, "run_bench", lambda b, out, progress=True, executor=None: [])
     monkeypatch.setattr(bench.report, "build_report",
                         lambda runs, out, only=None, sweeps=None: written.append(Path(out)) or {"html": Path(out) / "index.html"})
     assert main(["run", "--methods", "fuchi", "--concepts", "star", "--out", str(tmp_path / "x")]) == 0
