@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
                    help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
     r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")
-    r.add_argument("--clip-model", dest="clip_model", default=None, help="open_clip model name for --judge clip")
-    r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file")
+    r.add_argument("--clip-model", dest="clip_model", default=None, help="for --judge clip: an open_clip model name (with --clip-checkpoint), "
+                        "or a transformers CLIPModel folder (e.g. clip-vit-large-patch14 saved locally)")
+    r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file (not with a CLIPModel folder)")
     r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
     _add_executor_args(r)

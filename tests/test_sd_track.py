@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.concepts import Concept, load_concept_set
+from bench.errors import InputError
 from bench.protocol import EvalProtocol, SamplerSpec
 from bench.report import build_report
 from bench.runner import SD_CONCEPT_SETS, Bench, plan_bench, run_bench, sd_track
@@ -120,3 +121,79 @@ def test_resnet50_judge_loads_local_safetensors_weights(tmp_path):
     assert judge.features(x).shape == (2, 2048)
     with pytest.raises(InputError, match="needs --judge-weights"):
         ImageNetJudge("resnet50")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_clip(tmp_path_factory):
+    """A tiny transformers CLIPModel folder (both towers, safetensors, tokenizer files), built in code."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from bench.tokenizer import cached_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("hf-clip") / "tiny-clip"
+    tokenizer = cached_clip_tokenizer()
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_transformers_clip_folder_is_a_judge(tiny_hf_clip):
+    """--clip-model FOLDER: the judge's embeddings are the CLIPModel's own, named by the weights' hash."""
+    import torch.nn.functional as F
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from bench.judges.clip import ClipJudge
+
+    cs = load_concept_set(SD_CONCEPT_SETS["styles"])
+    judge = ClipJudge(str(tiny_hf_clip), None, cs)
+    model = CLIPModel.from_pretrained(tiny_hf_clip).eval()
+    tok = CLIPTokenizer.from_pretrained(tiny_hf_clip)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    with torch.no_grad():
+        pixels = (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)  # already 32 px: no resize
+        out = model.get_image_features(pixel_values=pixels)
+        expected = F.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
+        prompts = ["a painting in the style of Van Gogh", "a photo"]
+        t = tok(prompts, padding=True, return_tensors="pt")
+        out = model.get_text_features(**t)
+        text = F.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
+    assert torch.allclose(judge.features(images), expected, atol=1e-6)
+    assert torch.allclose(judge._text(prompts), text, atol=1e-6)
+    assert judge.id == "hfclip-tiny-clip" and len(judge.version) == 16
+    assert judge.detect(images, cs.get("Van Gogh")).dtype == torch.bool
+    assert set(judge.labels(images)) >= {"scene", "style"}
+
+
+def test_transformers_clip_folder_errors_are_one_line(tiny_hf_clip, tmp_path):
+    from bench.judges.clip import ClipJudge
+
+    cs = load_concept_set(SD_CONCEPT_SETS["styles"])
+    with pytest.raises(InputError, match="takes no --clip-checkpoint"):
+        ClipJudge(str(tiny_hf_clip), "/weights/x.safetensors", cs)
+    text_only = tmp_path / "text-only"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "clip_text_model"}))
+    with pytest.raises(InputError, match="not 'clip'"):
+        ClipJudge(str(text_only), None, cs)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no readable config.json"):
+        ClipJudge(str(tmp_path / "empty"), None, cs)
+
+
+def test_sd_track_with_a_transformers_clip_judge(tiny_model_dir, tiny_hf_clip, tmp_path):
+    track = sd_track(str(tiny_model_dir), concepts="styles", clip_model=str(tiny_hf_clip))
+    track = replace(track, sampler=SamplerSpec(steps=3, guidance=7.5))
+    bench = Bench(track=track, methods=["uce"], concepts=["Van Gogh"], protocol=EvalProtocol(seeds=(0, 1)))
+    (cell,) = run_bench(bench, tmp_path / "runs", progress=False)
+    assert json.loads((cell / "run_spec.json").read_text())["judge"].startswith("hfclip-tiny-clip@")
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert 0 <= metrics["ua"]["value"] <= 1 and metrics["clip_score_retain"] >= 0

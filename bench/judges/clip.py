@@ -1,13 +1,21 @@
-"""An open_clip zero-shot judge (objects, styles, characters) and CLIP score.
+"""A zero-shot CLIP judge (objects, styles, characters) and CLIP score, on open_clip or transformers.
 
-The user supplies the model name and checkpoint (no hub here): ``--clip-model ViT-L-14
---clip-checkpoint /path/open_clip_model.safetensors``. A concept is detected when its prompt
-scores highest among the prompts of every concept of the same type in the set plus a neutral
-prompt (so "none of these" is possible).
+The user supplies the model (no hub here), in either form:
+
+- open_clip: ``--clip-model ViT-L-14 --clip-checkpoint /path/open_clip_model.safetensors``;
+- a ``transformers`` ``CLIPModel`` folder (``config.json`` with ``model_type: clip``, safetensors
+  weights, its tokenizer files if present): ``--clip-model /weights/clip-vit-large-patch14``, no
+  checkpoint. ``openai/clip-vit-large-patch14`` saved this way is SD v1's own text encoder with its
+  image tower.
+
+A concept is detected when its prompt scores highest among the prompts of every concept of the
+same type in the set plus a neutral prompt (so "none of these" is possible).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,30 +41,23 @@ class ClipJudge(Judge):
 
     def __init__(self, model_name: str, checkpoint: str | None, concept_set: ConceptSet,
                  model: Any = None, batch_size: int = 32) -> None:
-        import open_clip
-
-        if model is None:
-            if checkpoint is None:
-                raise InputError("the CLIP judge needs --clip-checkpoint PATH (no model hub is assumed)")
-            try:
-                model = open_clip.create_model(model_name, pretrained=checkpoint)
-            except Exception as e:  # open_clip raises RuntimeError/ValueError/KeyError variously
-                raise InputError(f"could not load open_clip model {model_name!r} from {checkpoint!r}: {e}") from e
-        self.model = model.eval()
-        self.tokenizer = open_clip.get_tokenizer(model_name)
-        size = self.model.visual.image_size
-        self.size = size if isinstance(size, (tuple, list)) else (size, size)
-        self.mean = torch.tensor(getattr(self.model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
-        self.std = torch.tensor(getattr(self.model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+        if model is None and Path(model_name).is_dir():
+            if checkpoint is not None:
+                raise InputError(f"--clip-model {model_name} is a transformers CLIPModel folder; it takes no "
+                                 "--clip-checkpoint (that is for open_clip model names)")
+            self.tower: _Towers = _TransformersClip(Path(model_name))
+        else:
+            self.tower = _OpenClip(model_name, checkpoint, model)
+        self.size, self.mean, self.std = self.tower.size, self.tower.mean, self.tower.std
         self.concept_set, self.batch_size = concept_set, batch_size
-        self.id, self.version = f"openclip-{model_name}", str(checkpoint or "in-memory")
+        self.id, self.version = self.tower.id, self.tower.version
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def _text(self, prompts: list[str]) -> torch.Tensor:
         missing = [p for p in prompts if p not in self._text_cache]
         if missing:
-            emb = F.normalize(self.model.encode_text(self.tokenizer(missing)).float(), dim=-1)
+            emb = F.normalize(self.tower.encode_text(missing).float(), dim=-1)
             self._text_cache.update(zip(missing, emb, strict=True))
         return torch.stack([self._text_cache[p] for p in prompts])
 
@@ -67,7 +68,7 @@ class ClipJudge(Judge):
             x = F.interpolate(images[i : i + self.batch_size].float(), size=self.size, mode="bicubic",
                               antialias=True, align_corners=False).clamp(0, 1)
             x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
-            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1))
+            out.append(F.normalize(self.tower.encode_image(x).float(), dim=-1))
         return torch.cat(out)
 
     def _candidates(self, concept: Concept) -> list[str]:
@@ -148,7 +149,106 @@ class ClipJudge(Judge):
 
 
 def build(name: str, track: Any, concept_set: ConceptSet) -> ClipJudge:
-    """The registry's factory: an open_clip model and checkpoint named by the track."""
+    """The registry's factory: an open_clip model and checkpoint, or a transformers CLIPModel
+    folder, named by the track."""
     if not track.clip_model:
-        raise InputError("the CLIP judge needs --clip-model NAME and --clip-checkpoint PATH")
+        raise InputError("the CLIP judge needs --clip-model NAME --clip-checkpoint PATH (open_clip) or "
+                         "--clip-model FOLDER (a transformers CLIPModel)")
     return ClipJudge(track.clip_model, track.clip_checkpoint, concept_set)
+
+
+class _Towers:
+    """A CLIP model's two towers as the judge uses them: unnormalised embeddings of prompts and of
+    images already resized to ``size`` and normalised with ``mean``/``std``."""
+
+    size: tuple[int, int]
+    mean: torch.Tensor
+    std: torch.Tensor
+    id: str
+    version: str
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _OpenClip(_Towers):
+    def __init__(self, model_name: str, checkpoint: str | None, model: Any = None) -> None:
+        import open_clip
+
+        if model is None:
+            if checkpoint is None:
+                raise InputError("the CLIP judge needs --clip-checkpoint PATH with an open_clip model name "
+                                 "(no model hub is assumed), or --clip-model FOLDER of a transformers CLIPModel")
+            try:
+                model = open_clip.create_model(model_name, pretrained=checkpoint)
+            except Exception as e:  # open_clip raises RuntimeError/ValueError/KeyError variously
+                raise InputError(f"could not load open_clip model {model_name!r} from {checkpoint!r}: {e}") from e
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        size = self.model.visual.image_size
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.mean = torch.tensor(getattr(self.model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+        self.std = torch.tensor(getattr(self.model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+        self.id, self.version = f"openclip-{model_name}", str(checkpoint or "in-memory")
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(prompts))
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x)
+
+
+class _TransformersClip(_Towers):
+    """A ``CLIPModel`` folder (safetensors only). Its tokenizer files if it has them, else the CLIP
+    BPE tokenizer rebuilt offline; mean/std from its ``preprocessor_config.json`` if present, else
+    CLIP's own. The version is the sha256 of its files, so another checkpoint is another judge."""
+
+    def __init__(self, folder: Path) -> None:
+        import open_clip
+        from transformers import CLIPModel, CLIPTokenizer
+
+        from bench.records import model_fingerprint
+
+        config = folder / "config.json"
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError) as e:
+            raise InputError(f"--clip-model {folder}: no readable config.json ({e})") from None
+        if model_type != "clip":
+            raise InputError(f"--clip-model {folder}: config.json says model_type {model_type!r}, not 'clip' "
+                             "(a transformers CLIPModel folder with both towers is needed)")
+        try:
+            self.model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+        except Exception as e:  # transformers raises OSError/ValueError variously; name the folder and why
+            raise InputError(f"could not load a CLIPModel (safetensors) from {folder}: {e}") from e
+        if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
+            self.tokenizer = CLIPTokenizer.from_pretrained(folder)
+        else:
+            from bench.tokenizer import cached_clip_tokenizer
+
+            self.tokenizer = cached_clip_tokenizer()
+        vision = self.model.config.vision_config
+        self.size = (vision.image_size, vision.image_size)
+        pre = folder / "preprocessor_config.json"
+        stats = json.loads(pre.read_text()) if pre.is_file() else {}
+        self.mean = torch.tensor(stats.get("image_mean") or open_clip.OPENAI_DATASET_MEAN)
+        self.std = torch.tensor(stats.get("image_std") or open_clip.OPENAI_DATASET_STD)
+        self.id, self.version = f"hfclip-{folder.name}", model_fingerprint(folder)[:16]
+        self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt")
+        return _pooled(self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                    attention_mask=tokens["attention_mask"]))
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.model.get_image_features(pixel_values=x))
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """transformers < 5 returns the projected embedding; 5.x an output whose ``pooler_output`` it is."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
