@@ -24,6 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--world", default="datasets/conceptworld")
     j.add_argument("--out", default=None, help="write the judges here instead of into --world")
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a WorldConfig field")
+    c = sub.add_parser("clip", help="pretrain the world CLIP alone (ConceptWorld 3, stage 1; resumable) and "
+                                    "print its zero-shot accuracy per attribute on fresh renders")
+    c.add_argument("--work", default="work/world-clip", help="scenes, checkpoints and the trained CLIPModel folder")
+    c.add_argument("--scenes", type=int, default=60_000, help="rendered training scenes")
+    c.add_argument("--eval-scenes", dest="eval_scenes", type=int, default=2_000)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ClipConfig field")
+    c.add_argument("--mini", action="store_true", help="a miniature CLIP (tests)")
     e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
     e.add_argument("--world", default="datasets/conceptworld")
     e.add_argument("--seeds", type=int, default=64)
@@ -42,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             res = build(args.out, args.work, cfg, evaluate=not args.no_eval)
             if res["quality"]:
                 print(json.dumps(res["quality"]["summary"], indent=2))
+        elif args.cmd == "clip":
+            from bench.world.clip import MINI_CLIP, ClipConfig, pretrain
+
+            cfg = ClipConfig().override((MINI_CLIP if args.mini else []) + args.set)
+            print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes), indent=2))
         elif args.cmd == "judge":
             from bench.world.judge_build import retrain_judges
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from bench.errors import ConfigError
 
@@ -67,23 +68,28 @@ class WorldConfig:
 
     def override(self, pairs: list[str]) -> WorldConfig:
         """Apply ``key=value`` overrides (tests build a miniature world this way)."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        for pair in pairs:
-            key, sep, raw = pair.partition("=")
-            if not sep or key not in fields:
-                raise ConfigError(f"bad world override {pair!r}: expected key=value with key one of {sorted(fields)}")
-            current = getattr(self, key)
-            try:
-                if isinstance(current, tuple):
-                    value = tuple(int(v) for v in raw.split(","))
-                elif isinstance(current, bool):
-                    value = raw.lower() in ("1", "true", "yes")
-                else:
-                    value = type(current)(raw)
-            except ValueError:
-                raise ConfigError(f"bad world override {pair!r}: {raw!r} is not a {type(current).__name__}") from None
-            setattr(self, key, value)
-        return self
+        return apply_overrides(self, pairs)
+
+
+def apply_overrides(cfg: Any, pairs: list[str]) -> Any:
+    """Set ``key=value`` pairs on the dataclass ``cfg``, each parsed as its field's current type."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(f"bad world override {pair!r}: expected key=value with key one of {sorted(fields)}")
+        current = getattr(cfg, key)
+        try:
+            if isinstance(current, tuple):
+                value = tuple(int(v) for v in raw.split(","))
+            elif isinstance(current, bool):
+                value = raw.lower() in ("1", "true", "yes")
+            else:
+                value = type(current)(raw)
+        except ValueError:
+            raise ConfigError(f"bad world override {pair!r}: {raw!r} is not a {type(current).__name__}") from None
+        setattr(cfg, key, value)
+    return cfg
 
 
 MINI_OVERRIDES = [
