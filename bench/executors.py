@@ -160,9 +160,16 @@ class RayExecutor:
     def _size(self, track: Track) -> tuple[int, int, int]:
         """(actors, GPUs per actor, CPUs per actor) for ``track`` on this cluster."""
         if self.gpus and track.device != "cpu":
-            return self.workers or self.gpus, 1, 1
+            n = self.workers or self.gpus
+            if n > self.gpus:
+                raise ConfigError(f"--workers {n}: the Ray cluster has {self.gpus} GPU(s), one per worker")
+            return n, 1, 1
         threads = self.threads or max(1, self.cpus // (self.workers or self.cpus))
-        return self.workers or max(1, self.cpus // threads), 0, threads
+        n = self.workers or max(1, self.cpus // threads)
+        if n * threads > self.cpus:  # Ray would hold the extra actors back forever
+            raise ConfigError(f"--workers {n} x --worker-threads {threads} needs {n * threads} CPUs; the Ray "
+                              f"cluster has {self.cpus}")
+        return n, 0, threads
 
     def actors(self, track: Track) -> list[Any]:
         """The pool for ``track`` (created on first use, kept for later grids on the same track)."""

@@ -129,6 +129,18 @@ def test_ray_flags_need_the_ray_executor(capsys, tmp_path):
     assert code == 2 and "--executor ray" in capsys.readouterr().err
 
 
+def test_more_workers_than_the_cluster_holds_is_refused(ray_cluster, tiny_model_dir):
+    from bench.errors import ConfigError
+    from bench.executors import RayExecutor
+
+    executor = RayExecutor(workers=3, threads=1)  # the test cluster has 2 CPUs
+    try:
+        with pytest.raises(ConfigError, match="needs 3 CPUs; the Ray cluster has 2"):
+            executor.actors(_bench(tiny_model_dir).track)
+    finally:
+        executor.close()
+
+
 def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path, monkeypatch):
     """The executor given to ``run_sweep``/``tune`` runs every cell they need (what --executor does)."""
     import bench.tune as tune_module
