@@ -242,13 +242,13 @@ class _TransformersClip(_Towers):
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
-        return _pooled(self.model.get_text_features(input_ids=tokens["input_ids"],
+        return pooled_embedding(self.model.get_text_features(input_ids=tokens["input_ids"],
                                                     attention_mask=tokens["attention_mask"]))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.model.get_image_features(pixel_values=x))
+        return pooled_embedding(self.model.get_image_features(pixel_values=x))
 
 
-def _pooled(out: Any) -> torch.Tensor:
+def pooled_embedding(out: Any) -> torch.Tensor:
     """transformers < 5 returns the projected embedding; 5.x an output whose ``pooler_output`` it is."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -51,7 +51,8 @@ SYNONYM_PROB = 0.3  # chance a named attribute uses a synonym instead of its nam
 INCLUDE_PROB = {"object": 0.75, "colour": 0.6, "style": 0.6}
 
 
-def _word(rng: np.random.Generator, name: str, synonyms: dict[str, tuple[str, ...]]) -> str:
+def word_or_synonym(rng: np.random.Generator, name: str, synonyms: dict[str, tuple[str, ...]]) -> str:
+    """``name``, or with probability ``SYNONYM_PROB`` one of its synonyms."""
     syn = synonyms.get(name, ())
     if syn and rng.random() < SYNONYM_PROB:
         return str(syn[rng.integers(len(syn))])
@@ -77,9 +78,9 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> str:
         keep[("object", "colour", "style")[rng.integers(3)]] = True
     order = ("style", "colour") if rng.random() < 0.5 else ("colour", "style")
     phrase = describe(
-        _word(rng, scene.shape, OBJECT_SYNONYMS) if keep["object"] else None,
-        _word(rng, scene.colour, COLOUR_SYNONYMS) if keep["colour"] else None,
-        _word(rng, scene.style, STYLE_SYNONYMS) if keep["style"] else None,
+        word_or_synonym(rng, scene.shape, OBJECT_SYNONYMS) if keep["object"] else None,
+        word_or_synonym(rng, scene.colour, COLOUR_SYNONYMS) if keep["colour"] else None,
+        word_or_synonym(rng, scene.style, STYLE_SYNONYMS) if keep["style"] else None,
         adjective_order=order,
     )
     return TEMPLATES[rng.integers(len(TEMPLATES))].format(phrase)

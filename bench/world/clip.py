@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.judges.clip import pooled_embedding
 from bench.world.captions import (
     CHARACTER_PARAPHRASES,
     CHARACTER_TEMPLATES,
@@ -43,6 +44,7 @@ from bench.world.captions import (
     STYLE_SYNONYMS,
     TEMPLATES,
     describe,
+    word_or_synonym,
 )
 from bench.world.config import apply_overrides
 from bench.world.render import COLOURS, HEADS, NONE_CHARACTER, Scene
@@ -112,11 +114,6 @@ def make_clip(cfg: ClipConfig) -> Any:
     return CLIPModel(config)
 
 
-def _word(rng: np.random.Generator, name: str, synonyms: dict[str, tuple[str, ...]]) -> str:
-    syn = synonyms.get(name, ())
-    return str(syn[rng.integers(len(syn))]) if syn and rng.random() < 0.3 else name
-
-
 def clip_caption(scene: Scene, rng: np.random.Generator) -> str:
     """One contrastive-training caption of ``scene`` (never empty: CLIP has no unconditional case)."""
     if scene.character != NONE_CHARACTER:
@@ -125,9 +122,9 @@ def clip_caption(scene: Scene, rng: np.random.Generator) -> str:
     keep = {"object": rng.random() < 0.8, "colour": rng.random() < 0.65, "style": rng.random() < 0.65}
     if not any(keep.values()):
         keep[("object", "colour", "style")[rng.integers(3)]] = True
-    shape = _word(rng, scene.shape, OBJECT_SYNONYMS) if keep["object"] else None
-    colour = _word(rng, scene.colour, COLOUR_SYNONYMS) if keep["colour"] else None
-    style = _word(rng, scene.style, STYLE_SYNONYMS) if keep["style"] else None
+    shape = word_or_synonym(rng, scene.shape, OBJECT_SYNONYMS) if keep["object"] else None
+    colour = word_or_synonym(rng, scene.colour, COLOUR_SYNONYMS) if keep["colour"] else None
+    style = word_or_synonym(rng, scene.style, STYLE_SYNONYMS) if keep["style"] else None
     form = rng.integers(3)
     if form == 0 or not (colour or style):  # "a striped red star", adjectives in either order
         order = ("style", "colour") if rng.random() < 0.5 else ("colour", "style")
@@ -183,10 +180,6 @@ class _Captions:
         return ids, mask
 
 
-def _pooled(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] to the CLIP mean/std the judge's loader uses (``bench.judges.clip``)."""
     import open_clip
@@ -236,9 +229,9 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
         ids, mask = captions(text)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        img = F.normalize(_pooled(model.get_image_features(pixel_values=normalise(images[torch.from_numpy(idx)]))),
+        img = F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[torch.from_numpy(idx)]))),
                           dim=-1)
-        txt = F.normalize(_pooled(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
+        txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
         loss = contrastive_loss(logits, text)
         opt.zero_grad(set_to_none=True)
@@ -270,7 +263,7 @@ def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int 
     """Per judge head: the share of images whose true label's prompt scores highest among the
     head's labels (``ZERO_SHOT`` prompts; character "none" is "a picture of a shape")."""
     captions = _Captions()
-    emb = torch.cat([F.normalize(_pooled(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
+    emb = torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
                                  dim=-1) for i in range(0, len(images), batch)])
     out = {}
     for head, labels in HEADS.items():
@@ -278,7 +271,7 @@ def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int 
         prompts = [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
                    else ZERO_SHOT[head].format(n) for n in names]
         ids, mask = captions(prompts)
-        txt = F.normalize(_pooled(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
+        txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
         pred = (emb @ txt.T).argmax(-1)
         truth = torch.tensor([s.labels()[head] for s in scenes])
         out[head] = float((pred == truth).float().mean())
