@@ -55,13 +55,12 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, judges: tuple[Judge, Judge | None] | None = None) -> None:
-        self.judges = judges
-
-    def run(self, grid: Grid, jobs: list[CellJob], progress: bool = True) -> None:
+    def run(self, grid: Grid, jobs: list[CellJob], progress: bool = True,
+            judges: tuple[Judge, Judge | None] | None = None) -> None:
+        """``judges``: the driver's, already loaded (this process reuses them instead of loading twice)."""
         from tqdm.auto import tqdm
 
-        worker = CellWorker(grid.bench.track, self.judges)
+        worker = CellWorker(grid.bench.track, judges)
         for job in tqdm(jobs, desc="cells", disable=not progress):
             failure = worker.run(grid, job, progress)
             if failure and progress:
@@ -207,9 +206,9 @@ class RayExecutor:
             self.started = False
 
     # -- one grid -------------------------------------------------------------------------------
-    def run(self, grid: Grid, jobs: list[CellJob], progress: bool = True) -> None:
+    def run(self, grid: Grid, jobs: list[CellJob], progress: bool = True, judges: Any = None) -> None:
         """Reference tasks first (one per concept), then cells whose concept's reference is done,
-        each to the next free actor."""
+        each to the next free actor. ``judges`` (the driver's) stay here: each actor loads its own."""
         from tqdm.auto import tqdm
 
         idle = deque(self.actors(grid.bench.track))

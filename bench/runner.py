@@ -243,7 +243,7 @@ def run_bench(bench: Bench, out: Path, progress: bool = True, executor: Any = No
     cuts = {c.name: check_prompts(tokenizer, cell_prompts(prompt_plan(cs, c, p), c, attacks), bench.truncate_prompts)
             for c in concepts}
     ensure_writable_dir(out)
-    executor = executor or LocalExecutor(judges=(judge, second))
+    executor = executor or LocalExecutor()
     with run_lock(out):
         removed = clean_partial(out)
         require_verified(out)
@@ -256,7 +256,7 @@ def run_bench(bench: Bench, out: Path, progress: bool = True, executor: Any = No
             print(f"{len(cells)} cells ({len(cells) - len(todo)} already complete) -> {out}"
                   + (f"; {len(stale)} unverifiable older cell(s) removed, recomputed" if stale else ""))
         if todo:
-            executor.run(Grid(bench, out, model_sha, cuts), todo, progress)
+            executor.run(Grid(bench, out, model_sha, cuts), todo, progress, judges=(judge, second))
         clean_partial(out)  # what a worker killed mid-cell left behind (its cell was redone)
     return [cell_dir(out, s) for s, _, _ in cells]
 

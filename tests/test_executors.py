@@ -153,9 +153,9 @@ def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path
             super().__init__()
             self.jobs: list = []
 
-        def run(self, grid, jobs, progress=True):
+        def run(self, grid, jobs, progress=True, judges=None):
             self.jobs += jobs
-            super().run(grid, jobs, progress)
+            super().run(grid, jobs, progress, judges)
 
     bench = replace(_bench(tiny_model_dir), methods=["uce"], concepts=["circle"], attacks=(), attack_overrides={})
     executor = Recording()
