@@ -58,6 +58,8 @@ def build(out: str | Path, work: str | Path, cfg: WorldConfig, evaluate: bool = 
     stages.run("data", lambda: train.stage_data(cfg, work))
     stages.run("vae", lambda: train.stage_vae(cfg, work))
     stages.run("judge", lambda: train.stage_judge(cfg, work))
+    if cfg.text_encoder == "frozen-clip":
+        stages.run("clip", lambda: train.stage_clip(cfg, work))
     stages.run("latents", lambda: train.stage_latents(cfg, work))
     stages.run("diffusion", lambda: train.stage_diffusion(cfg, work))
     stages.run("export", lambda: train.export_pipeline(cfg, work, out))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from bench.world.captions import (
     describe,
     word_or_synonym,
 )
-from bench.world.config import apply_overrides
+from bench.world.config import MINI_CLIP, ClipConfig  # noqa: F401  (re-exported)
 from bench.world.render import COLOURS, HEADS, NONE_CHARACTER, Scene
 
 # wordings beyond the diffusion captions' (CLIP saw the web's variety; the UNet's captions stay as they are)
@@ -57,41 +56,6 @@ STYLE_PHRASES = {"solid": "in a plain fill", "striped": "with stripes", "dotted"
 ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape", "style": "a picture of a {} shape",
              "character": "a picture of {}"}
 ZERO_SHOT_NONE = {"character": "a picture of a shape"}  # the label "none" of the character head
-
-
-@dataclass
-class ClipConfig:
-    """Every size, step count and seed of the world CLIP (recorded with it)."""
-
-    seed: int = 0
-    text_layers: int = 6
-    text_hidden: int = 128
-    text_heads: int = 4
-    text_ff: int = 512
-    vision_layers: int = 4
-    vision_hidden: int = 128
-    vision_heads: int = 4
-    vision_ff: int = 512
-    patch: int = 4  # 32x32 renders: 64 patches
-    projection: int = 128
-    # about 1 s per step at batch 256 on 2 CPU threads (measured at these sizes): ~17 min, a third of
-    # world 3's 60-minute build budget; its zero-shot accuracy at this budget is not measured yet
-    steps: int = 1000
-    batch: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup: int = 100
-    ckpt_every: int = 100
-
-    def override(self, pairs: list[str]) -> ClipConfig:
-        return apply_overrides(self, pairs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-MINI_CLIP = ["text_layers=1", "text_hidden=16", "text_heads=2", "text_ff=32", "vision_layers=1", "vision_hidden=16",
-             "vision_heads=2", "vision_ff=32", "projection=8", "steps=6", "batch=16", "warmup=2", "ckpt_every=3"]
 
 
 def make_clip(cfg: ClipConfig) -> Any:
@@ -251,6 +215,10 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     if end < cfg.steps:
         return {"stopped_at": end, "seconds": prev + time.time() - t0}
     model.eval()
+    with torch.no_grad():  # stored as it ships (fp16 values, loaded as fp32): the frozen tower the
+        for v in model.state_dict().values():  # UNet trains against is then bit for bit the shipped one
+            if v.is_floating_point():
+                v.copy_(v.half().float())
     model.save_pretrained(work / "clip", safe_serialization=True)
     build_clip_tokenizer().save_pretrained(work / "clip")
     (work / "clip" / "world_clip.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=2))
@@ -301,3 +269,21 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int) -> dict
                              "vision": sum(p.numel() for p in model.vision_model.parameters())}}
     (work / "clip" / "zero_shot.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def save_text_tower(clip_dir: Path, out: Path) -> Any:
+    """The text tower of the world CLIP in ``clip_dir`` as a ``CLIPTextModel`` folder (what a
+    ``StableDiffusionPipeline``'s ``text_encoder`` is), its weights copied unchanged."""
+    from transformers import CLIPModel, CLIPTextModel
+
+    clip = CLIPModel.from_pretrained(clip_dir, use_safetensors=True)
+    text = CLIPTextModel(clip.config.text_config)
+    prefix = "text_model."
+    keep = any(k.startswith(prefix) for k in text.state_dict())  # the prefix differs across transformers versions
+    missing, unexpected = text.load_state_dict(
+        {(k if keep else k[len(prefix):]): v for k, v in clip.state_dict().items() if k.startswith(prefix)},
+        strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"world CLIP text tower does not fit CLIPTextModel: missing {missing}, extra {unexpected}")
+    text.eval().save_pretrained(out, safe_serialization=True)
+    return text
