@@ -46,12 +46,12 @@ from bench.world.captions import (
     word_or_synonym,
 )
 from bench.world.config import MINI_CLIP, ClipConfig  # noqa: F401  (re-exported)
-from bench.world.render import COLOURS, HEADS, NONE_CHARACTER, Scene
+from bench.world.render import NONE_CHARACTER, WORLD2, Scene, Vocabulary
 
 # wordings beyond the diffusion captions' (CLIP saw the web's variety; the UNet's captions stay as they are)
 EXTRA_TEMPLATES = ("{}", "a rendering of a {}", "a small {}", "a {} in the middle", "an icon of a {}")
 STYLE_PHRASES = {"solid": "in a plain fill", "striped": "with stripes", "dotted": "with dots",
-                 "checkered": "with a checker pattern"}
+                 "checkered": "with a checker pattern", "halved": "in two halves", "pinstriped": "with pinstripes"}
 # zero-shot prompts per judge head (``zero_shot``)
 ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape", "style": "a picture of a {} shape",
              "character": "a picture of {}"}
@@ -227,26 +227,26 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
 
 
 @torch.no_grad()
-def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256) -> dict[str, float]:
+def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256,
+              vocab: Vocabulary = WORLD2) -> dict[str, float]:
     """Per judge head: the share of images whose true label's prompt scores highest among the
     head's labels (``ZERO_SHOT`` prompts; character "none" is "a picture of a shape")."""
     captions = _Captions()
     emb = torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
                                  dim=-1) for i in range(0, len(images), batch)])
     out = {}
-    for head, labels in HEADS.items():
-        names = list(labels) if head != "colour" else list(COLOURS)
+    for head, names in vocab.heads.items():
         prompts = [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
                    else ZERO_SHOT[head].format(n) for n in names]
         ids, mask = captions(prompts)
         txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
         pred = (emb @ txt.T).argmax(-1)
-        truth = torch.tensor([s.labels()[head] for s in scenes])
+        truth = torch.tensor([list(names).index(getattr(s, "shape" if head == "object" else head)) for s in scenes])
         out[head] = float((pred == truth).float().mean())
     return out
 
 
-def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int) -> dict[str, Any]:
+def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
     """Render (once, cached in ``work``) and train, then measure zero-shot accuracy on
     ``eval_scenes`` fresh renders of another seed; the result lands in ``work/clip/zero_shot.json``."""
     from bench.world.render import render_batch
@@ -255,15 +255,15 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int) -> dict
     work.mkdir(parents=True, exist_ok=True)
     data = work / "clip_train.npz"
     if not data.is_file():
-        arr, drawn = render_set(cfg.seed + 7, scenes, 0.15, "clip scenes")
+        arr, drawn = render_set(cfg.seed + 7, scenes, 0.15, "clip scenes", vocab=vocab)
         _save_set(data, arr, drawn)
     images, _, drawn = load_set(data)
     info = train_clip(cfg, images, drawn, work)
     from transformers import CLIPModel
 
     model = CLIPModel.from_pretrained(work / "clip", use_safetensors=True).eval()
-    arr, held = render_batch(cfg.seed + 8, eval_scenes)
-    acc = zero_shot(model, torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255), held)
+    arr, held = render_batch(cfg.seed + 8, eval_scenes, vocab=vocab)
+    acc = zero_shot(model, torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255), held, vocab=vocab)
     result = {**info, "zero_shot": acc, "train_scenes": len(drawn), "eval_scenes": eval_scenes,
               "parameters": {"text": sum(p.numel() for p in model.text_model.parameters()),
                              "vision": sum(p.numel() for p in model.vision_model.parameters())}}

@@ -52,6 +52,7 @@ class WorldConfig:
     """Everything that decides the trained world; the manifest records it."""
 
     seed: int = 0
+    vocab: str = "2"  # what the world draws (bench.world.render.VOCABULARIES): "2" (world 2.1) or "3"
     # data
     n_train: int = 60_000  # rendered training scenes (diffusion + VAE)
     n_judge: int = 30_000  # rendered judge scenes (another seed)
@@ -115,6 +116,8 @@ class WorldConfig:
         """Apply ``key=value`` overrides (tests build a miniature world this way); ``clip.KEY=VALUE``
         sets a field of the world CLIP's config."""
         cfg = apply_overrides(self, pairs)
+        if cfg.vocab not in ("2", "3"):
+            raise ConfigError(f"bad world override vocab={cfg.vocab!r}: one of ['2', '3']")
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ConfigError(f"bad world override text_encoder={cfg.text_encoder!r}: one of {list(TEXT_ENCODERS)}")
         return cfg

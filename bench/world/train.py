@@ -40,7 +40,7 @@ from bench.tokenizer import MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
 from bench.world.captions import caption_for
 from bench.world.config import WorldConfig
 from bench.world.judge import WorldJudge
-from bench.world.render import HEADS, Scene, render_scene, sample_scene
+from bench.world.render import HEADS, Scene, Vocabulary, render_scene, sample_scene, vocabulary
 
 
 def schedule(cfg: WorldConfig) -> dict:
@@ -81,11 +81,11 @@ class Stages:
 
 
 def render_set(seed: int, n: int, character_prob: float, desc: str,
-               workers: int | None = None) -> tuple[np.ndarray, list[Scene]]:
+               workers: int | None = None, vocab: Vocabulary | None = None) -> tuple[np.ndarray, list[Scene]]:
     """Scenes are drawn here, in order, from ``seed``; only the pixels are rendered in parallel
     (default: one worker per torch thread for large sets), so the result does not depend on ``workers``."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
+    scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
     return render_scenes(scenes, desc, workers), scenes
 
 
@@ -158,7 +158,8 @@ def make_scheduler(cfg: WorldConfig) -> DDIMScheduler:
 
 
 def stage_data(cfg: WorldConfig, work: Path) -> dict:
-    images, scenes = render_set(cfg.seed, cfg.n_train, cfg.character_prob, "render train")
+    images, scenes = render_set(cfg.seed, cfg.n_train, cfg.character_prob, "render train",
+                                vocab=vocabulary(cfg.vocab))
     _save_set(work / "train.npz", images, scenes)
     return {"n_train": cfg.n_train}
 
@@ -214,7 +215,7 @@ def stage_clip(cfg: WorldConfig, work: Path) -> dict:
     text encoder (``work/text_encoder``), frozen from here on."""
     from bench.world.clip import pretrain, save_text_tower
 
-    res = pretrain(cfg.clip, work / "world_clip", cfg.clip_scenes, cfg.clip_eval)
+    res = pretrain(cfg.clip, work / "world_clip", cfg.clip_scenes, cfg.clip_eval, vocabulary(cfg.vocab))
     save_text_tower(work / "world_clip" / "clip", work / "text_encoder")
     return {"zero_shot": res["zero_shot"], "final_loss": res["final_loss"], "parameters": res["parameters"]}
 
