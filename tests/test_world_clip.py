@@ -191,3 +191,47 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
                   output_type="pt").images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
     assert build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)["stages"] == res["stages"]
+
+
+def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
+    """The world-3 gates on a world CLIP: zero-shot accuracy per head on renders and agreement with
+    the CNN judge on (here: rendered) images the CNN accepts."""
+    import shutil
+    from pathlib import Path
+
+    from bench.world.quality import vocabulary_of, world_clip_quality
+    from bench.world.render import WORLD2
+
+    world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
+    shutil.copytree(tmp_path / "train" / "clip", tmp_path / "w" / "clip")
+    shutil.copytree(world / "judge", tmp_path / "w" / "judge")
+    from bench.world.judge import WorldJudge
+
+    judge = WorldJudge.load(tmp_path / "w" / "judge")
+    assert vocabulary_of(judge) is WORLD2
+    res = world_clip_quality(tmp_path / "w" / "clip", WORLD2, judge, images[:24], n=32)
+    assert set(res["zero_shot"]) == {"object", "colour", "style", "character"} and res["renders"] == 32
+    a = res["agreement_with_judge"]
+    assert set(a["heads"]) == {"object", "colour", "style", "character"}
+    assert a["n"] == 24 - res["rejected_by_judge"] and all(0 <= v <= 1 for v in a["heads"].values())
+
+
+def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
+    from pathlib import Path
+
+    from bench.world.quality import judges_on_generated
+    from bench.world.render import HEADS
+
+    world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+    images, _ = world_scenes
+    named = [(images[:10], {"style": 1}), (images[10:16], {"object": 2, "colour": 0, "style": 3})]
+    res = judges_on_generated(world, named, HEADS)
+    split = res["agreement_by_prompt"]
+    assert split["named"]["style"]["images"] == 16 and "style" not in split["unnamed"]
+    assert split["named"]["object"]["images"] == 6 and split["unnamed"]["object"]["images"] == 10
+    assert split["unnamed"]["character"]["images"] == 16
+    # the pooled agreement is the image-weighted mean of its two parts
+    obj = split["named"]["object"]["agreement"] * 6 + split["unnamed"]["object"]["agreement"] * 10
+    assert abs(obj / 16 - res["agreement"]["heads"]["object"]) < 1e-9

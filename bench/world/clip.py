@@ -227,10 +227,10 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
 
 
 @torch.no_grad()
-def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256,
-              vocab: Vocabulary = WORLD2) -> dict[str, float]:
-    """Per judge head: the share of images whose true label's prompt scores highest among the
-    head's labels (``ZERO_SHOT`` prompts; character "none" is "a picture of a shape")."""
+def zero_shot_labels(model: Any, images: torch.Tensor, vocab: Vocabulary = WORLD2, batch: int = 256
+                     ) -> dict[str, list[str]]:
+    """Per judge head of ``vocab``: the label whose prompt (``ZERO_SHOT``; character "none" is "a
+    picture of a shape") scores highest against each image."""
     captions = _Captions()
     emb = torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
                                  dim=-1) for i in range(0, len(images), batch)])
@@ -240,10 +240,18 @@ def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int 
                    else ZERO_SHOT[head].format(n) for n in names]
         ids, mask = captions(prompts)
         txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
-        pred = (emb @ txt.T).argmax(-1)
-        truth = torch.tensor([list(names).index(getattr(s, "shape" if head == "object" else head)) for s in scenes])
-        out[head] = float((pred == truth).float().mean())
+        out[head] = [names[k] for k in (emb @ txt.T).argmax(-1).tolist()]
     return out
+
+
+def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256,
+              vocab: Vocabulary = WORLD2) -> dict[str, float]:
+    """Per judge head: the share of images whose true label's prompt scores highest among the
+    head's labels (``zero_shot_labels``)."""
+    got = zero_shot_labels(model, images, vocab, batch)
+    attribute = {"object": "shape", "colour": "colour", "style": "style", "character": "character"}
+    return {head: float(np.mean([g == getattr(s, attribute[head]) for g, s in zip(labels, scenes, strict=True)]))
+            for head, labels in got.items()}
 
 
 def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2) -> dict[str, Any]:

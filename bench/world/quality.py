@@ -23,7 +23,9 @@ from bench.world.render import CHARACTER_SPECS, VOCABULARIES, Vocabulary, render
 
 GATES = {"judge": 0.98, "object": 0.90, "style": 0.90, "character": 0.90, "colour": 0.90, "composed": 0.75,
          # the judges on the model's own images (judge 2.2): the prompt's named attributes as the truth
-         "judge_on_generated": 0.97, "reject_original": 0.02, "judge_agreement": 0.95}
+         "judge_on_generated": 0.97, "reject_original": 0.02, "judge_agreement": 0.95,
+         # world 3's CLIP as a zero-shot judge: on renders, and against the CNN on the model's images
+         "clip_zero_shot": 0.95, "clip_agreement": 0.95}
 
 
 def load_pipeline(model_dir: str | Path, sampler: SamplerSpec = WORLD_SAMPLER) -> diffusers.StableDiffusionPipeline:
@@ -153,6 +155,9 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
             composed_rows.append(_tile(images[:12], f"{style} {colour} {shape}"[:18]))
     result["composed"] = {"prompts": composed, "seeds_per_prompt": per_prompt, "all_right": hits / max(total, 1)}
     result["judges_on_generated"] = judges_on_generated(world, named, heads)
+    if (world / "clip").is_dir():
+        result["world_clip"] = world_clip_quality(world / "clip", vocab, judge,
+                                                  torch.cat([x for x, _ in named]))
     result["throughput_images_per_s"] = gen_n / max(gen_time, 1e-9)
     result["torch_threads"] = torch.get_num_threads()
     result["summary"] = summarise(result)
@@ -190,6 +195,40 @@ def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, i
                       "head_images": {h: len(v) for h, v in hits.items()}}
     if len(labels) == 2:
         out["agreement"] = agreement(labels[FIRST], labels[SECOND])
+        # the same split by whether the image's prompt names the head: where it does not, the model
+        # draws whatever it likes there (often a half-formed texture), and neither judge has a truth
+        named_mask = {h: [h in truth for x, truth in named for _ in range(len(x))] for h in heads}
+        out["agreement_by_prompt"] = {}
+        for h, mask in named_mask.items():
+            for key, want in (("named", True), ("unnamed", False)):
+                pick = [i for i, m in enumerate(mask) if m == want]
+                if pick:
+                    same = [labels[FIRST][h][i] == labels[SECOND][h][i] for i in pick]
+                    out["agreement_by_prompt"].setdefault(key, {})[h] = {"agreement": float(np.mean(same)),
+                                                                           "images": len(pick)}
+    return out
+
+
+def world_clip_quality(folder: Path, vocab: Vocabulary, judge: WorldJudge, generated: torch.Tensor,
+                       n: int = 2000, seed: int = 987_654) -> dict:
+    """The world CLIP as a zero-shot judge (``bench.world.clip.zero_shot_labels``): accuracy per
+    head on fresh renders, and agreement per head with the CNN judge on the model's own images
+    (those the CNN does not reject; the CLIP has no reject option)."""
+    from transformers import CLIPModel
+
+    from bench.judges.base import REJECT_LABEL, SCENE_HEAD
+    from bench.judges.world import WorldConceptJudge
+    from bench.metrics import agreement
+    from bench.world.clip import zero_shot, zero_shot_labels
+
+    model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+    images, scenes = render_batch(seed, n, vocab=vocab)
+    out: dict = {"zero_shot": zero_shot(model, to_tensor(images), scenes, vocab=vocab), "renders": n}
+    cnn = WorldConceptJudge(folder.parent / "judge").labels(generated)
+    keep = [i for i, s in enumerate(cnn[SCENE_HEAD]) if s != REJECT_LABEL]
+    mine = zero_shot_labels(model, generated[keep], vocab)
+    out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine)
+    out["generated_images"], out["rejected_by_judge"] = len(generated), len(generated) - len(keep)
     return out
 
 
@@ -218,4 +257,12 @@ def summarise(result: dict) -> dict:
     if a:
         out["judges_min_head_agreement_on_generated"] = {"value": a["min"], "gate": GATES["judge_agreement"],
                                                          "pass": a["min"] >= GATES["judge_agreement"]}
+    clip = result.get("world_clip")
+    if clip:
+        worst = min(clip["zero_shot"].values())
+        out["clip_min_zero_shot_on_renders"] = {"value": worst, "gate": GATES["clip_zero_shot"],
+                                                "pass": worst >= GATES["clip_zero_shot"]}
+        a = clip["agreement_with_judge"]["min"]
+        out["clip_min_head_agreement_with_judge_on_generated"] = {"value": a, "gate": GATES["clip_agreement"],
+                                                                  "pass": a >= GATES["clip_agreement"]}
     return out
