@@ -235,3 +235,37 @@ def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
     # the pooled agreement is the image-weighted mean of its two parts
     obj = split["named"]["object"]["agreement"] * 6 + split["unnamed"]["object"]["agreement"] * 10
     assert abs(obj / 16 - res["agreement"]["heads"]["object"]) < 1e-9
+
+
+def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
+    """A world CLIP folder given as a judge spec (``--second-judge FOLDER``) is the zero-shot judge:
+    labels on the world's heads (comparable with the CNN's), reject, detect, composed checks, CLIP score."""
+    from pathlib import Path
+
+    from bench.concepts import load_concept_set
+    from bench.judges.base import REJECT_LABEL, SCENE_HEAD, build_judge
+    from bench.judges.world import WorldClipJudge, WorldConceptJudge
+    from bench.metrics import agreement
+
+    world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
+    cs = load_concept_set(world / "concepts.yaml")
+    judge = build_judge(str(tmp_path / "clip"), None, cs)
+    assert isinstance(judge, WorldClipJudge) and judge.ref.startswith("conceptworld-clip@")
+    from bench.world.render import render_batch, to_tensor
+
+    arr, _ = render_batch(424_242, 2000)
+    assert abs(float(judge.reject(to_tensor(arr)).float().mean()) - 0.01) < 0.005  # the calibration
+    got = judge.labels(images)
+    assert set(got) == {SCENE_HEAD, "object", "colour", "style", "character"}
+    rejected = [s == REJECT_LABEL for s in got[SCENE_HEAD]]
+    assert all(got["object"][i] == REJECT_LABEL for i, r in enumerate(rejected) if r)
+    star = cs.get("star")
+    assert judge.detect(images, star).tolist() == [v == "star" for v in got["object"]]
+    composed = [{"object": got["object"][i], "colour": got["colour"][i]} for i in range(len(images))]
+    assert judge.sees(images, composed).tolist() == [not r for r in rejected]
+    score = judge.clip_score(images[:3], ["a picture of a star"] * 3)
+    assert score.shape == (3,) and (score >= 0).all() and (score <= 100).all()
+    a = agreement(WorldConceptJudge(world / "judge").labels(images), got)
+    assert set(a["heads"]) == {SCENE_HEAD, "object", "colour", "style", "character"}

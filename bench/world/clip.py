@@ -161,7 +161,7 @@ def _lr_factor(step: int, cfg: ClipConfig) -> float:
 
 
 def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work: Path,
-               progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+               progress: bool = True, stop_after: int | None = None, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
     """Train on ``images`` (N x 3 x 32 x 32 in [0, 1]) of ``scenes``; resumable from
     ``work/clip_ckpt.pt``; writes the model and tokenizer to ``work/clip`` (safetensors).
     ``stop_after``: checkpoint after that many steps and return (a time-sliced build; the next call
@@ -221,9 +221,24 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
                 v.copy_(v.half().float())
     model.save_pretrained(work / "clip", safe_serialization=True)
     build_clip_tokenizer().save_pretrained(work / "clip")
-    (work / "clip" / "world_clip.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=2))
+    (work / "clip" / "world_clip.json").write_text(json.dumps({"config": cfg.to_dict(), "vocab": vocab.version},
+                                                              indent=2))
     return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
             "seconds": prev + time.time() - t0, "steps": cfg.steps}
+
+
+@torch.no_grad()
+def image_embeddings(model: Any, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Unit-norm image embeddings of images in [0, 1] (N x projection)."""
+    return torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
+                                  dim=-1) for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def text_embeddings(model: Any, prompts: list[str]) -> torch.Tensor:
+    """Unit-norm text embeddings (pooled at the end-of-text token) of ``prompts``."""
+    ids, mask = _Captions()(prompts)
+    return F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
 
 
 @torch.no_grad()
@@ -231,15 +246,11 @@ def zero_shot_labels(model: Any, images: torch.Tensor, vocab: Vocabulary = WORLD
                      ) -> dict[str, list[str]]:
     """Per judge head of ``vocab``: the label whose prompt (``ZERO_SHOT``; character "none" is "a
     picture of a shape") scores highest against each image."""
-    captions = _Captions()
-    emb = torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
-                                 dim=-1) for i in range(0, len(images), batch)])
+    emb = image_embeddings(model, images, batch)
     out = {}
     for head, names in vocab.heads.items():
-        prompts = [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
-                   else ZERO_SHOT[head].format(n) for n in names]
-        ids, mask = captions(prompts)
-        txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
+        txt = text_embeddings(model, [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
+                                      else ZERO_SHOT[head].format(n) for n in names])
         out[head] = [names[k] for k in (emb @ txt.T).argmax(-1).tolist()]
     return out
 
@@ -266,7 +277,7 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: 
         arr, drawn = render_set(cfg.seed + 7, scenes, 0.15, "clip scenes", vocab=vocab)
         _save_set(data, arr, drawn)
     images, _, drawn = load_set(data)
-    info = train_clip(cfg, images, drawn, work)
+    info = train_clip(cfg, images, drawn, work, vocab=vocab)
     from transformers import CLIPModel
 
     model = CLIPModel.from_pretrained(work / "clip", use_safetensors=True).eval()
