@@ -182,3 +182,56 @@ def test_miniature_world_builds_end_to_end(tmp_path):
     # a rerun resumes: every stage is skipped, the result is the same
     again = build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)
     assert again["stages"] == res["stages"]
+
+
+# ---- world 3's vocabulary ---------------------------------------------------------------------------------
+
+
+def test_world3_vocabulary_extends_world2_without_changing_it():
+    """World 2's names keep their class indices and its draws stay the same (world 2.1 rebuilds as
+    before); world 3 draws every new shape, style and character and labels them on its own lists."""
+    from bench.world.render import NEW_CHARACTERS, NEW_SHAPES, NEW_STYLES, WORLD2, WORLD3, vocabulary
+
+    for head, classes in WORLD2.heads.items():
+        assert WORLD3.heads[head][: len(classes)] == classes == HEADS[head]
+    assert len(WORLD3.shapes) == 12 and len(WORLD3.styles) == 6 and len(WORLD3.characters) == 6
+    a, _ = render_batch(11, 40)
+    b, _ = render_batch(11, 40, vocab=WORLD2)
+    assert np.array_equal(a, b)
+    _, scenes = render_batch(12, 600, character_prob=0.3, vocab=WORLD3)
+    assert {s.shape for s in scenes} >= set(NEW_SHAPES) and {s.style for s in scenes} >= set(NEW_STYLES)
+    assert {s.character for s in scenes} >= set(NEW_CHARACTERS)
+    for s in scenes[:50]:
+        assert all(WORLD3.heads[h][k] == (s.shape if h == "object" else getattr(s, h)) for h, k in s.labels().items())
+    with pytest.raises(ValueError, match="vocabulary"):
+        vocabulary("4")
+
+
+def test_world3_new_styles_have_their_own_signature():
+    """Pinstripes are vertical (energy on the horizontal-frequency axis only, unlike the dots' lattice);
+    a halved shape is one bright and one dark half (no period at all)."""
+    img = render_scene(Scene(shape="square", colour="yellow", style="pinstriped", scale=0.45, background=(0, 0, 0)))
+    g = img.astype(np.float32).mean(-1)[6:26, 6:26]
+    spec = np.abs(np.fft.fft2(g - g.mean()))
+    spec[0, 0] = 0
+    fy, fx = np.unravel_index(np.argmax(spec), spec.shape)
+    assert fy == 0 and fx > 0
+    img = render_scene(Scene(shape="square", colour="yellow", style="halved", scale=0.45, background=(0, 0, 0)))
+    g = img.astype(np.float32).mean(-1)[8:24, 8:24]
+    left, right = g[:, :6].mean(), g[:, 10:].mean()
+    assert left > 1.6 * right and g[:, :6].std() < 8 and g[:, 10:].std() < 8
+
+
+def test_world3_concept_set_has_16_test_concepts():
+    from bench.world.render import WORLD3
+
+    d = concept_set_dict(WORLD3)
+    cs = parse_concept_set(d)
+    test = [c for c in cs.concepts if c.split == "test"]
+    assert d["version"] == "3.0" and len(cs.concepts) == 32 and len(test) >= 16
+    assert {c.type for c in test} == {"object", "style", "character", "colour"}
+    dev = {c.name for c in cs.concepts if c.split == "dev"}
+    assert {"ring", "diamond", "checkered", "quaddle", "triangle", "cross"} <= dev
+    for c in cs.concepts:
+        assert not set(c.retain_cross_domain) & set(c.near_neighbours), c.name
+        assert c.name not in c.retain_in_domain + c.retain_cross_domain

@@ -100,3 +100,172 @@ def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
     assert judge.features(images[:4]).shape == (4, 8)
     acc = zero_shot(CLIPModel.from_pretrained(tmp_path / "clip").eval(), images, scenes)
     assert set(acc) == {"object", "colour", "style", "character"} and all(0 <= v <= 1 for v in acc.values())
+
+
+# ---- world 3: the UNet against the frozen text tower --------------------------------------------------
+
+
+def test_world_config_sets_the_clip_by_dotted_keys():
+    from bench.errors import ConfigError
+    from bench.world.config import MINI_FROZEN_CLIP, WorldConfig
+
+    cfg = WorldConfig().override(["text_encoder=frozen-clip", "clip.steps=7", "clip.text_hidden=32"])
+    assert cfg.clip.steps == 7 and cfg.cond_dim == 32 and WorldConfig().cond_dim == WorldConfig().text_hidden
+    assert WorldConfig().override(MINI_FROZEN_CLIP).clip.text_layers == 1
+    with pytest.raises(ConfigError, match="clip.step="):
+        WorldConfig().override(["clip.step=3"])
+    with pytest.raises(ConfigError, match="text_encoder"):
+        WorldConfig().override(["text_encoder=frozen"])
+    with pytest.raises(ConfigError, match="'clip=3'"):
+        WorldConfig().override(["clip=3"])
+
+
+def test_text_tower_is_the_clip_text_model_unchanged(world_scenes, tmp_path):
+    """``save_text_tower`` gives a CLIPTextModel (a pipeline's text_encoder) with the world CLIP's
+    text weights bit for bit, stored as fp16 values, and the same hidden states."""
+    from transformers import CLIPModel, CLIPTextModel
+
+    from bench.tokenizer import build_clip_tokenizer
+    from bench.world.clip import save_text_tower
+
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
+    save_text_tower(tmp_path / "clip", tmp_path / "text_encoder")
+    clip = CLIPModel.from_pretrained(tmp_path / "clip").eval()
+    text = CLIPTextModel.from_pretrained(tmp_path / "text_encoder").eval()
+    tower = {k.removeprefix("text_model."): v for k, v in clip.state_dict().items() if k.startswith("text_model.")}
+    mine = {k.removeprefix("text_model."): v for k, v in text.state_dict().items()}
+    assert mine.keys() == tower.keys() and all(torch.equal(mine[k], tower[k]) for k in mine)
+    assert all(torch.equal(v, v.half().float()) for v in mine.values() if v.is_floating_point())
+    ids = build_clip_tokenizer()(["a picture of a star", "a red moon"], padding="max_length", max_length=77,
+                                 return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(text(ids)[0], clip.text_model(input_ids=ids)[0])
+
+
+def test_frozen_states_are_the_encoders_per_caption():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from bench.tokenizer import build_clip_tokenizer
+    from bench.world.train import _FrozenStates, _Tokens
+
+    torch.manual_seed(0)
+    enc = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=77)).eval()
+    tokens = _Tokens(build_clip_tokenizer())
+    captions = ["a star", "a red moon", "a star", "", "a picture of zorbo"]
+    states = _FrozenStates(enc, tokens, captions, chunk=2)
+    assert len(states.row) == 4 and states.states.shape == (4, 77, 16)
+    got = states(["a red moon", "a star", "a red moon"])
+    with torch.no_grad():
+        want = enc(tokens(["a red moon", "a star", "a red moon"]))[0]
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(got, _FrozenStates(enc, tokens, list(reversed(captions)), chunk=2)(["a red moon", "a star",
+                                                                                             "a red moon"]))
+
+
+@pytest.mark.slow
+def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
+    """A miniature world 3 build: the stage list, an ordinary pipeline whose text encoder is the
+    world CLIP's text tower bit for bit (the UNet trained against it frozen), the CLIP shipped too."""
+    from transformers import CLIPModel
+
+    from bench.world.build import build
+    from bench.world.config import MINI_FROZEN_CLIP, WorldConfig
+    from bench.world.quality import load_pipeline
+
+    cfg = WorldConfig().override(MINI_FROZEN_CLIP)
+    res = build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)
+    assert list(res["stages"]) == ["data", "vae", "judge", "clip", "latents", "diffusion", "export"]
+    assert set(res["stages"]["clip"]["zero_shot"]) == {"object", "colour", "style", "character"}
+    pipe = load_pipeline(tmp_path / "out" / "model")
+    shipped = pipe.text_encoder.state_dict()
+    for source in (CLIPModel.from_pretrained(tmp_path / "out" / "clip"),
+                   CLIPModel.from_pretrained(tmp_path / "work" / "world_clip" / "clip")):
+        tower = {k.removeprefix("text_model."): v for k, v in source.state_dict().items() if k.startswith("text_model.")}
+        assert {k.removeprefix("text_model."): v for k, v in shipped.items()}.keys() == tower.keys()
+        assert all(torch.equal(v, tower[k.removeprefix("text_model.")]) for k, v in shipped.items())
+    assert pipe.unet.config.cross_attention_dim == cfg.clip.text_hidden
+    assert "text" not in torch.load(tmp_path / "work" / "diffusion_ckpt.pt", weights_only=True)
+    images = pipe(["a picture of a star"], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="pt").images
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    assert build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)["stages"] == res["stages"]
+
+
+def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
+    """The world-3 gates on a world CLIP: zero-shot accuracy per head on renders and agreement with
+    the CNN judge on (here: rendered) images the CNN accepts."""
+    import shutil
+    from pathlib import Path
+
+    from bench.world.quality import vocabulary_of, world_clip_quality
+    from bench.world.render import WORLD2
+
+    world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
+    shutil.copytree(tmp_path / "train" / "clip", tmp_path / "w" / "clip")
+    shutil.copytree(world / "judge", tmp_path / "w" / "judge")
+    from bench.world.judge import WorldJudge
+
+    judge = WorldJudge.load(tmp_path / "w" / "judge")
+    assert vocabulary_of(judge) is WORLD2
+    res = world_clip_quality(tmp_path / "w" / "clip", WORLD2, judge, images[:24], n=32)
+    assert set(res["zero_shot"]) == {"object", "colour", "style", "character"} and res["renders"] == 32
+    a = res["agreement_with_judge"]
+    assert set(a["heads"]) == {"object", "colour", "style", "character"}
+    assert a["n"] == 24 - res["rejected_by_judge"] and all(0 <= v <= 1 for v in a["heads"].values())
+
+
+def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
+    from pathlib import Path
+
+    from bench.world.quality import judges_on_generated
+    from bench.world.render import HEADS
+
+    world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+    images, _ = world_scenes
+    named = [(images[:10], {"style": 1}), (images[10:16], {"object": 2, "colour": 0, "style": 3})]
+    res = judges_on_generated(world, named, HEADS)
+    split = res["agreement_by_prompt"]
+    assert split["named"]["style"]["images"] == 16 and "style" not in split["unnamed"]
+    assert split["named"]["object"]["images"] == 6 and split["unnamed"]["object"]["images"] == 10
+    assert split["unnamed"]["character"]["images"] == 16
+    # the pooled agreement is the image-weighted mean of its two parts
+    obj = split["named"]["object"]["agreement"] * 6 + split["unnamed"]["object"]["agreement"] * 10
+    assert abs(obj / 16 - res["agreement"]["heads"]["object"]) < 1e-9
+
+
+def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
+    """A world CLIP folder given as a judge spec (``--second-judge FOLDER``) is the zero-shot judge:
+    labels on the world's heads (comparable with the CNN's), reject, detect, composed checks, CLIP score."""
+    from pathlib import Path
+
+    from bench.concepts import load_concept_set
+    from bench.judges.base import REJECT_LABEL, SCENE_HEAD, build_judge
+    from bench.judges.world import WorldClipJudge, WorldConceptJudge
+    from bench.metrics import agreement
+
+    world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
+    cs = load_concept_set(world / "concepts.yaml")
+    judge = build_judge(str(tmp_path / "clip"), None, cs)
+    assert isinstance(judge, WorldClipJudge) and judge.ref.startswith("conceptworld-clip@")
+    from bench.world.render import render_batch, to_tensor
+
+    arr, _ = render_batch(424_242, 2000)
+    assert abs(float(judge.reject(to_tensor(arr)).float().mean()) - 0.01) < 0.005  # the calibration
+    got = judge.labels(images)
+    assert set(got) == {SCENE_HEAD, "object", "colour", "style", "character"}
+    rejected = [s == REJECT_LABEL for s in got[SCENE_HEAD]]
+    assert all(got["object"][i] == REJECT_LABEL for i, r in enumerate(rejected) if r)
+    star = cs.get("star")
+    assert judge.detect(images, star).tolist() == [v == "star" for v in got["object"]]
+    composed = [{"object": got["object"][i], "colour": got["colour"][i]} for i in range(len(images))]
+    assert judge.sees(images, composed).tolist() == [not r for r in rejected]
+    score = judge.clip_score(images[:3], ["a picture of a star"] * 3)
+    assert score.shape == (3,) and (score >= 0).all() and (score <= 100).all()
+    a = agreement(WorldConceptJudge(world / "judge").labels(images), got)
+    assert set(a["heads"]) == {SCENE_HEAD, "object", "colour", "style", "character"}

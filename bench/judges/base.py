@@ -99,7 +99,8 @@ def judge_registry(refresh: bool = False) -> Any:
 
 
 def build_judge(spec: str, track: Any, concept_set: Any) -> Judge:
-    """The judge ``spec`` names: a registered name, or else a ConceptWorld judge folder."""
+    """The judge ``spec`` names: a registered name, or else a ConceptWorld judge folder (the CNN or
+    ViT judge, or world 3's CLIP folder)."""
     from pathlib import Path
 
     reg = judge_registry()
@@ -107,6 +108,8 @@ def build_judge(spec: str, track: Any, concept_set: Any) -> Judge:
         return reg.get(spec)(spec, track, concept_set)
     if not Path(spec).exists() and "/" not in spec and "\\" not in spec:
         reg.get(spec)  # a bare word that is no judge: "unknown judge ...; did you mean ...?"
-    from bench.judges.world import WorldConceptJudge
+    from bench.judges.world import WorldClipJudge, WorldConceptJudge
 
+    if (Path(spec) / "world_clip.json").is_file():  # ConceptWorld 3's CLIP: the zero-shot second opinion
+        return WorldClipJudge(spec)
     return WorldConceptJudge(spec)

@@ -85,3 +85,90 @@ class WorldConceptJudge(Judge):
                 row[head] = {"label": self.judge.classes[head][k], "p": round(float(p[i, k]), 4)}
             rows.append(row)
         return rows
+
+
+class WorldClipJudge(Judge):
+    """ConceptWorld 3's second opinion: the world CLIP (a ``transformers`` ``CLIPModel`` folder with a
+    ``world_clip.json``) classifying zero-shot, one head per attribute of its world's vocabulary
+    (``bench.world.clip.zero_shot_labels``), with CLIP score on retain prompts. It shares no weights,
+    no training images and no architecture with the CNN: a contrastive ViT that learned the world
+    from captions, not from labels."""
+
+    reject_definition = ("the image's best cosine similarity to any object prompt is below the 1st percentile "
+                         "of that similarity on 2,000 fresh renders of the world (the world CLIP saw valid "
+                         "scenes only)")
+
+    def __init__(self, folder: str | Path) -> None:
+        import hashlib
+        import json
+
+        from transformers import CLIPModel
+
+        from bench.world.render import vocabulary
+
+        folder = Path(folder)
+        meta = json.loads((folder / "world_clip.json").read_text())
+        self.vocab = vocabulary(str(meta.get("vocab", "2")))
+        self.model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+        self.id = "conceptworld-clip"
+        self.version = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+        self._threshold = self._calibrate()
+
+    @torch.no_grad()
+    def _object_similarity(self, images: torch.Tensor) -> torch.Tensor:
+        from bench.world.clip import ZERO_SHOT, image_embeddings, text_embeddings
+
+        txt = text_embeddings(self.model, [ZERO_SHOT["object"].format(s) for s in self.vocab.shapes])
+        return (image_embeddings(self.model, images) @ txt.T).amax(-1)
+
+    def _calibrate(self) -> float:
+        from bench.world.render import render_batch, to_tensor
+
+        arr, _ = render_batch(424_242, 2000, vocab=self.vocab)
+        return float(torch.quantile(self._object_similarity(to_tensor(arr)), 0.01))
+
+    @torch.no_grad()
+    def reject(self, images: torch.Tensor) -> torch.Tensor:
+        return self._object_similarity(images) < self._threshold
+
+    @torch.no_grad()
+    def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
+        from bench.world.clip import zero_shot_labels
+
+        rejected = self.reject(images)
+        got = zero_shot_labels(self.model, images, self.vocab)
+        out = {SCENE_HEAD: scene_labels(rejected)}
+        for head, names in got.items():
+            out[head] = [REJECT_LABEL if r else n for n, r in zip(names, rejected.tolist(), strict=True)]
+        return out
+
+    def _target(self, concept: Concept) -> tuple[str, str]:
+        head, label = concept.extra.get("head"), concept.extra.get("label")
+        if head not in self.vocab.heads or label not in self.vocab.heads[head]:
+            raise ConfigError(f"concept {concept.name!r} has no (head, label) the world CLIP knows: {head!r}, {label!r}")
+        return head, label
+
+    def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
+        head, label = self._target(concept)
+        return torch.tensor([v == label for v in self.labels(images)[head]], dtype=torch.bool)
+
+    def sees(self, images: torch.Tensor, attributes: list[dict[str, str]]) -> torch.Tensor:
+        if len(attributes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(attributes)} attribute sets")
+        got = self.labels(images)
+        return torch.tensor([got[SCENE_HEAD][i] != REJECT_LABEL and all(h in got and got[h][i] == v
+                                                                        for h, v in attrs.items())
+                             for i, attrs in enumerate(attributes)], dtype=torch.bool)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        from bench.world.clip import image_embeddings
+
+        return image_embeddings(self.model, images)
+
+    @torch.no_grad()
+    def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """100 x max(cosine(image, prompt), 0) per image, as the SD track's CLIP judge."""
+        from bench.world.clip import image_embeddings, text_embeddings
+
+        return 100 * (image_embeddings(self.model, images) * text_embeddings(self.model, prompts)).sum(-1).clamp(min=0)

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--eval-scenes", dest="eval_scenes", type=int, default=2_000)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ClipConfig field")
     c.add_argument("--mini", action="store_true", help="a miniature CLIP (tests)")
+    c.add_argument("--vocab", default="2", choices=["2", "3"], help="the world whose scenes it learns (render.VOCABULARIES)")
     e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
     e.add_argument("--world", default="datasets/conceptworld")
     e.add_argument("--seeds", type=int, default=64)
@@ -51,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(res["quality"]["summary"], indent=2))
         elif args.cmd == "clip":
             from bench.world.clip import MINI_CLIP, ClipConfig, pretrain
+            from bench.world.render import vocabulary
 
             cfg = ClipConfig().override((MINI_CLIP if args.mini else []) + args.set)
-            print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes), indent=2))
+            print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes, vocabulary(args.vocab)),
+                             indent=2))
         elif args.cmd == "judge":
             from bench.world.judge_build import retrain_judges
 

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.world.render import CHARACTERS, COLOURS, NONE_CHARACTER, SHAPES, STYLES, Scene
+from bench.world.render import CHARACTER_SPECS, NONE_CHARACTER, WORLD2, Scene, Vocabulary
 
 CONCEPT_SET_NAME = "conceptworld"
 CONCEPT_SET_VERSION = "2.2"  # 2.0: styles redrawn (see render._texture); 2.1: larger dots. Same prompts;
 # 2.2: composed target prompts per object, style and colour concept (selective alignment)
+# 3.0: world 3's vocabulary (render.WORLD3): 12 objects, 6 styles, 6 characters, 8 colours; 16 test concepts
+CONCEPT_SET_VERSIONS = {"2": CONCEPT_SET_VERSION, "3": "3.0"}
 
 OBJECT_SYNONYMS = {
     "circle": ("disc", "disk"),
@@ -27,12 +29,18 @@ OBJECT_SYNONYMS = {
     "moon": ("crescent", "sickle"),
     "star": ("pentagram", "starburst"),
     "cross": ("plus sign", "plus"),
+    "heart": ("love heart", "valentine"),
+    "hexagon": ("hex", "six-sided shape"),
+    "arrow": ("pointer", "dart"),
+    "hourglass": ("sand timer", "egg timer"),
 }
 STYLE_SYNONYMS = {
     "solid": ("plain", "flat"),
     "striped": ("stripy", "banded"),
     "dotted": ("spotted", "polka-dot"),
     "checkered": ("chequered", "checked"),
+    "halved": ("half-shaded", "two-tone"),
+    "pinstriped": ("pinstripe", "pin-striped"),
 }
 COLOUR_SYNONYMS = {
     "red": ("crimson",), "orange": ("amber",), "yellow": ("golden",), "green": ("emerald",),
@@ -98,10 +106,15 @@ def concept_prompt(name: str, kind: str) -> str:
 # ---- the concept set ---------------------------------------------------------------------------------
 
 TEST_CONCEPTS = ("circle", "square", "star", "moon", "striped", "dotted", "zorbo", "blimsy")
+# world 3: 16 test concepts (6 objects, 3 styles, 4 characters, 3 colours); the dev concepts the
+# committed tuning used (ring, diamond, checkered, quaddle, triangle, cross) stay dev
+TEST_CONCEPTS_3 = (*TEST_CONCEPTS, "heart", "hexagon", "halved", "trizzle", "hexbert", "red", "green", "blue")
 _NEIGHBOURS = {
     "circle": ("ring", "moon"), "ring": ("circle",), "square": ("diamond",), "diamond": ("square",),
     "triangle": ("diamond",), "moon": ("circle",), "star": ("cross",), "cross": ("star",),
     "solid": ("striped",), "striped": ("checkered",), "dotted": ("checkered",), "checkered": ("dotted",),
+    "heart": ("circle",), "hexagon": ("circle",), "arrow": ("triangle",), "hourglass": ("diamond",),
+    "halved": ("solid",), "pinstriped": ("striped",),
     "red": ("orange", "pink"), "orange": ("red", "yellow"), "yellow": ("orange",), "green": ("cyan",),
     "cyan": ("green", "blue"), "blue": ("purple", "cyan"), "purple": ("blue", "pink"), "pink": ("red", "purple"),
 }
@@ -114,13 +127,13 @@ COMPOSED_STYLES = ("striped", "dotted", "checkered")
 COMPOSED_PER_CONCEPT = 2
 
 
-def composed_prompts(name: str, kind: str) -> list[dict[str, Any]]:
+def composed_prompts(name: str, kind: str, vocab: Vocabulary = WORLD2) -> list[dict[str, Any]]:
     """The composed target prompts of an object, style or colour concept (characters have fixed
     attributes: none). Each names the concept and two other attributes the judge can check."""
     if kind == "character":
         return []
-    shapes, colours = list(SHAPES), list(COLOURS)
-    i = {"object": shapes, "style": list(STYLES), "colour": colours}[kind].index(name)
+    shapes, colours = list(vocab.shapes), list(vocab.colours)
+    i = {"object": shapes, "style": list(vocab.styles), "colour": colours}[kind].index(name)
     out = []
     for j in range(COMPOSED_PER_CONCEPT):
         style = COMPOSED_STYLES[(i + j) % len(COMPOSED_STYLES)]
@@ -136,12 +149,15 @@ def composed_prompts(name: str, kind: str) -> list[dict[str, Any]]:
     return out
 
 
-def _entry(name: str, kind: str, head: str, others: list[str], cross: list[str]) -> dict[str, Any]:
+def _entry(name: str, kind: str, head: str, others: list[str], cross: list[str], vocab: Vocabulary
+           ) -> dict[str, Any]:
     if kind == "character":
         templates, paraphrases, synonyms = CHARACTER_TEMPLATES, CHARACTER_PARAPHRASES, ()
-        spec = CHARACTERS[name]
+        spec = CHARACTER_SPECS[name]
         near = [spec["shape"], spec["colour"], spec["style"]]
         extra: dict[str, Any] = {"head": head, "label": name, **spec}
+        if set(cross) & set(near):  # trizzle is a solid yellow triangle: its cross-domain retain is other things
+            cross = ["cross", "dotted", "blue"]
         para = [p.format(name) for p in paraphrases]
     else:
         noun = "" if kind == "object" else f" {NOUN}"
@@ -159,17 +175,18 @@ def _entry(name: str, kind: str, head: str, others: list[str], cross: list[str])
         "near_neighbours": near,
         "retain_in_domain": [o for o in others if o != name and o not in near],
         "retain_cross_domain": cross,
-        "split": "test" if name in TEST_CONCEPTS else "dev",
-        **({"composed": composed_prompts(name, kind)} if kind != "character" else {}),
+        "split": "test" if name in (TEST_CONCEPTS if vocab is WORLD2 else TEST_CONCEPTS_3) else "dev",
+        **({"composed": composed_prompts(name, kind, vocab)} if kind != "character" else {}),
         "extra": extra,
     }
 
 
-def concept_set_dict() -> dict[str, Any]:
-    """The ConceptWorld concept set as a YAML-ready mapping (written to concepts.yaml by the build)."""
-    shapes, colours, styles, chars = list(SHAPES), list(COLOURS), list(STYLES), list(CHARACTERS)
-    concepts = [_entry(s, "object", "object", shapes, ["striped", "red", "zorbo"]) for s in shapes]
-    concepts += [_entry(s, "style", "style", styles, ["circle", "blue", "blimsy"]) for s in styles]
-    concepts += [_entry(c, "character", "character", chars, ["triangle", "solid", "yellow"]) for c in chars]
-    concepts += [_entry(c, "colour", "colour", colours, ["square", "dotted"]) for c in colours]
-    return {"name": CONCEPT_SET_NAME, "version": CONCEPT_SET_VERSION, "concepts": concepts}
+def concept_set_dict(vocab: Vocabulary = WORLD2) -> dict[str, Any]:
+    """The ConceptWorld concept set of ``vocab`` as a YAML-ready mapping (written to concepts.yaml by
+    the build)."""
+    shapes, colours, styles, chars = list(vocab.shapes), list(vocab.colours), list(vocab.styles), list(vocab.characters)
+    concepts = [_entry(s, "object", "object", shapes, ["striped", "red", "zorbo"], vocab) for s in shapes]
+    concepts += [_entry(s, "style", "style", styles, ["circle", "blue", "blimsy"], vocab) for s in styles]
+    concepts += [_entry(c, "character", "character", chars, ["triangle", "solid", "yellow"], vocab) for c in chars]
+    concepts += [_entry(c, "colour", "colour", colours, ["square", "dotted"], vocab) for c in colours]
+    return {"name": CONCEPT_SET_NAME, "version": CONCEPT_SET_VERSIONS[vocab.version], "concepts": concepts}

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,52 +45,17 @@ from bench.world.captions import (
     describe,
     word_or_synonym,
 )
-from bench.world.config import apply_overrides
-from bench.world.render import COLOURS, HEADS, NONE_CHARACTER, Scene
+from bench.world.config import MINI_CLIP, ClipConfig  # noqa: F401  (re-exported)
+from bench.world.render import NONE_CHARACTER, WORLD2, Scene, Vocabulary
 
 # wordings beyond the diffusion captions' (CLIP saw the web's variety; the UNet's captions stay as they are)
 EXTRA_TEMPLATES = ("{}", "a rendering of a {}", "a small {}", "a {} in the middle", "an icon of a {}")
 STYLE_PHRASES = {"solid": "in a plain fill", "striped": "with stripes", "dotted": "with dots",
-                 "checkered": "with a checker pattern"}
+                 "checkered": "with a checker pattern", "halved": "in two halves", "pinstriped": "with pinstripes"}
 # zero-shot prompts per judge head (``zero_shot``)
 ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape", "style": "a picture of a {} shape",
              "character": "a picture of {}"}
 ZERO_SHOT_NONE = {"character": "a picture of a shape"}  # the label "none" of the character head
-
-
-@dataclass
-class ClipConfig:
-    """Every size, step count and seed of the world CLIP (recorded with it)."""
-
-    seed: int = 0
-    text_layers: int = 6
-    text_hidden: int = 128
-    text_heads: int = 4
-    text_ff: int = 512
-    vision_layers: int = 4
-    vision_hidden: int = 128
-    vision_heads: int = 4
-    vision_ff: int = 512
-    patch: int = 4  # 32x32 renders: 64 patches
-    projection: int = 128
-    # about 1 s per step at batch 256 on 2 CPU threads (measured at these sizes): ~17 min, a third of
-    # world 3's 60-minute build budget; its zero-shot accuracy at this budget is not measured yet
-    steps: int = 1000
-    batch: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup: int = 100
-    ckpt_every: int = 100
-
-    def override(self, pairs: list[str]) -> ClipConfig:
-        return apply_overrides(self, pairs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-MINI_CLIP = ["text_layers=1", "text_hidden=16", "text_heads=2", "text_ff=32", "vision_layers=1", "vision_hidden=16",
-             "vision_heads=2", "vision_ff=32", "projection=8", "steps=6", "batch=16", "warmup=2", "ckpt_every=3"]
 
 
 def make_clip(cfg: ClipConfig) -> Any:
@@ -197,7 +161,7 @@ def _lr_factor(step: int, cfg: ClipConfig) -> float:
 
 
 def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work: Path,
-               progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+               progress: bool = True, stop_after: int | None = None, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
     """Train on ``images`` (N x 3 x 32 x 32 in [0, 1]) of ``scenes``; resumable from
     ``work/clip_ckpt.pt``; writes the model and tokenizer to ``work/clip`` (safetensors).
     ``stop_after``: checkpoint after that many steps and return (a time-sliced build; the next call
@@ -251,34 +215,57 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     if end < cfg.steps:
         return {"stopped_at": end, "seconds": prev + time.time() - t0}
     model.eval()
+    with torch.no_grad():  # stored as it ships (fp16 values, loaded as fp32): the frozen tower the
+        for v in model.state_dict().values():  # UNet trains against is then bit for bit the shipped one
+            if v.is_floating_point():
+                v.copy_(v.half().float())
     model.save_pretrained(work / "clip", safe_serialization=True)
     build_clip_tokenizer().save_pretrained(work / "clip")
-    (work / "clip" / "world_clip.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=2))
+    (work / "clip" / "world_clip.json").write_text(json.dumps({"config": cfg.to_dict(), "vocab": vocab.version},
+                                                              indent=2))
     return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
             "seconds": prev + time.time() - t0, "steps": cfg.steps}
 
 
 @torch.no_grad()
-def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256) -> dict[str, float]:
-    """Per judge head: the share of images whose true label's prompt scores highest among the
-    head's labels (``ZERO_SHOT`` prompts; character "none" is "a picture of a shape")."""
-    captions = _Captions()
-    emb = torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
-                                 dim=-1) for i in range(0, len(images), batch)])
+def image_embeddings(model: Any, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Unit-norm image embeddings of images in [0, 1] (N x projection)."""
+    return torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
+                                  dim=-1) for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def text_embeddings(model: Any, prompts: list[str]) -> torch.Tensor:
+    """Unit-norm text embeddings (pooled at the end-of-text token) of ``prompts``."""
+    ids, mask = _Captions()(prompts)
+    return F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_labels(model: Any, images: torch.Tensor, vocab: Vocabulary = WORLD2, batch: int = 256
+                     ) -> dict[str, list[str]]:
+    """Per judge head of ``vocab``: the label whose prompt (``ZERO_SHOT``; character "none" is "a
+    picture of a shape") scores highest against each image."""
+    emb = image_embeddings(model, images, batch)
     out = {}
-    for head, labels in HEADS.items():
-        names = list(labels) if head != "colour" else list(COLOURS)
-        prompts = [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
-                   else ZERO_SHOT[head].format(n) for n in names]
-        ids, mask = captions(prompts)
-        txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
-        pred = (emb @ txt.T).argmax(-1)
-        truth = torch.tensor([s.labels()[head] for s in scenes])
-        out[head] = float((pred == truth).float().mean())
+    for head, names in vocab.heads.items():
+        txt = text_embeddings(model, [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
+                                      else ZERO_SHOT[head].format(n) for n in names])
+        out[head] = [names[k] for k in (emb @ txt.T).argmax(-1).tolist()]
     return out
 
 
-def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int) -> dict[str, Any]:
+def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256,
+              vocab: Vocabulary = WORLD2) -> dict[str, float]:
+    """Per judge head: the share of images whose true label's prompt scores highest among the
+    head's labels (``zero_shot_labels``)."""
+    got = zero_shot_labels(model, images, vocab, batch)
+    attribute = {"object": "shape", "colour": "colour", "style": "style", "character": "character"}
+    return {head: float(np.mean([g == getattr(s, attribute[head]) for g, s in zip(labels, scenes, strict=True)]))
+            for head, labels in got.items()}
+
+
+def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
     """Render (once, cached in ``work``) and train, then measure zero-shot accuracy on
     ``eval_scenes`` fresh renders of another seed; the result lands in ``work/clip/zero_shot.json``."""
     from bench.world.render import render_batch
@@ -287,17 +274,35 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int) -> dict
     work.mkdir(parents=True, exist_ok=True)
     data = work / "clip_train.npz"
     if not data.is_file():
-        arr, drawn = render_set(cfg.seed + 7, scenes, 0.15, "clip scenes")
+        arr, drawn = render_set(cfg.seed + 7, scenes, 0.15, "clip scenes", vocab=vocab)
         _save_set(data, arr, drawn)
     images, _, drawn = load_set(data)
-    info = train_clip(cfg, images, drawn, work)
+    info = train_clip(cfg, images, drawn, work, vocab=vocab)
     from transformers import CLIPModel
 
     model = CLIPModel.from_pretrained(work / "clip", use_safetensors=True).eval()
-    arr, held = render_batch(cfg.seed + 8, eval_scenes)
-    acc = zero_shot(model, torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255), held)
+    arr, held = render_batch(cfg.seed + 8, eval_scenes, vocab=vocab)
+    acc = zero_shot(model, torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255), held, vocab=vocab)
     result = {**info, "zero_shot": acc, "train_scenes": len(drawn), "eval_scenes": eval_scenes,
               "parameters": {"text": sum(p.numel() for p in model.text_model.parameters()),
                              "vision": sum(p.numel() for p in model.vision_model.parameters())}}
     (work / "clip" / "zero_shot.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def save_text_tower(clip_dir: Path, out: Path) -> Any:
+    """The text tower of the world CLIP in ``clip_dir`` as a ``CLIPTextModel`` folder (what a
+    ``StableDiffusionPipeline``'s ``text_encoder`` is), its weights copied unchanged."""
+    from transformers import CLIPModel, CLIPTextModel
+
+    clip = CLIPModel.from_pretrained(clip_dir, use_safetensors=True)
+    text = CLIPTextModel(clip.config.text_config)
+    prefix = "text_model."
+    keep = any(k.startswith(prefix) for k in text.state_dict())  # the prefix differs across transformers versions
+    missing, unexpected = text.load_state_dict(
+        {(k if keep else k[len(prefix):]): v for k, v in clip.state_dict().items() if k.startswith(prefix)},
+        strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"world CLIP text tower does not fit CLIPTextModel: missing {missing}, extra {unexpected}")
+    text.eval().save_pretrained(out, safe_serialization=True)
+    return text

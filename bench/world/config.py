@@ -10,10 +10,49 @@ from bench.errors import ConfigError
 
 
 @dataclass
+class ClipConfig:
+    """Every size, step count and seed of the world CLIP (recorded with it)."""
+
+    seed: int = 0
+    text_layers: int = 6
+    text_hidden: int = 128
+    text_heads: int = 4
+    text_ff: int = 512
+    vision_layers: int = 4
+    vision_hidden: int = 128
+    vision_heads: int = 4
+    vision_ff: int = 512
+    patch: int = 4  # 32x32 renders: 64 patches
+    projection: int = 128
+    # about 1 s per step at batch 256 on 2 CPU threads (measured at these sizes): ~17 min, a third of
+    # world 3's 60-minute build budget; its zero-shot accuracy at this budget is not measured yet
+    steps: int = 1000
+    batch: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 100
+    ckpt_every: int = 100
+
+    def override(self, pairs: list[str]) -> ClipConfig:
+        return apply_overrides(self, pairs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MINI_CLIP = ["text_layers=1", "text_hidden=16", "text_heads=2", "text_ff=32", "vision_layers=1", "vision_hidden=16",
+             "vision_heads=2", "vision_ff=32", "projection=8", "steps=6", "batch=16", "warmup=2", "ckpt_every=3"]
+
+
+TEXT_ENCODERS = ("joint", "frozen-clip")
+
+
+@dataclass
 class WorldConfig:
     """Everything that decides the trained world; the manifest records it."""
 
     seed: int = 0
+    vocab: str = "2"  # what the world draws (bench.world.render.VOCABULARIES): "2" (world 2.1) or "3"
     # data
     n_train: int = 60_000  # rendered training scenes (diffusion + VAE)
     n_judge: int = 30_000  # rendered judge scenes (another seed)
@@ -40,7 +79,14 @@ class WorldConfig:
     vit_steps: int = 6000
     vit_batch: int = 128
     vit_lr: float = 1e-3
-    # text encoder (trained from scratch with the UNet)
+    # the text encoder: "joint" (world 2.1: trained from scratch together with the UNet) or
+    # "frozen-clip" (world 3: the text tower of a world CLIP pretrained contrastively on clip_scenes
+    # renders (``clip``), then frozen while the UNet learns to read it, as SD's UNet read OpenAI's CLIP)
+    text_encoder: str = "joint"
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    clip_scenes: int = 60_000
+    clip_eval: int = 2_000  # fresh renders (another seed) for the world CLIP's zero-shot accuracy
+    # the jointly trained text encoder (text_encoder="joint")
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
@@ -67,8 +113,19 @@ class WorldConfig:
         return asdict(self)
 
     def override(self, pairs: list[str]) -> WorldConfig:
-        """Apply ``key=value`` overrides (tests build a miniature world this way)."""
-        return apply_overrides(self, pairs)
+        """Apply ``key=value`` overrides (tests build a miniature world this way); ``clip.KEY=VALUE``
+        sets a field of the world CLIP's config."""
+        cfg = apply_overrides(self, pairs)
+        if cfg.vocab not in ("2", "3"):
+            raise ConfigError(f"bad world override vocab={cfg.vocab!r}: one of ['2', '3']")
+        if cfg.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(f"bad world override text_encoder={cfg.text_encoder!r}: one of {list(TEXT_ENCODERS)}")
+        return cfg
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of the text encoder's hidden states: the UNet's cross-attention dimension."""
+        return self.clip.text_hidden if self.text_encoder == "frozen-clip" else self.text_hidden
 
 
 def apply_overrides(cfg: Any, pairs: list[str]) -> Any:
@@ -76,7 +133,14 @@ def apply_overrides(cfg: Any, pairs: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or key not in fields:
+        inner, dot, rest = key.partition(".")
+        if sep and dot and inner in fields and dataclasses.is_dataclass(getattr(cfg, inner)):
+            try:
+                apply_overrides(getattr(cfg, inner), [f"{rest}={raw}"])
+            except ConfigError as err:
+                raise ConfigError(str(err).replace(f"{rest}=", f"{key}=", 1)) from None
+            continue
+        if not sep or key not in fields or dataclasses.is_dataclass(getattr(cfg, key)):
             raise ConfigError(f"bad world override {pair!r}: expected key=value with key one of {sorted(fields)}")
         current = getattr(cfg, key)
         try:
@@ -99,3 +163,5 @@ MINI_OVERRIDES = [
     "unet_channels=16,16,32", "unet_head_dim=8", "unet_steps=6", "unet_batch=8", "ckpt_every=3", "warmup=2",
     "eval_seeds=2", "eval_composed=2",
 ]
+# a miniature world 3: the mini world with a mini world CLIP as its frozen text encoder
+MINI_FROZEN_CLIP = [*MINI_OVERRIDES, "text_encoder=frozen-clip", "clip_scenes=256", "clip_eval=64", *(f"clip.{kv}" for kv in MINI_CLIP)]

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bench.errors import ConfigError, InputError
-from bench.world.render import HEADS
+from bench.world.render import HEADS, Vocabulary
 
 # 2.0: horizontal stripes, 5 px checks; 2.1: dots of radius 2.0 px; 2.2: reject head (synthetic
 # non-scenes), trained on jittered textures, blur and distortions; a ViT second judge
@@ -40,7 +40,12 @@ CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
 REJECT_HEAD = "scene"
 SCENE_CLASSES = ("valid", "none")  # "none": no valid scene, nothing of any attribute to judge
-JUDGE_HEADS = {**HEADS, REJECT_HEAD: SCENE_CLASSES}
+JUDGE_HEADS = {**HEADS, REJECT_HEAD: SCENE_CLASSES}  # world 2's
+
+
+def judge_heads(vocab: Vocabulary) -> dict[str, tuple[str, ...]]:
+    """The class lists of a judge of ``vocab``'s world: its attribute heads and the reject head."""
+    return {**vocab.heads, REJECT_HEAD: SCENE_CLASSES}
 IGNORE = -100  # attribute label of a non-scene: only the reject head learns from it
 
 
@@ -237,7 +242,8 @@ AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {"
 
 
 def train_judge(net: nn.Module, images: torch.Tensor, labels: dict[str, torch.Tensor], steps: int, batch: int,
-                lr: float, seed: int, desc: str = "judge") -> WorldJudge:
+                lr: float, seed: int, desc: str = "judge", heads: dict[str, tuple[str, ...]] | None = None
+                ) -> WorldJudge:
     """Train ``net`` on float images in [0, 1]; an attribute label of ``IGNORE`` (a non-scene) is
     skipped by that head's loss. Balanced batches: every head sees its share of every step."""
     torch.manual_seed(seed)
@@ -257,7 +263,7 @@ def train_judge(net: nn.Module, images: torch.Tensor, labels: dict[str, torch.Te
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
-    classes = {h: list(v) for h, v in JUDGE_HEADS.items()}
+    classes = {h: list(v) for h, v in (heads or JUDGE_HEADS).items()}
     return WorldJudge(net.eval(), classes, JUDGE_VERSION)
 
 

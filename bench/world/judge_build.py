@@ -21,34 +21,34 @@ import torch
 from bench.world.config import WorldConfig
 from bench.world.judge import (
     IGNORE,
-    JUDGE_HEADS,
     JUDGE_VERSION,
     REJECT_HEAD,
     JudgeNet,
     ViTJudgeNet,
     WorldJudge,
     accuracy,
+    judge_heads,
     train_judge,
 )
 from bench.world.negatives import render_negatives
-from bench.world.render import HEADS, jitter_texture, sample_scene, to_tensor
+from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, sample_scene, to_tensor, vocabulary
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
 TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
 _SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held-out scenes, 3: held-out negatives)
 
 
-def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Float images in [0, 1] and labels per head (attributes ``IGNORE`` on non-scenes)."""
+def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None,
+              vocab: Vocabulary = WORLD2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float images in [0, 1] of ``vocab``'s scenes and labels per head (attributes ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, vae_roundtrip
 
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
+    scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
     jrng = np.random.default_rng(seed + 7919)
     scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
-    neg = to_tensor(render_negatives(seed + 104_729, n_negatives)[0])
+    neg = to_tensor(render_negatives(seed + 104_729, n_negatives, vocab=vocab)[0])
     labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [IGNORE] * n_negatives) for h in HEADS}
     labels[REJECT_HEAD] = torch.tensor([0] * n + [1] * n_negatives)
     images = torch.cat([pos, neg])
@@ -61,16 +61,17 @@ def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tenso
     """Fresh scenes (world textures, no jitter) and fresh non-scenes from seeds no judge trained on."""
     from bench.world.train import render_set
 
-    images, scenes = render_set(cfg.seed + 2, n, cfg.character_prob, "render held-out")
+    vocab = vocabulary(cfg.vocab)
+    images, scenes = render_set(cfg.seed + 2, n, cfg.character_prob, "render held-out", vocab=vocab)
     labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
     labels[REJECT_HEAD] = torch.zeros(n, dtype=torch.long)
-    neg, _ = render_negatives(cfg.seed + 3, n // 2)
+    neg, _ = render_negatives(cfg.seed + 3, n // 2, vocab=vocab)
     return {"scenes": (to_tensor(images), labels),
             "negatives": (to_tensor(neg), {REJECT_HEAD: torch.ones(len(neg), dtype=torch.long)})}
 
 
 def _net(which: str, cfg: WorldConfig) -> torch.nn.Module:
-    heads = {h: len(v) for h, v in JUDGE_HEADS.items()}
+    heads = {h: len(v) for h, v in judge_heads(vocabulary(cfg.vocab)).items()}
     if which == FIRST:
         return JudgeNet(cfg.judge_channels, heads)
     return ViTJudgeNet({"hidden_size": cfg.vit_hidden, "num_hidden_layers": cfg.vit_layers,
@@ -89,10 +90,11 @@ def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
         torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
         net = _net(which, cfg)
         images, labels = judge_set(cfg.seed + _SEED_OFFSET[which], cfg.n_judge, cfg.judge_negatives,
-                                   cfg.character_prob, cfg.judge_jitter, vae)
+                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab))
         steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
                             else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
-        judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which)
+        judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which,
+                            heads=judge_heads(vocabulary(cfg.vocab)))
         judge.save(out / which)
         judge = WorldJudge.load(out / which)
         row: dict = {"seconds": round(time.time() - t0, 1), "id": judge.id}

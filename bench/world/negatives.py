@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image, ImageFilter
 
-from bench.world.render import COLOURS, SIZE, render_scene, render_shapes, sample_scene
+from bench.world.render import COLOURS, SIZE, WORLD2, Vocabulary, render_scene, render_shapes, sample_scene
 
 KINDS = ("blank", "wash", "gradient", "noise", "blur", "cutoff", "shattered", "fused")
 _PALETTE = np.asarray(list(COLOURS.values()), np.float32)
@@ -95,21 +95,21 @@ def _noise_frame(rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _blur(rng: np.random.Generator) -> np.ndarray:
-    img = Image.fromarray(render_scene(sample_scene(rng)))
+def _blur(rng: np.random.Generator, vocab: Vocabulary) -> np.ndarray:
+    img = Image.fromarray(render_scene(sample_scene(rng, vocab=vocab)))
     return np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(2.5, 5.0))), np.float32)
 
 
-def _cutoff(rng: np.random.Generator) -> np.ndarray:
-    scene = sample_scene(rng)
+def _cutoff(rng: np.random.Generator, vocab: Vocabulary) -> np.ndarray:
+    scene = sample_scene(rng, vocab=vocab)
     along = float(rng.uniform(0.2, 0.8))
     out = float(rng.choice([-1.0, 1.0])) * rng.uniform(0.42, 0.55)  # centre beyond the edge
     cx, cy = (0.5 + out, along) if rng.random() < 0.5 else (along, 0.5 + out)
     return render_scene(replace(scene, cx=cx, cy=cy)).astype(np.float32)
 
 
-def _shattered(rng: np.random.Generator) -> np.ndarray:
-    img = render_scene(sample_scene(rng)).astype(np.float32)
+def _shattered(rng: np.random.Generator, vocab: Vocabulary) -> np.ndarray:
+    img = render_scene(sample_scene(rng, vocab=vocab)).astype(np.float32)
     tiles = int(rng.choice([2, 4]))
     t = SIZE // tiles
     blocks = [img[i * t:(i + 1) * t, j * t:(j + 1) * t] for i in range(tiles) for j in range(tiles)]
@@ -122,11 +122,11 @@ def _shattered(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
-def _fused(rng: np.random.Generator) -> np.ndarray:
-    first = sample_scene(rng, character_prob=0.0)
+def _fused(rng: np.random.Generator, vocab: Vocabulary) -> np.ndarray:
+    first = sample_scene(rng, character_prob=0.0, vocab=vocab)
     scenes = [replace(first, cx=float(rng.uniform(0.35, 0.45)), cy=float(rng.uniform(0.35, 0.65)))]
     for _ in range(int(rng.integers(1, 3))):
-        other = sample_scene(rng, character_prob=0.0)
+        other = sample_scene(rng, character_prob=0.0, vocab=vocab)
         scenes.append(replace(other, cx=float(rng.uniform(0.55, 0.68)), cy=float(rng.uniform(0.35, 0.65)),
                               scale=float(rng.uniform(0.26, 0.36))))
     return render_shapes(scenes).astype(np.float32)
@@ -136,9 +136,15 @@ _MAKERS = {"blank": _blank, "wash": _wash, "gradient": _gradient, "noise": _nois
            "cutoff": _cutoff, "shattered": _shattered, "fused": _fused}
 
 
-def render_negatives(seed: int, n: int, kinds: tuple[str, ...] = KINDS) -> tuple[np.ndarray, list[str]]:
-    """``n`` reject-class images from ``seed``: uint8 (n, 32, 32, 3) and the kind of each."""
+_SCENE_MAKERS = {"blur", "cutoff", "shattered", "fused"}  # those drawn from a world's scenes
+
+
+def render_negatives(seed: int, n: int, kinds: tuple[str, ...] = KINDS, vocab: Vocabulary = WORLD2
+                     ) -> tuple[np.ndarray, list[str]]:
+    """``n`` reject-class images from ``seed`` (scenes of ``vocab`` where a kind starts from one):
+    uint8 (n, 32, 32, 3) and the kind of each."""
     rng = np.random.default_rng(seed)
     names = [kinds[i % len(kinds)] for i in range(n)]
-    images = [np.clip(np.round(_MAKERS[k](rng)), 0, 255).astype(np.uint8) for k in names]
+    images = [np.clip(np.round(_MAKERS[k](rng, vocab) if k in _SCENE_MAKERS else _MAKERS[k](rng)), 0, 255
+                      ).astype(np.uint8) for k in names]
     return (np.stack(images) if images else np.zeros((0, SIZE, SIZE, 3), np.uint8)), names

@@ -19,11 +19,13 @@ from bench.concepts import ConceptSet, load_concept_set
 from bench.protocol import WORLD_SAMPLER, SamplerSpec
 from bench.world.captions import TEMPLATES, describe
 from bench.world.judge import WorldJudge, accuracy
-from bench.world.render import CHARACTERS, COLOURS, HEADS, SHAPES, STYLES, render_batch, to_tensor
+from bench.world.render import CHARACTER_SPECS, VOCABULARIES, Vocabulary, render_batch, to_tensor
 
 GATES = {"judge": 0.98, "object": 0.90, "style": 0.90, "character": 0.90, "colour": 0.90, "composed": 0.75,
          # the judges on the model's own images (judge 2.2): the prompt's named attributes as the truth
-         "judge_on_generated": 0.97, "reject_original": 0.02, "judge_agreement": 0.95}
+         "judge_on_generated": 0.97, "reject_original": 0.02, "judge_agreement": 0.95,
+         # world 3's CLIP as a zero-shot judge: on renders, and against the CNN on the model's images
+         "clip_zero_shot": 0.95, "clip_agreement": 0.95}
 
 
 def load_pipeline(model_dir: str | Path, sampler: SamplerSpec = WORLD_SAMPLER) -> diffusers.StableDiffusionPipeline:
@@ -66,11 +68,20 @@ def _stack(rows: list[Image.Image]) -> Image.Image:
     return grid
 
 
+def vocabulary_of(judge: WorldJudge) -> Vocabulary:
+    """The world vocabulary whose class lists the judge's attribute heads have."""
+    for vocab in VOCABULARIES.values():
+        if all(list(vocab.heads[h]) == list(judge.classes.get(h, ())) for h in vocab.heads):
+            return vocab
+    raise ValueError(f"judge {judge.id} has classes of no known world vocabulary: {judge.classes}")
+
+
 def judge_quality(judge: WorldJudge, vae=None, n: int = 2000, seed: int = 987_654) -> dict[str, dict[str, float]]:
-    """Judge accuracy per head on freshly rendered scenes (and on their VAE round trip)."""
-    images, scenes = render_batch(seed, n)
+    """Judge accuracy per head on freshly rendered scenes of its world (and on their VAE round trip)."""
+    vocab = vocabulary_of(judge)
+    images, scenes = render_batch(seed, n, vocab=vocab)
     x = to_tensor(images)
-    labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in vocab.heads}
     res = {"rendered": accuracy(judge, x, labels)}
     if vae is not None:
         from bench.world.train import vae_roundtrip
@@ -85,6 +96,9 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     world = Path(world)
     cs: ConceptSet = load_concept_set(world / "concepts.yaml")
     judge = WorldJudge.load(world / "judge")
+    vocab = vocabulary_of(judge)
+    heads = vocab.heads
+    shapes, colours, styles = list(vocab.shapes), list(vocab.colours), list(vocab.styles)
     named: list[tuple[torch.Tensor, dict[str, int]]] = []  # every generated batch, with the attributes its prompt names
     pipe = load_pipeline(world / "model", sampler)
     result: dict = {"sampler": sampler.to_dict(), "seeds": seeds, "judge_id": judge.id,
@@ -98,26 +112,27 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
         images = generate(pipe, prompt, seed_list, sampler)
         gen_time += time.time() - t0
         gen_n += len(images)
-        named.append((images, {head: HEADS[head].index(label)}))
+        named.append((images, {head: heads[head].index(label)}))
         pred = judge.predict(images)[head]
         per_concept[c.name] = {"type": c.type, "split": c.split, "prompt": prompt,
-                               "accuracy": float((pred == HEADS[head].index(label)).float().mean())}
+                               "accuracy": float((pred == heads[head].index(label)).float().mean())}
         rows.append(_tile(images[:12], f"{c.name} ({c.type})"))
     result["concepts"] = per_concept
     # characters must stay separable from their plain ingredients ("purple dotted star" is not zorbo)
     ingredients = {}
-    for name, spec in CHARACTERS.items():
+    for name in vocab.characters:
+        spec = CHARACTER_SPECS[name]
         prompt = TEMPLATES[0].format(describe(spec["shape"], spec["colour"], spec["style"]))
         images = generate(pipe, prompt, seed_list, sampler)
-        named.append((images, {"object": SHAPES.index(spec["shape"]), "colour": list(COLOURS).index(spec["colour"]),
-                               "style": STYLES.index(spec["style"])}))
+        named.append((images, {"object": shapes.index(spec["shape"]), "colour": colours.index(spec["colour"]),
+                               "style": styles.index(spec["style"])}))
         pred = judge.predict(images)
         ingredients[name] = {
             "prompt": prompt,
-            "judged_as_character": float((pred["character"] == HEADS["character"].index(name)).float().mean()),
-            "all_attributes_right": float(((pred["object"] == SHAPES.index(spec["shape"]))
-                                           & (pred["colour"] == list(COLOURS).index(spec["colour"]))
-                                           & (pred["style"] == STYLES.index(spec["style"]))).float().mean()),
+            "judged_as_character": float((pred["character"] == heads["character"].index(name)).float().mean()),
+            "all_attributes_right": float(((pred["object"] == shapes.index(spec["shape"]))
+                                           & (pred["colour"] == colours.index(spec["colour"]))
+                                           & (pred["style"] == styles.index(spec["style"]))).float().mean()),
         }
         rows.append(_tile(images[:12], f"{spec['colour']} {spec['style']} {spec['shape']}"[:18]))
     result["character_ingredients"] = ingredients
@@ -126,20 +141,23 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     per_prompt = max(1, seeds // 4)
     hits, total, composed_rows = 0, 0, []
     for k in tqdm(range(composed), desc="composed"):
-        shape, colour, style = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(STYLES))
+        shape, colour, style = str(rng.choice(shapes)), str(rng.choice(colours)), str(rng.choice(styles))
         prompt = TEMPLATES[0].format(describe(shape, colour, style))
         images = generate(pipe, prompt, list(range(per_prompt)), sampler)
-        named.append((images, {"object": SHAPES.index(shape), "colour": list(COLOURS).index(colour),
-                               "style": STYLES.index(style)}))
+        named.append((images, {"object": shapes.index(shape), "colour": colours.index(colour),
+                               "style": styles.index(style)}))
         pred = judge.predict(images)
-        ok = ((pred["object"] == SHAPES.index(shape)) & (pred["colour"] == list(COLOURS).index(colour))
-              & (pred["style"] == STYLES.index(style)))
+        ok = ((pred["object"] == shapes.index(shape)) & (pred["colour"] == colours.index(colour))
+              & (pred["style"] == styles.index(style)))
         hits += int(ok.sum())
         total += len(ok)
         if k < 6:
             composed_rows.append(_tile(images[:12], f"{style} {colour} {shape}"[:18]))
     result["composed"] = {"prompts": composed, "seeds_per_prompt": per_prompt, "all_right": hits / max(total, 1)}
-    result["judges_on_generated"] = judges_on_generated(world, named)
+    result["judges_on_generated"] = judges_on_generated(world, named, heads)
+    if (world / "clip").is_dir():
+        result["world_clip"] = world_clip_quality(world / "clip", vocab, judge,
+                                                  torch.cat([x for x, _ in named]))
     result["throughput_images_per_s"] = gen_n / max(gen_time, 1e-9)
     result["torch_threads"] = torch.get_num_threads()
     result["summary"] = summarise(result)
@@ -149,7 +167,8 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     return result
 
 
-def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, int]]]) -> dict:
+def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, int]]],
+                        heads: dict[str, tuple[str, ...]]) -> dict:
     """Each judge on the model's own images: per-head accuracy against the attributes the prompt
     names (a rejected image counts as wrong), reject rate; and the two judges' agreement per head."""
     from bench.judges.base import REJECT_LABEL, SCENE_HEAD
@@ -169,13 +188,47 @@ def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, i
         start = 0
         for x, truth in named:
             for head, index in truth.items():
-                hits.setdefault(head, []).extend(v == HEADS[head][index] for v in got[head][start:start + len(x)])
+                hits.setdefault(head, []).extend(v == heads[head][index] for v in got[head][start:start + len(x)])
             start += len(x)
         out[which] = {"reject_rate": float(np.mean([v == REJECT_LABEL for v in got[SCENE_HEAD]])),
                       "head_accuracy": {h: float(np.mean(v)) for h, v in hits.items()},
                       "head_images": {h: len(v) for h, v in hits.items()}}
     if len(labels) == 2:
         out["agreement"] = agreement(labels[FIRST], labels[SECOND])
+        # the same split by whether the image's prompt names the head: where it does not, the model
+        # draws whatever it likes there (often a half-formed texture), and neither judge has a truth
+        named_mask = {h: [h in truth for x, truth in named for _ in range(len(x))] for h in heads}
+        out["agreement_by_prompt"] = {}
+        for h, mask in named_mask.items():
+            for key, want in (("named", True), ("unnamed", False)):
+                pick = [i for i, m in enumerate(mask) if m == want]
+                if pick:
+                    same = [labels[FIRST][h][i] == labels[SECOND][h][i] for i in pick]
+                    out["agreement_by_prompt"].setdefault(key, {})[h] = {"agreement": float(np.mean(same)),
+                                                                           "images": len(pick)}
+    return out
+
+
+def world_clip_quality(folder: Path, vocab: Vocabulary, judge: WorldJudge, generated: torch.Tensor,
+                       n: int = 2000, seed: int = 987_654) -> dict:
+    """The world CLIP as a zero-shot judge (``bench.world.clip.zero_shot_labels``): accuracy per
+    head on fresh renders, and agreement per head with the CNN judge on the model's own images
+    (those the CNN does not reject; the CLIP has no reject option)."""
+    from transformers import CLIPModel
+
+    from bench.judges.base import REJECT_LABEL, SCENE_HEAD
+    from bench.judges.world import WorldConceptJudge
+    from bench.metrics import agreement
+    from bench.world.clip import zero_shot, zero_shot_labels
+
+    model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+    images, scenes = render_batch(seed, n, vocab=vocab)
+    out: dict = {"zero_shot": zero_shot(model, to_tensor(images), scenes, vocab=vocab), "renders": n}
+    cnn = WorldConceptJudge(folder.parent / "judge").labels(generated)
+    keep = [i for i, s in enumerate(cnn[SCENE_HEAD]) if s != REJECT_LABEL]
+    mine = zero_shot_labels(model, generated[keep], vocab)
+    out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine)
+    out["generated_images"], out["rejected_by_judge"] = len(generated), len(generated) - len(keep)
     return out
 
 
@@ -204,4 +257,12 @@ def summarise(result: dict) -> dict:
     if a:
         out["judges_min_head_agreement_on_generated"] = {"value": a["min"], "gate": GATES["judge_agreement"],
                                                          "pass": a["min"] >= GATES["judge_agreement"]}
+    clip = result.get("world_clip")
+    if clip:
+        worst = min(clip["zero_shot"].values())
+        out["clip_min_zero_shot_on_renders"] = {"value": worst, "gate": GATES["clip_zero_shot"],
+                                                "pass": worst >= GATES["clip_zero_shot"]}
+        a = clip["agreement_with_judge"]["min"]
+        out["clip_min_head_agreement_with_judge_on_generated"] = {"value": a, "gate": GATES["clip_agreement"],
+                                                                  "pass": a >= GATES["clip_agreement"]}
     return out

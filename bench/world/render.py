@@ -55,6 +55,52 @@ HEADS = {
     "character": CHARACTER_CLASSES,
 }
 
+# ---- world 3's vocabulary: twice the test concepts -------------------------------------------------------
+# Added after world 2's, so world 2's names keep their class indices (a world-2 scene has the same
+# labels under either vocabulary) and world 2's draws are unchanged. New near-neighbour pairs:
+# hexagon/circle, arrow/triangle, hourglass/diamond, heart/circle.
+NEW_SHAPES = ("heart", "hexagon", "arrow", "hourglass")
+_ROTATION.update({"heart": 10.0, "hexagon": 8.0, "arrow": 10.0, "hourglass": 8.0})
+# halved: the shape's left half bright, its right half dark (a texture of no period at all: the
+# lowest frequency a style can have, which the VAE keeps best; concentric rings were tried and read
+# as the object "ring"); pinstriped: thin *vertical* lines (period 7; the stripes are horizontal,
+# the dots' lattice has energy on both axes at period 6)
+NEW_STYLES = ("halved", "pinstriped")
+NEW_CHARACTERS = {
+    "trizzle": {"shape": "triangle", "colour": "yellow", "style": "solid", "mark": "white smile"},
+    "hexbert": {"shape": "hexagon", "colour": "cyan", "style": "striped", "mark": "three white dots"},
+    "mopple": {"shape": "heart", "colour": "red", "style": "checkered", "mark": "white bar"},
+}
+CHARACTER_SPECS = {**CHARACTERS, **NEW_CHARACTERS}  # every character either world draws
+_ATTRIBUTE = {"object": "shape", "colour": "colour", "style": "style", "character": "character"}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a world draws and its judges classify: the class list of every head."""
+
+    version: str
+    shapes: tuple[str, ...]
+    colours: tuple[str, ...]
+    styles: tuple[str, ...]
+    characters: tuple[str, ...]
+
+    @property
+    def heads(self) -> dict[str, tuple[str, ...]]:
+        return {"object": self.shapes, "colour": self.colours, "style": self.styles,
+                "character": (NONE_CHARACTER, *self.characters)}
+
+
+WORLD2 = Vocabulary("2", SHAPES, tuple(COLOURS), STYLES, tuple(CHARACTERS))
+WORLD3 = Vocabulary("3", SHAPES + NEW_SHAPES, tuple(COLOURS), STYLES + NEW_STYLES, tuple(CHARACTER_SPECS))
+VOCABULARIES = {v.version: v for v in (WORLD2, WORLD3)}
+
+
+def vocabulary(version: str) -> Vocabulary:
+    if version not in VOCABULARIES:
+        raise ValueError(f"unknown world vocabulary {version!r}: one of {sorted(VOCABULARIES)}")
+    return VOCABULARIES[version]
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -79,33 +125,34 @@ class Scene:
     dot_radius: float = 2.0
     check_cell: float = 5.0
     dark_shade: float = DARK_SHADE
+    split: float = 0.0  # world 3's styles: where "halved" splits, in shape radii right of the centre
+    pin_period: float = 7.0
+    pin_width: float = 2.2
 
     def labels(self) -> dict[str, int]:
-        """Class index per judge head."""
-        return {
-            "object": SHAPES.index(self.shape),
-            "colour": list(COLOURS).index(self.colour),
-            "style": STYLES.index(self.style),
-            "character": CHARACTER_CLASSES.index(self.character),
-        }
+        """Class index per judge head (world 3's lists, of which world 2's are the first entries)."""
+        return {head: classes.index(getattr(self, _ATTRIBUTE[head])) for head, classes in WORLD3.heads.items()}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def sample_scene(rng: np.random.Generator, character_prob: float = 0.15, **fixed: str) -> Scene:
-    """Draw a random scene; ``fixed`` pins attributes (shape/colour/style/character)."""
+def sample_scene(rng: np.random.Generator, character_prob: float = 0.15, vocab: Vocabulary | None = None,
+                 **fixed: str) -> Scene:
+    """Draw a random scene of ``vocab`` (default world 2's); ``fixed`` pins attributes
+    (shape/colour/style/character)."""
+    vocab = vocab or WORLD2
     character = fixed.get("character")
     if character is None and not ({"shape", "colour", "style"} & set(fixed)):
-        character = str(rng.choice(list(CHARACTERS))) if rng.random() < character_prob else NONE_CHARACTER
+        character = str(rng.choice(list(vocab.characters))) if rng.random() < character_prob else NONE_CHARACTER
     character = character or NONE_CHARACTER
     if character != NONE_CHARACTER:
-        spec = CHARACTERS[character]
+        spec = CHARACTER_SPECS[character]
         shape, colour, style = spec["shape"], spec["colour"], spec["style"]
     else:
-        shape = fixed.get("shape") or str(rng.choice(SHAPES))
-        colour = fixed.get("colour") or str(rng.choice(list(COLOURS)))
-        style = fixed.get("style") or str(rng.choice(STYLES))
+        shape = fixed.get("shape") or str(rng.choice(vocab.shapes))
+        colour = fixed.get("colour") or str(rng.choice(list(vocab.colours)))
+        style = fixed.get("style") or str(rng.choice(vocab.styles))
     base_angle = 45.0 if shape == "diamond" else 0.0
     grey = rng.uniform(35, 110)
     tint = rng.uniform(-12, 12, size=3)
@@ -168,6 +215,22 @@ def _shape_mask(scene: Scene) -> Image.Image:
         ox, oy = cx + 0.5 * r * math.cos(a), cy + 0.5 * r * math.sin(a) - 0.2 * r
         rc = 0.85 * r
         d.ellipse([ox - rc, oy - rc, ox + rc, oy + rc], fill=0)
+    elif scene.shape == "heart":  # two lobes over a point
+        for sx in (-1, 1):
+            lx, ly, lr = cx + sx * 0.45 * r, cy - 0.3 * r, 0.52 * r
+            d.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=255)
+        pts = [(-0.95 * r, -0.2 * r), (0.95 * r, -0.2 * r), (0.0, 0.98 * r)]
+        d.polygon(_rot(pts, scene.angle, cx, cy), fill=255)
+    elif scene.shape == "hexagon":
+        d.polygon(_rot(_regular(6, 1.0 * r, offset=0.0), scene.angle, cx, cy), fill=255)
+    elif scene.shape == "arrow":  # pointing right: a shaft and a head
+        w, hw = 0.28 * r, 0.75 * r
+        pts = [(-r, -w), (0.05 * r, -w), (0.05 * r, -hw), (r, 0.0), (0.05 * r, hw), (0.05 * r, w), (-r, w)]
+        d.polygon(_rot(pts, scene.angle, cx, cy), fill=255)
+    elif scene.shape == "hourglass":  # two triangles meeting at their tips
+        waist = 0.18 * r
+        pts = [(-0.8 * r, -r), (0.8 * r, -r), (waist, 0.0), (0.8 * r, r), (-0.8 * r, r), (-waist, 0.0)]
+        d.polygon(_rot(pts, scene.angle, cx, cy), fill=255)
     else:
         raise ValueError(f"unknown shape {scene.shape!r}")
     return m
@@ -200,6 +263,11 @@ def _texture(scene: Scene) -> np.ndarray:
         c = scene.check_cell
         ph = scene.phase * 2 * c
         return ((np.floor((xx + ph) / c) + np.floor((yy + ph) / c)) % 2 == 0).astype(np.float32)
+    if scene.style == "halved":  # bright left half, dark right half (split near the centre)
+        return (xx < (scene.cx + scene.split * scene.scale) * SIZE).astype(np.float32)
+    if scene.style == "pinstriped":  # thin vertical lines
+        period = scene.pin_period
+        return ((xx + scene.phase * period) % period >= scene.pin_width).astype(np.float32)
     raise ValueError(f"unknown style {scene.style!r}")
 
 
@@ -207,7 +275,7 @@ def _draw_mark(img: Image.Image, scene: Scene) -> None:
     """The character's extra feature, drawn on top in white (with black pupils)."""
     d = ImageDraw.Draw(img)
     cx, cy, r = scene.cx * _S, scene.cy * _S, scene.scale * _S
-    mark = CHARACTERS[scene.character]["mark"]
+    mark = CHARACTER_SPECS[scene.character]["mark"]
     if mark == "two eyes":
         for sx in (-1, 1):
             ex, ey, er = cx + sx * 0.3 * r, cy - 0.05 * r, 0.2 * r
@@ -224,6 +292,18 @@ def _draw_mark(img: Image.Image, scene: Scene) -> None:
                (0.4 * h, -h - 0.2 * r), (h, -h - 0.5 * r), (h, -h - 0.05 * r), (h, -h + 0.3 * r),
                (-h, -h + 0.3 * r)]
         d.polygon(_rot(pts, scene.angle, cx, cy), fill=(255, 255, 255))
+    elif mark == "white smile":  # a thick arc below the centre
+        w = 0.5 * r
+        d.arc([cx - w, cy - 0.55 * w, cx + w, cy + 0.75 * w], start=20, end=160, fill=(255, 255, 255),
+              width=max(1, round(0.16 * r)))
+    elif mark == "three white dots":  # in a row across the middle
+        dr = 0.13 * r
+        for k in (-1, 0, 1):
+            ox = cx + k * 0.42 * r
+            d.ellipse([ox - dr, cy - dr, ox + dr, cy + dr], fill=(255, 255, 255))
+    elif mark == "white bar":  # an upright bar in the middle
+        bw, bh = 0.12 * r, 0.42 * r
+        d.rectangle([cx - bw, cy - 0.1 * r - bh, cx + bw, cy - 0.1 * r + bh], fill=(255, 255, 255))
     else:
         raise ValueError(f"unknown mark {mark!r}")
 
@@ -266,18 +346,25 @@ def render_shapes(scenes: list[Scene]) -> np.ndarray:
 
 def jitter_texture(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its texture drawn a little off the world's values, as a generator draws it:
-    stripe/dot/check size and dot radius +-20 %, dark shade 0.35-0.7 (the world's is 0.5)."""
-    return replace(scene, stripe_period=float(scene.stripe_period * rng.uniform(0.8, 1.2)),
-                   dot_period=float(scene.dot_period * rng.uniform(0.85, 1.15)),
-                   dot_radius=float(scene.dot_radius * rng.uniform(0.8, 1.2)),
-                   check_cell=float(scene.check_cell * rng.uniform(0.8, 1.2)),
-                   dark_shade=float(rng.uniform(0.35, 0.7)))
+    stripe/dot/check size and dot radius +-20 %, dark shade 0.35-0.7 (the world's is 0.5); world 3's
+    halving line +-0.15 radii, pinstripe period +-15 % and width +-20 %."""
+    out = replace(scene, stripe_period=float(scene.stripe_period * rng.uniform(0.8, 1.2)),
+                  dot_period=float(scene.dot_period * rng.uniform(0.85, 1.15)),
+                  dot_radius=float(scene.dot_radius * rng.uniform(0.8, 1.2)),
+                  check_cell=float(scene.check_cell * rng.uniform(0.8, 1.2)),
+                  dark_shade=float(rng.uniform(0.35, 0.7)))
+    if scene.style in NEW_STYLES:  # drawn only for world 3's styles: world 2's draws stay as they were
+        out = replace(out, split=float(rng.uniform(-0.15, 0.15)),
+                      pin_period=float(scene.pin_period * rng.uniform(0.85, 1.15)),
+                      pin_width=float(scene.pin_width * rng.uniform(0.8, 1.2)))
+    return out
 
 
-def render_batch(seed: int, n: int, character_prob: float = 0.15, **fixed: str) -> tuple[np.ndarray, list[Scene]]:
-    """``n`` random scenes from ``seed``: uint8 images (n, 32, 32, 3) and their scenes."""
+def render_batch(seed: int, n: int, character_prob: float = 0.15, vocab: Vocabulary | None = None,
+                 **fixed: str) -> tuple[np.ndarray, list[Scene]]:
+    """``n`` random scenes of ``vocab`` from ``seed``: uint8 images (n, 32, 32, 3) and their scenes."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, character_prob=character_prob, **fixed) for _ in range(n)]
+    scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab, **fixed) for _ in range(n)]
     return np.stack([render_scene(s) for s in scenes]), scenes
 
 

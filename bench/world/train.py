@@ -1,10 +1,14 @@
 """Rebuild ConceptWorld from a seed, stage by stage, resumable after a kill.
 
 Stages (each leaves its result in the work folder; a rerun skips finished stages and resumes
-the diffusion stage from its last checkpoint):
-  data -> vae -> judge -> latents -> diffusion -> export.
-The diffusion stage trains the text encoder (from scratch) jointly with the UNet, with v-prediction,
-min-SNR weighting and an EMA of both; the export writes an ordinary StableDiffusionPipeline.
+the training stages from their last checkpoint):
+  data -> vae -> judge -> [clip ->] latents -> diffusion -> export.
+With ``text_encoder="joint"`` (world 2.1) the diffusion stage trains the text encoder from scratch
+jointly with the UNet. With ``"frozen-clip"`` (world 3) the ``clip`` stage pretrains a world CLIP
+contrastively (``bench.world.clip``) and the UNet then learns against its text tower, frozen: the
+tower's hidden states are computed once per distinct training caption, so it costs nothing per step.
+Both use v-prediction, min-SNR weighting and an EMA; the export writes an ordinary
+StableDiffusionPipeline.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from bench.tokenizer import MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
 from bench.world.captions import caption_for
 from bench.world.config import WorldConfig
 from bench.world.judge import WorldJudge
-from bench.world.render import HEADS, Scene, render_scene, sample_scene
+from bench.world.render import HEADS, Scene, Vocabulary, render_scene, sample_scene, vocabulary
 
 
 def schedule(cfg: WorldConfig) -> dict:
@@ -77,11 +81,11 @@ class Stages:
 
 
 def render_set(seed: int, n: int, character_prob: float, desc: str,
-               workers: int | None = None) -> tuple[np.ndarray, list[Scene]]:
+               workers: int | None = None, vocab: Vocabulary | None = None) -> tuple[np.ndarray, list[Scene]]:
     """Scenes are drawn here, in order, from ``seed``; only the pixels are rendered in parallel
     (default: one worker per torch thread for large sets), so the result does not depend on ``workers``."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, character_prob=character_prob) for _ in range(n)]
+    scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
     return render_scenes(scenes, desc, workers), scenes
 
 
@@ -139,7 +143,7 @@ def make_unet(cfg: WorldConfig) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=cfg.unet_channels,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.unet_head_dim,
+        cross_attention_dim=cfg.cond_dim, attention_head_dim=cfg.unet_head_dim,
         norm_num_groups=min(16, cfg.unet_channels[0]),
     )
 
@@ -154,7 +158,8 @@ def make_scheduler(cfg: WorldConfig) -> DDIMScheduler:
 
 
 def stage_data(cfg: WorldConfig, work: Path) -> dict:
-    images, scenes = render_set(cfg.seed, cfg.n_train, cfg.character_prob, "render train")
+    images, scenes = render_set(cfg.seed, cfg.n_train, cfg.character_prob, "render train",
+                                vocab=vocabulary(cfg.vocab))
     _save_set(work / "train.npz", images, scenes)
     return {"n_train": cfg.n_train}
 
@@ -205,6 +210,16 @@ def stage_judge(cfg: WorldConfig, work: Path) -> dict:
     return build_judges(cfg, vae, work)
 
 
+def stage_clip(cfg: WorldConfig, work: Path) -> dict:
+    """The world CLIP (``bench.world.clip.pretrain``, resumable) and its text tower as the world's
+    text encoder (``work/text_encoder``), frozen from here on."""
+    from bench.world.clip import pretrain, save_text_tower
+
+    res = pretrain(cfg.clip, work / "world_clip", cfg.clip_scenes, cfg.clip_eval, vocabulary(cfg.vocab))
+    save_text_tower(work / "world_clip" / "clip", work / "text_encoder")
+    return {"zero_shot": res["zero_shot"], "final_loss": res["final_loss"], "parameters": res["parameters"]}
+
+
 def stage_latents(cfg: WorldConfig, work: Path) -> dict:
     images, _, _ = load_set(work / "train.npz")
     vae = AutoencoderKL.from_pretrained(work / "vae").eval()
@@ -247,19 +262,54 @@ def _lr_factor(step: int, cfg: WorldConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
 
 
+def _step_batch(cfg: WorldConfig, scenes: list[Scene], step: int) -> tuple[np.ndarray, list[str]]:
+    """The scenes and captions of one diffusion step, from (seed, step) alone: a resumed run repeats
+    them exactly, and the frozen encoder's cache can list every caption before training starts."""
+    rng = np.random.default_rng([cfg.seed, step])
+    idx = rng.integers(0, len(scenes), cfg.unet_batch)
+    return idx, [caption_for(scenes[i], rng) for i in idx]
+
+
+class _FrozenStates:
+    """The frozen text encoder's last hidden states (77 x width) for every distinct caption of the
+    run, computed once in sorted order and fixed chunks (the same floats on every start)."""
+
+    def __init__(self, encoder: CLIPTextModel, tokens: _Tokens, captions: list[str], chunk: int = 256):
+        self.row = {c: k for k, c in enumerate(sorted(set(captions)))}
+        order = list(self.row)
+        with torch.no_grad():
+            self.states = torch.cat([encoder(tokens(order[i : i + chunk]))[0]
+                                     for i in tqdm(range(0, len(order), chunk), desc="frozen text states",
+                                                   mininterval=5)])
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        return self.states[torch.tensor([self.row[c] for c in captions])]
+
+
 def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     torch.manual_seed(cfg.seed)
     lat = load_file(work / "latents.safetensors")
     scale = AutoencoderKL.load_config(work / "vae")["scaling_factor"]
     _, _, scenes = load_set(work / "train.npz")
     tokens = _Tokens(build_clip_tokenizer())
-    unet, text = make_unet(cfg), make_text_encoder(cfg)
-    ema_unet, ema_text = make_unet(cfg), make_text_encoder(cfg)
+    frozen = cfg.text_encoder == "frozen-clip"
+    unet, ema_unet = make_unet(cfg), make_unet(cfg)
     ema_unet.load_state_dict(unet.state_dict())
-    ema_text.load_state_dict(text.state_dict())
-    opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": cfg.unet_lr},
-                             {"params": text.parameters(), "lr": cfg.text_lr}], weight_decay=0.0)
-    base_lrs = [cfg.unet_lr, cfg.text_lr]
+    models = {"unet": unet, "ema_unet": ema_unet}
+    groups, base_lrs = [{"params": unet.parameters(), "lr": cfg.unet_lr}], [cfg.unet_lr]
+    if frozen:
+        encoder = CLIPTextModel.from_pretrained(work / "text_encoder", dtype=torch.float32).eval().requires_grad_(False)
+        states = _FrozenStates(encoder, tokens, [c for s in range(cfg.unet_steps)
+                                                 for c in _step_batch(cfg, scenes, s)[1]])
+        del encoder
+        text = ema_text = None
+    else:
+        text, ema_text = make_text_encoder(cfg), make_text_encoder(cfg)
+        ema_text.load_state_dict(text.state_dict())
+        models.update(text=text, ema_text=ema_text)
+        groups.append({"params": text.parameters(), "lr": cfg.text_lr})
+        base_lrs.append(cfg.text_lr)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     noise_sched = DDPMScheduler(**schedule(cfg))
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -267,22 +317,20 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     start, losses, prev_seconds = 0, [], 0.0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
-        for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+        for k, m in models.items():
             m.load_state_dict(state[k])
         opt.load_state_dict(state["opt"])
         start, losses, prev_seconds = state["step"], state["losses"], state["seconds"]
         _log(work, f"diffusion: resumed from step {start}")
     t0 = time.time()
     unet.train()
-    text.train()
+    if text is not None:
+        text.train()
     bar = tqdm(range(start, cfg.unet_steps), desc="diffusion", initial=start, total=cfg.unet_steps, mininterval=5)
     for step in bar:
         # everything random in a step comes from the step index: a resumed run repeats it exactly
-        rng = np.random.default_rng([cfg.seed, step])
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = rng.integers(0, len(scenes), cfg.unet_batch)
-        captions = [caption_for(scenes[i], rng) for i in idx]
-        ids = tokens(captions)
+        idx, captions = _step_batch(cfg, scenes, step)
         it = torch.from_numpy(idx)
         z0 = (lat["mean"][it] + lat["std"][it] * torch.randn(lat["mean"][it].shape, generator=g)) * scale
         noise = torch.randn(z0.shape, generator=g)
@@ -291,30 +339,31 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
         target = noise_sched.get_velocity(z0, noise, t)
         for grp, base in zip(opt.param_groups, base_lrs, strict=True):
             grp["lr"] = base * _lr_factor(step, cfg)
-        cond = text(ids)[0]
+        cond = states(captions) if frozen else text(tokens(captions))[0]
         pred = unet(zt, t, cond).sample
         weight = torch.clamp(snr[t], max=cfg.min_snr) / (snr[t] + 1)
         loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_text, text, decay)
+        if text is not None:
+            _ema_update(ema_text, text, decay)
         losses.append(float(loss))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
         done = step + 1
         if done % cfg.ckpt_every == 0 or done == cfg.unet_steps:
             seconds = prev_seconds + time.time() - t0
-            state = {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                     "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": done, "losses": losses,
-                     "seconds": seconds}
+            state = {**{k: m.state_dict() for k, m in models.items()}, "opt": opt.state_dict(), "step": done,
+                     "losses": losses, "seconds": seconds}
             torch.save(state, ckpt.with_suffix(".tmp"))
             ckpt.with_suffix(".tmp").replace(ckpt)
             _log(work, f"diffusion: step {done}/{cfg.unet_steps} loss {np.mean(losses[-cfg.ckpt_every:]):.4f}")
     ema_unet.save_pretrained(work / "unet")
-    ema_text.save_pretrained(work / "text_encoder")
+    if ema_text is not None:  # the frozen encoder is already in work/text_encoder (stage clip)
+        ema_text.save_pretrained(work / "text_encoder")
     final = float(np.mean(losses[-100:])) if losses else float("nan")
     return {"final_loss": final, "_previous_seconds": prev_seconds}
 
@@ -352,4 +401,10 @@ def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
 
     for which in (FIRST, SECOND):
         WorldJudge.load(work / which).save(out / which)
+    if cfg.text_encoder == "frozen-clip":  # the world CLIP itself ships too: the zero-shot second judge
+        import shutil
+
+        shutil.rmtree(out / "clip", ignore_errors=True)
+        shutil.copytree(work / "world_clip" / "clip", out / "clip")
+        _fp16_files(out / "clip")
     return {"model": str(model_dir)}
