@@ -269,3 +269,21 @@ def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
     assert score.shape == (3,) and (score >= 0).all() and (score <= 100).all()
     a = agreement(WorldConceptJudge(world / "judge").labels(images), got)
     assert set(a["heads"]) == {SCENE_HEAD, "object", "colour", "style", "character"}
+
+
+def test_joint_world_initialises_as_world_2_1_did():
+    """World 2.1's joint build draws unet, text encoder, then their EMA copies from the seed: the
+    frozen-CLIP refactor keeps that order, so world 2.1 rebuilds with the same initial weights."""
+    from bench.world.config import MINI_FROZEN_CLIP, MINI_OVERRIDES, WorldConfig
+    from bench.world.train import _init_models, make_text_encoder, make_unet
+
+    cfg = WorldConfig().override(MINI_OVERRIDES)
+    torch.manual_seed(0)
+    unet, text = make_unet(cfg), make_text_encoder(cfg)
+    torch.manual_seed(0)
+    got = _init_models(cfg)
+    for a, b in ((unet, got[0]), (text, got[1]), (unet, got[2]), (text, got[3])):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    frozen = _init_models(WorldConfig().override(MINI_FROZEN_CLIP))
+    assert frozen[1] is None and frozen[3] is None

@@ -286,6 +286,20 @@ class _FrozenStates:
         return self.states[torch.tensor([self.row[c] for c in captions])]
 
 
+def _init_models(cfg: WorldConfig) -> tuple:
+    """UNet, text encoder (None when frozen) and their EMA copies, from the current torch seed. The
+    order (unet, text, ema_unet, ema_text) is world 2.1's: its joint build draws the same weights as ever."""
+    frozen = cfg.text_encoder == "frozen-clip"
+    unet = make_unet(cfg)
+    text = None if frozen else make_text_encoder(cfg)
+    ema_unet = make_unet(cfg)
+    ema_text = None if frozen else make_text_encoder(cfg)
+    ema_unet.load_state_dict(unet.state_dict())
+    if ema_text is not None:
+        ema_text.load_state_dict(text.state_dict())
+    return unet, text, ema_unet, ema_text
+
+
 def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     torch.manual_seed(cfg.seed)
     lat = load_file(work / "latents.safetensors")
@@ -293,8 +307,7 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     _, _, scenes = load_set(work / "train.npz")
     tokens = _Tokens(build_clip_tokenizer())
     frozen = cfg.text_encoder == "frozen-clip"
-    unet, ema_unet = make_unet(cfg), make_unet(cfg)
-    ema_unet.load_state_dict(unet.state_dict())
+    unet, text, ema_unet, ema_text = _init_models(cfg)
     models = {"unet": unet, "ema_unet": ema_unet}
     groups, base_lrs = [{"params": unet.parameters(), "lr": cfg.unet_lr}], [cfg.unet_lr]
     if frozen:
@@ -302,10 +315,7 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
         states = _FrozenStates(encoder, tokens, [c for s in range(cfg.unet_steps)
                                                  for c in _step_batch(cfg, scenes, s)[1]])
         del encoder
-        text = ema_text = None
     else:
-        text, ema_text = make_text_encoder(cfg), make_text_encoder(cfg)
-        ema_text.load_state_dict(text.state_dict())
         models.update(text=text, ema_text=ema_text)
         groups.append({"params": text.parameters(), "lr": cfg.text_lr})
         base_lrs.append(cfg.text_lr)
