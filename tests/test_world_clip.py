@@ -211,7 +211,7 @@ def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
 
     judge = WorldJudge.load(tmp_path / "w" / "judge")
     assert vocabulary_of(judge) is WORLD2
-    res = world_clip_quality(tmp_path / "w" / "clip", WORLD2, judge, images[:24], n=32)
+    res = world_clip_quality(tmp_path / "w" / "clip", WORLD2, images[:24], n=32)
     assert set(res["zero_shot"]) == {"object", "colour", "style", "character"} and res["renders"] == 32
     a = res["agreement_with_judge"]
     assert set(a["heads"]) == {"object", "colour", "style", "character"}

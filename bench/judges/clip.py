@@ -243,7 +243,7 @@ class _TransformersClip(_Towers):
         tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
         return pooled_embedding(self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                    attention_mask=tokens["attention_mask"]))
+                                                             attention_mask=tokens["attention_mask"]))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return pooled_embedding(self.model.get_image_features(pixel_values=x))

@@ -112,31 +112,34 @@ class WorldClipJudge(Judge):
         self.model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
         self.id = "conceptworld-clip"
         self.version = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+        from bench.world.clip import prompt_embeddings
+
+        self._prompts = prompt_embeddings(self.model, self.vocab)  # fixed per model: computed once
         self._threshold = self._calibrate()
 
     @torch.no_grad()
-    def _object_similarity(self, images: torch.Tensor) -> torch.Tensor:
-        from bench.world.clip import ZERO_SHOT, image_embeddings, text_embeddings
+    def _judge(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[str]]]:
+        """One pass of the image tower: rejections and the zero-shot label per head."""
+        from bench.world.clip import image_embeddings, labels_from
 
-        txt = text_embeddings(self.model, [ZERO_SHOT["object"].format(s) for s in self.vocab.shapes])
-        return (image_embeddings(self.model, images) @ txt.T).amax(-1)
+        emb = image_embeddings(self.model, images)
+        rejected = (emb @ self._prompts["object"].T).amax(-1) < self._threshold
+        return rejected, labels_from(emb, self._prompts, self.vocab)
 
     def _calibrate(self) -> float:
+        from bench.world.clip import image_embeddings
         from bench.world.render import render_batch, to_tensor
 
         arr, _ = render_batch(424_242, 2000, vocab=self.vocab)
-        return float(torch.quantile(self._object_similarity(to_tensor(arr)), 0.01))
+        with torch.no_grad():
+            best = (image_embeddings(self.model, to_tensor(arr)) @ self._prompts["object"].T).amax(-1)
+        return float(torch.quantile(best, 0.01))
 
-    @torch.no_grad()
     def reject(self, images: torch.Tensor) -> torch.Tensor:
-        return self._object_similarity(images) < self._threshold
+        return self._judge(images)[0]
 
-    @torch.no_grad()
     def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
-        from bench.world.clip import zero_shot_labels
-
-        rejected = self.reject(images)
-        got = zero_shot_labels(self.model, images, self.vocab)
+        rejected, got = self._judge(images)
         out = {SCENE_HEAD: scene_labels(rejected)}
         for head, names in got.items():
             out[head] = [REJECT_LABEL if r else n for n, r in zip(names, rejected.tolist(), strict=True)]

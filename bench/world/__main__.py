@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.world.config import MINI_OVERRIDES, WorldConfig
+from bench.world.render import VOCABULARIES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--eval-scenes", dest="eval_scenes", type=int, default=2_000)
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ClipConfig field")
     c.add_argument("--mini", action="store_true", help="a miniature CLIP (tests)")
-    c.add_argument("--vocab", default="2", choices=["2", "3"], help="the world whose scenes it learns (render.VOCABULARIES)")
+    c.add_argument("--vocab", default="2", choices=sorted(VOCABULARIES), help="the world whose scenes it learns (render.VOCABULARIES)")
     e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
     e.add_argument("--world", default="datasets/conceptworld")
     e.add_argument("--seeds", type=int, default=64)

@@ -190,12 +190,10 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
         rng = np.random.default_rng([cfg.seed, step])  # a resumed run repeats every step exactly
         idx = rng.choice(len(scenes), size=min(cfg.batch, len(scenes)), replace=False)
         text = [clip_caption(scenes[i], rng) for i in idx]
-        ids, mask = captions(text)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        img = F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[torch.from_numpy(idx)]))),
-                          dim=-1)
-        txt = F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
+        img = image_embeddings(model, images[torch.from_numpy(idx)], batch=len(idx))
+        txt = text_embeddings(model, text, captions)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
         loss = contrastive_loss(logits, text)
         opt.zero_grad(set_to_none=True)
@@ -227,32 +225,39 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
             "seconds": prev + time.time() - t0, "steps": cfg.steps}
 
 
-@torch.no_grad()
 def image_embeddings(model: Any, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Unit-norm image embeddings of images in [0, 1] (N x projection)."""
+    """Unit-norm image embeddings of images in [0, 1] (N x projection); differentiable (training
+    uses it too), so callers that only judge wrap it in ``torch.no_grad``."""
     return torch.cat([F.normalize(pooled_embedding(model.get_image_features(pixel_values=normalise(images[i : i + batch]))),
                                   dim=-1) for i in range(0, len(images), batch)])
 
 
-@torch.no_grad()
-def text_embeddings(model: Any, prompts: list[str]) -> torch.Tensor:
-    """Unit-norm text embeddings (pooled at the end-of-text token) of ``prompts``."""
-    ids, mask = _Captions()(prompts)
+def text_embeddings(model: Any, prompts: list[str], captions: _Captions | None = None) -> torch.Tensor:
+    """Unit-norm text embeddings (pooled at the end-of-text token) of ``prompts``; ``captions``: a
+    token cache to reuse (training keeps one for the whole run)."""
+    ids, mask = (captions or _Captions())(prompts)
     return F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
+
+
+@torch.no_grad()
+def prompt_embeddings(model: Any, vocab: Vocabulary = WORLD2) -> dict[str, torch.Tensor]:
+    """Per judge head of ``vocab``: the text embedding of each label's zero-shot prompt
+    (``ZERO_SHOT``; character "none" is "a picture of a shape"), in the head's class order."""
+    return {head: text_embeddings(model, [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
+                                          else ZERO_SHOT[head].format(n) for n in names])
+            for head, names in vocab.heads.items()}
+
+
+def labels_from(emb: torch.Tensor, prompts: dict[str, torch.Tensor], vocab: Vocabulary = WORLD2) -> dict[str, list[str]]:
+    """Per head: the label whose prompt embedding is nearest each image embedding."""
+    return {head: [vocab.heads[head][k] for k in (emb @ txt.T).argmax(-1).tolist()] for head, txt in prompts.items()}
 
 
 @torch.no_grad()
 def zero_shot_labels(model: Any, images: torch.Tensor, vocab: Vocabulary = WORLD2, batch: int = 256
                      ) -> dict[str, list[str]]:
-    """Per judge head of ``vocab``: the label whose prompt (``ZERO_SHOT``; character "none" is "a
-    picture of a shape") scores highest against each image."""
-    emb = image_embeddings(model, images, batch)
-    out = {}
-    for head, names in vocab.heads.items():
-        txt = text_embeddings(model, [ZERO_SHOT_NONE[head] if (head in ZERO_SHOT_NONE and n == NONE_CHARACTER)
-                                      else ZERO_SHOT[head].format(n) for n in names])
-        out[head] = [names[k] for k in (emb @ txt.T).argmax(-1).tolist()]
-    return out
+    """Per judge head of ``vocab``: the label whose zero-shot prompt scores highest against each image."""
+    return labels_from(image_embeddings(model, images, batch), prompt_embeddings(model, vocab), vocab)
 
 
 def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int = 256,
@@ -260,15 +265,14 @@ def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int 
     """Per judge head: the share of images whose true label's prompt scores highest among the
     head's labels (``zero_shot_labels``)."""
     got = zero_shot_labels(model, images, vocab, batch)
-    attribute = {"object": "shape", "colour": "colour", "style": "style", "character": "character"}
-    return {head: float(np.mean([g == getattr(s, attribute[head]) for g, s in zip(labels, scenes, strict=True)]))
+    return {head: float(np.mean([g == s.names()[head] for g, s in zip(labels, scenes, strict=True)]))
             for head, labels in got.items()}
 
 
 def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
     """Render (once, cached in ``work``) and train, then measure zero-shot accuracy on
     ``eval_scenes`` fresh renders of another seed; the result lands in ``work/clip/zero_shot.json``."""
-    from bench.world.render import render_batch
+    from bench.world.render import render_batch, to_tensor
     from bench.world.train import _save_set, load_set, render_set
 
     work.mkdir(parents=True, exist_ok=True)
@@ -282,7 +286,7 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: 
 
     model = CLIPModel.from_pretrained(work / "clip", use_safetensors=True).eval()
     arr, held = render_batch(cfg.seed + 8, eval_scenes, vocab=vocab)
-    acc = zero_shot(model, torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255), held, vocab=vocab)
+    acc = zero_shot(model, to_tensor(arr), held, vocab=vocab)
     result = {**info, "zero_shot": acc, "train_scenes": len(drawn), "eval_scenes": eval_scenes,
               "parameters": {"text": sum(p.numel() for p in model.text_model.parameters()),
                              "vision": sum(p.numel() for p in model.vision_model.parameters())}}

@@ -156,8 +156,7 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     result["composed"] = {"prompts": composed, "seeds_per_prompt": per_prompt, "all_right": hits / max(total, 1)}
     result["judges_on_generated"] = judges_on_generated(world, named, heads)
     if (world / "clip").is_dir():
-        result["world_clip"] = world_clip_quality(world / "clip", vocab, judge,
-                                                  torch.cat([x for x, _ in named]))
+        result["world_clip"] = world_clip_quality(world / "clip", vocab, torch.cat([x for x, _ in named]))
     result["throughput_images_per_s"] = gen_n / max(gen_time, 1e-9)
     result["torch_threads"] = torch.get_num_threads()
     result["summary"] = summarise(result)
@@ -209,11 +208,11 @@ def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, i
     return out
 
 
-def world_clip_quality(folder: Path, vocab: Vocabulary, judge: WorldJudge, generated: torch.Tensor,
-                       n: int = 2000, seed: int = 987_654) -> dict:
+def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor, n: int = 2000,
+                       seed: int = 987_654) -> dict:
     """The world CLIP as a zero-shot judge (``bench.world.clip.zero_shot_labels``): accuracy per
-    head on fresh renders, and agreement per head with the CNN judge on the model's own images
-    (those the CNN does not reject; the CLIP has no reject option)."""
+    head on fresh renders, and agreement per head with the CNN judge (``folder``'s sibling ``judge``)
+    on the model's own images that the CNN does not reject, attribute heads only."""
     from transformers import CLIPModel
 
     from bench.judges.base import REJECT_LABEL, SCENE_HEAD

@@ -129,9 +129,13 @@ class Scene:
     pin_period: float = 7.0
     pin_width: float = 2.2
 
+    def names(self) -> dict[str, str]:
+        """Class name per judge head."""
+        return {head: getattr(self, attribute) for head, attribute in _ATTRIBUTE.items()}
+
     def labels(self) -> dict[str, int]:
         """Class index per judge head (world 3's lists, of which world 2's are the first entries)."""
-        return {head: classes.index(getattr(self, _ATTRIBUTE[head])) for head, classes in WORLD3.heads.items()}
+        return {head: WORLD3.heads[head].index(name) for head, name in self.names().items()}
 
     def to_dict(self) -> dict:
         return asdict(self)
