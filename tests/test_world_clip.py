@@ -171,6 +171,7 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     from transformers import CLIPModel
 
     from bench.world.build import build
+    from bench.world.clip import load_world_clip
     from bench.world.config import MINI_FROZEN_CLIP, WorldConfig
     from bench.world.quality import load_pipeline
 
@@ -180,7 +181,8 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     assert set(res["stages"]["clip"]["zero_shot"]) == {"object", "colour", "style", "character"}
     pipe = load_pipeline(tmp_path / "out" / "model")
     shipped = pipe.text_encoder.state_dict()
-    for source in (CLIPModel.from_pretrained(tmp_path / "out" / "clip"),
+    assert not (tmp_path / "out" / "clip" / "model.safetensors").exists()  # one copy of the tower ships
+    for source in (load_world_clip(tmp_path / "out" / "clip")[0],
                    CLIPModel.from_pretrained(tmp_path / "work" / "world_clip" / "clip")):
         tower = {k.removeprefix("text_model."): v for k, v in source.state_dict().items() if k.startswith("text_model.")}
         assert {k.removeprefix("text_model."): v for k, v in shipped.items()}.keys() == tower.keys()
@@ -191,6 +193,41 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
                   output_type="pt").images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
     assert build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)["stages"] == res["stages"]
+
+
+def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, tmp_path):
+    """A shipped world's clip/ holds every weight but the text tower, which it loads from the
+    pipeline's text_encoder after checking its sha256: same model as the whole folder, one copy of
+    the tower on disk, and a changed or missing tower is a one-line error, never a random tower."""
+    from safetensors.torch import load_file, save_file
+
+    from bench.errors import ConfigError
+    from bench.world.clip import IMAGE_TOWER, load_world_clip, save_text_tower, ship_world_clip
+
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
+    save_text_tower(tmp_path / "train" / "clip", tmp_path / "model" / "text_encoder")
+    ship_world_clip(tmp_path / "train" / "clip", tmp_path / "clip", tmp_path / "model" / "text_encoder")
+    assert not (tmp_path / "clip" / "model.safetensors").exists()
+    assert not any(k.startswith("text_model.") for k in load_file(tmp_path / "clip" / IMAGE_TOWER))
+    whole, whole_version = load_world_clip(tmp_path / "train" / "clip")
+    shipped, version = load_world_clip(tmp_path / "clip")
+    assert shipped.state_dict().keys() == whole.state_dict().keys()
+    assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in whole.state_dict().items())  # fp16 values already
+    assert len(version) == 12 and version != whole_version
+    assert zero_shot(shipped, images, scenes) == zero_shot(whole, images, scenes)
+    tower = tmp_path / "model" / "text_encoder" / "model.safetensors"
+    state = load_file(tower)
+    key = next(iter(state))
+    save_file({**state, key: state[key] + 1}, tower)
+    with pytest.raises(ConfigError, match="sha256"):
+        load_world_clip(tmp_path / "clip")
+    tower.unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        load_world_clip(tmp_path / "clip")
+    save_file({**state, key: state[key] + 1}, tower)
+    with pytest.raises(RuntimeError, match="not the world CLIP"):  # shipping with another tower is refused
+        ship_world_clip(tmp_path / "train" / "clip", tmp_path / "clip2", tmp_path / "model" / "text_encoder")
 
 
 def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):

@@ -99,20 +99,16 @@ class WorldClipJudge(Judge):
                          "scenes only)")
 
     def __init__(self, folder: str | Path) -> None:
-        import hashlib
         import json
 
-        from transformers import CLIPModel
-
+        from bench.world.clip import load_world_clip, prompt_embeddings
         from bench.world.render import vocabulary
 
         folder = Path(folder)
         meta = json.loads((folder / "world_clip.json").read_text())
         self.vocab = vocabulary(str(meta.get("vocab", "2")))
-        self.model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+        self.model, self.version = load_world_clip(folder)
         self.id = "conceptworld-clip"
-        self.version = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
-        from bench.world.clip import prompt_embeddings
 
         self._prompts = prompt_embeddings(self.model, self.vocab)  # fixed per model: computed once
         self._threshold = self._calibrate()

@@ -213,14 +213,12 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     """The world CLIP as a zero-shot judge (``bench.world.clip.zero_shot_labels``): accuracy per
     head on fresh renders, and agreement per head with the CNN judge (``folder``'s sibling ``judge``)
     on the model's own images that the CNN does not reject, attribute heads only."""
-    from transformers import CLIPModel
-
     from bench.judges.base import REJECT_LABEL, SCENE_HEAD
     from bench.judges.world import WorldConceptJudge
     from bench.metrics import agreement
-    from bench.world.clip import zero_shot, zero_shot_labels
+    from bench.world.clip import load_world_clip, zero_shot, zero_shot_labels
 
-    model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+    model, _ = load_world_clip(folder)
     images, scenes = render_batch(seed, n, vocab=vocab)
     out: dict = {"zero_shot": zero_shot(model, to_tensor(images), scenes, vocab=vocab), "renders": n}
     cnn = WorldConceptJudge(folder.parent / "judge").labels(generated)
