@@ -91,8 +91,10 @@ class WorldClipJudge(Judge):
     """ConceptWorld 3's second opinion: the world CLIP (a ``transformers`` ``CLIPModel`` folder with a
     ``world_clip.json``) classifying zero-shot, one head per attribute of its world's vocabulary
     (``bench.world.clip.zero_shot_labels``), with CLIP score on retain prompts. It shares no weights,
-    no training images and no architecture with the CNN: a contrastive ViT that learned the world
-    from captions, not from labels."""
+    no training images and no architecture with the CNN: a ViT whose image tower first learnt the
+    renderer's labels on clean renders of its own seed (LiT's pretrained image tower), then was
+    trained contrastively with the text tower; it classifies through text prompts, never saw the
+    CNN's jittered textures or synthetic negatives, and rejects by similarity, not by a trained class."""
 
     reject_definition = ("the image's best cosine similarity to any object prompt is below the 1st percentile "
                          "of that similarity on 2,000 fresh renders of the world (the world CLIP saw valid "

@@ -1,23 +1,30 @@
-"""World CLIP: a ``transformers`` ``CLIPModel`` pretrained contrastively on rendered scenes.
+"""World CLIP: a ``transformers`` ``CLIPModel`` pretrained on rendered scenes.
 
 The first stage of ConceptWorld 3, where the text encoder is shaped like Stable Diffusion's: a
 CLIP-style text tower (real CLIP tokenizer, >= 6 layers, width >= 128) trained against a small
 vision tower on 32x32 renders with CLIP's symmetric contrastive loss; the UNet is then trained
 against the *frozen* text tower, as SD's was against OpenAI's CLIP.
 
+- **LiT's recipe** (``pretrain_image_tower``): the image tower first learns the renderer's labels
+  (a linear head per attribute, discarded), then both towers train contrastively. From random
+  towers the image tower barely learns shapes from captions in a CPU budget (object zero-shot
+  19-38 % after 500-1500 steps), and the text tower, trained against it, gives "circle", "square"
+  and "hexagon" nearly the same states; the UNet reading them frozen then cannot tell them apart.
 - **Captions** (``clip_caption``) vary more than the diffusion captions: every trained template
   and extra wordings, synonyms, attributes left out, adjectives in either order, and
   post-modified forms ("a star that is red and striped", "a red star with stripes").
-- **Duplicate captions in a batch are not negatives**: "a star" describes a red and a blue star
-  alike, so in each row of the similarity matrix the columns whose caption equals the row's own
-  (other than the diagonal) are left out of the softmax, in both directions (``contrastive_loss``).
-- **Resumable and deterministic**: everything random in a step comes from (seed, step); a
-  checkpoint (``clip_ckpt.pt``, tensors only, ``weights_only`` load) every ``ckpt_every`` steps.
+- **True captions are not negatives**: "a star" describes a red and a blue star alike, so in each
+  row of the similarity matrix the columns whose caption equals the row's own, or (``mask_true``)
+  is true of its image, are left out of the softmax, in both directions (``contrastive_loss``,
+  ``also_true``).
+- **Resumable and deterministic**: everything random in a step comes from (seed, step); checkpoints
+  (``image_ckpt.pt``, ``clip_ckpt.pt``, tensors only, ``weights_only`` load) every ``ckpt_every`` steps.
 - ``zero_shot`` measures per-attribute zero-shot accuracy on renders: the prompt of each label
   of a head, argmax over the labels.
+- A shipped world keeps one copy of the text tower (``ship_world_clip``, ``load_world_clip``).
 
-``python -m bench.world clip --work DIR [--set clip_steps=...]`` trains it alone and prints the
-zero-shot table (measure before building the rest of world 3 on it).
+``python -m bench.world clip --vocab 3 --work DIR [--set KEY=VALUE]`` trains it alone and prints
+the zero-shot table (measure before building the rest of world 3 on it).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class ClipConfig:
     # are discarded afterwards) for image_steps, then both towers train contrastively for ``steps``.
     # Measured on world 3's renders, from random towers contrastive training alone reached 19 %
     # (500 steps, batch 256, width 128), 36 % (1000) and 34-38 % (1500 steps, batch 128, width 64)
-    # object zero-shot; 600 pretraining steps then 1000 contrastive ones reached 84 % (NOTES.md)
+    # object zero-shot; 600 pretraining steps then 1000 contrastive ones reached 84 % (README, ConceptWorld 3)
     image_steps: int = 2000
     image_lr: float = 1e-3
     steps: int = 1500  # contrastive; about 0.28 s per step at these sizes on 2 CPU threads
