@@ -39,6 +39,64 @@ def test_duplicate_captions_are_not_negatives():
     assert torch.allclose(contrastive_loss(logits, distinct), expected)
 
 
+def test_captions_true_of_another_image_are_not_negatives():
+    """"a star" is as true of the other star in a batch as of its own: that pair leaves the softmax;
+    a caption naming something the image lacks stays a negative."""
+    from bench.world.clip import also_true, described
+    from bench.world.render import Scene
+
+    scenes = [Scene("star", "red", "solid"), Scene("star", "blue", "dotted"), Scene("moon", "red", "solid")]
+    stated = [{"object": "star"}, {"object": "star", "colour": "blue"}, {"colour": "red"}]
+    true = also_true(scenes, stated)
+    assert true.tolist() == [[False, False, True],   # red star: "a star" is its own; "red" is true of it too
+                             [True, False, False],   # blue star: "a star" (not its own caption) is true of it
+                             [False, False, False]]  # red moon: its own caption only
+    logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    captions = ["a star", "a blue star", "a red shape"]
+    base = contrastive_loss(logits, captions, true)
+    moved = logits.clone()
+    moved[1, 0] += 4.0
+    moved[0, 2] -= 2.0
+    assert torch.equal(contrastive_loss(moved, captions, true), base)
+    moved[2, 0] += 4.0  # the moon against "a star": a negative
+    assert contrastive_loss(moved, captions, true) > base
+    text, facts = described(Scene("star", "red", "striped"), np.random.default_rng(3))
+    assert facts and all(Scene("star", "red", "striped").names()[h] == v for h, v in facts.items()) and text
+
+
+def test_image_tower_pretraining_learns_the_labels(world_scenes, tmp_path):
+    """LiT's first half: the image tower with a linear head per attribute fits the renders' labels
+    (summed cross-entropy falls), and a finished run reloads from its checkpoint without training."""
+    from bench.world.clip import pretrain_image_tower
+    from bench.world.render import WORLD2
+
+    images, scenes = world_scenes
+    cfg = ClipConfig().override([*MINI_CLIP, "image_steps=40", "vision_hidden=32", "vision_heads=2", "vision_ff=64",
+                                 "ckpt_every=20"])
+    model = make_clip(cfg)
+    before = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
+    pretrain_image_tower(cfg, model, images, scenes, WORLD2, tmp_path, progress=False)
+    state = torch.load(tmp_path / "image_ckpt.pt", weights_only=True)
+    assert state["step"] == 40
+    trained = model.vision_model.state_dict()
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    again = make_clip(cfg)
+    pretrain_image_tower(cfg, again, images, scenes, WORLD2, tmp_path, progress=False)  # resumes at the end
+    assert all(torch.equal(v, again.vision_model.state_dict()[k]) for k, v in trained.items())
+    names = WORLD2.heads
+    heads = torch.nn.ModuleDict({h: torch.nn.Linear(32, len(n)) for h, n in names.items()})
+    heads.load_state_dict(state["heads"])
+    from bench.world.clip import normalise
+
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values=normalise(images)).pooler_output
+        fresh = make_clip(cfg).vision_model(pixel_values=normalise(images)).pooler_output
+    target = {h: torch.tensor([n.index(s.names()[h]) for s in scenes]) for h, n in names.items()}
+    loss = sum(F.cross_entropy(heads[h](pooled), target[h]) for h in names)
+    untrained = sum(F.cross_entropy(heads[h](fresh), target[h]) for h in names)
+    assert loss < 0.8 * untrained
+
+
 def test_captions_name_only_what_the_scene_shows():
     _, scenes = render_batch(3, 300)
     rng = np.random.default_rng(0)
