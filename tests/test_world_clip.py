@@ -39,6 +39,64 @@ def test_duplicate_captions_are_not_negatives():
     assert torch.allclose(contrastive_loss(logits, distinct), expected)
 
 
+def test_captions_true_of_another_image_are_not_negatives():
+    """"a star" is as true of the other star in a batch as of its own: that pair leaves the softmax;
+    a caption naming something the image lacks stays a negative."""
+    from bench.world.clip import also_true, described
+    from bench.world.render import Scene
+
+    scenes = [Scene("star", "red", "solid"), Scene("star", "blue", "dotted"), Scene("moon", "red", "solid")]
+    stated = [{"object": "star"}, {"object": "star", "colour": "blue"}, {"colour": "red"}]
+    true = also_true(scenes, stated)
+    assert true.tolist() == [[False, False, True],   # red star: "a star" is its own; "red" is true of it too
+                             [True, False, False],   # blue star: "a star" (not its own caption) is true of it
+                             [False, False, False]]  # red moon: its own caption only
+    logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    captions = ["a star", "a blue star", "a red shape"]
+    base = contrastive_loss(logits, captions, true)
+    moved = logits.clone()
+    moved[1, 0] += 4.0
+    moved[0, 2] -= 2.0
+    assert torch.equal(contrastive_loss(moved, captions, true), base)
+    moved[2, 0] += 4.0  # the moon against "a star": a negative
+    assert contrastive_loss(moved, captions, true) > base
+    text, facts = described(Scene("star", "red", "striped"), np.random.default_rng(3))
+    assert facts and all(Scene("star", "red", "striped").names()[h] == v for h, v in facts.items()) and text
+
+
+def test_image_tower_pretraining_learns_the_labels(world_scenes, tmp_path):
+    """LiT's first half: the image tower with a linear head per attribute fits the renders' labels
+    (summed cross-entropy falls), and a finished run reloads from its checkpoint without training."""
+    from bench.world.clip import pretrain_image_tower
+    from bench.world.render import WORLD2
+
+    images, scenes = world_scenes
+    cfg = ClipConfig().override([*MINI_CLIP, "image_steps=40", "vision_hidden=32", "vision_heads=2", "vision_ff=64",
+                                 "ckpt_every=20"])
+    model = make_clip(cfg)
+    before = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
+    pretrain_image_tower(cfg, model, images, scenes, WORLD2, tmp_path, progress=False)
+    state = torch.load(tmp_path / "image_ckpt.pt", weights_only=True)
+    assert state["step"] == 40
+    trained = model.vision_model.state_dict()
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    again = make_clip(cfg)
+    pretrain_image_tower(cfg, again, images, scenes, WORLD2, tmp_path, progress=False)  # resumes at the end
+    assert all(torch.equal(v, again.vision_model.state_dict()[k]) for k, v in trained.items())
+    names = WORLD2.heads
+    heads = torch.nn.ModuleDict({h: torch.nn.Linear(32, len(n)) for h, n in names.items()})
+    heads.load_state_dict(state["heads"])
+    from bench.world.clip import normalise
+
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values=normalise(images)).pooler_output
+        fresh = make_clip(cfg).vision_model(pixel_values=normalise(images)).pooler_output
+    target = {h: torch.tensor([n.index(s.names()[h]) for s in scenes]) for h, n in names.items()}
+    loss = sum(F.cross_entropy(heads[h](pooled), target[h]) for h in names)
+    untrained = sum(F.cross_entropy(heads[h](fresh), target[h]) for h in names)
+    assert loss < 0.8 * untrained
+
+
 def test_captions_name_only_what_the_scene_shows():
     _, scenes = render_batch(3, 300)
     rng = np.random.default_rng(0)
@@ -171,6 +229,7 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     from transformers import CLIPModel
 
     from bench.world.build import build
+    from bench.world.clip import load_world_clip
     from bench.world.config import MINI_FROZEN_CLIP, WorldConfig
     from bench.world.quality import load_pipeline
 
@@ -180,7 +239,8 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     assert set(res["stages"]["clip"]["zero_shot"]) == {"object", "colour", "style", "character"}
     pipe = load_pipeline(tmp_path / "out" / "model")
     shipped = pipe.text_encoder.state_dict()
-    for source in (CLIPModel.from_pretrained(tmp_path / "out" / "clip"),
+    assert not (tmp_path / "out" / "clip" / "model.safetensors").exists()  # one copy of the tower ships
+    for source in (load_world_clip(tmp_path / "out" / "clip")[0],
                    CLIPModel.from_pretrained(tmp_path / "work" / "world_clip" / "clip")):
         tower = {k.removeprefix("text_model."): v for k, v in source.state_dict().items() if k.startswith("text_model.")}
         assert {k.removeprefix("text_model."): v for k, v in shipped.items()}.keys() == tower.keys()
@@ -191,6 +251,41 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
                   output_type="pt").images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
     assert build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)["stages"] == res["stages"]
+
+
+def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, tmp_path):
+    """A shipped world's clip/ holds every weight but the text tower, which it loads from the
+    pipeline's text_encoder after checking its sha256: same model as the whole folder, one copy of
+    the tower on disk, and a changed or missing tower is a one-line error, never a random tower."""
+    from safetensors.torch import load_file, save_file
+
+    from bench.errors import ConfigError
+    from bench.world.clip import IMAGE_TOWER, load_world_clip, save_text_tower, ship_world_clip
+
+    images, scenes = world_scenes
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
+    save_text_tower(tmp_path / "train" / "clip", tmp_path / "model" / "text_encoder")
+    ship_world_clip(tmp_path / "train" / "clip", tmp_path / "clip", tmp_path / "model" / "text_encoder")
+    assert not (tmp_path / "clip" / "model.safetensors").exists()
+    assert not any(k.startswith("text_model.") for k in load_file(tmp_path / "clip" / IMAGE_TOWER))
+    whole, whole_version = load_world_clip(tmp_path / "train" / "clip")
+    shipped, version = load_world_clip(tmp_path / "clip")
+    assert shipped.state_dict().keys() == whole.state_dict().keys()
+    assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in whole.state_dict().items())  # fp16 values already
+    assert len(version) == 12 and version != whole_version
+    assert zero_shot(shipped, images, scenes) == zero_shot(whole, images, scenes)
+    tower = tmp_path / "model" / "text_encoder" / "model.safetensors"
+    state = load_file(tower)
+    key = next(iter(state))
+    save_file({**state, key: state[key] + 1}, tower)
+    with pytest.raises(ConfigError, match="sha256"):
+        load_world_clip(tmp_path / "clip")
+    tower.unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        load_world_clip(tmp_path / "clip")
+    save_file({**state, key: state[key] + 1}, tower)
+    with pytest.raises(RuntimeError, match="not the world CLIP"):  # shipping with another tower is refused
+        ship_world_clip(tmp_path / "train" / "clip", tmp_path / "clip2", tmp_path / "model" / "text_encoder")
 
 
 def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):

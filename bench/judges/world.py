@@ -91,28 +91,26 @@ class WorldClipJudge(Judge):
     """ConceptWorld 3's second opinion: the world CLIP (a ``transformers`` ``CLIPModel`` folder with a
     ``world_clip.json``) classifying zero-shot, one head per attribute of its world's vocabulary
     (``bench.world.clip.zero_shot_labels``), with CLIP score on retain prompts. It shares no weights,
-    no training images and no architecture with the CNN: a contrastive ViT that learned the world
-    from captions, not from labels."""
+    no training images and no architecture with the CNN: a ViT whose image tower first learnt the
+    renderer's labels on clean renders of its own seed (LiT's pretrained image tower), then was
+    trained contrastively with the text tower; it classifies through text prompts, never saw the
+    CNN's jittered textures or synthetic negatives, and rejects by similarity, not by a trained class."""
 
     reject_definition = ("the image's best cosine similarity to any object prompt is below the 1st percentile "
                          "of that similarity on 2,000 fresh renders of the world (the world CLIP saw valid "
                          "scenes only)")
 
     def __init__(self, folder: str | Path) -> None:
-        import hashlib
         import json
 
-        from transformers import CLIPModel
-
+        from bench.world.clip import load_world_clip, prompt_embeddings
         from bench.world.render import vocabulary
 
         folder = Path(folder)
         meta = json.loads((folder / "world_clip.json").read_text())
         self.vocab = vocabulary(str(meta.get("vocab", "2")))
-        self.model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
+        self.model, self.version = load_world_clip(folder)
         self.id = "conceptworld-clip"
-        self.version = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
-        from bench.world.clip import prompt_embeddings
 
         self._prompts = prompt_embeddings(self.model, self.vocab)  # fixed per model: computed once
         self._threshold = self._calibrate()

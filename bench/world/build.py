@@ -15,7 +15,7 @@ import yaml
 from bench.concepts import load_concept_set
 from bench.protocol import WORLD_SAMPLER
 from bench.world import train
-from bench.world.captions import CONCEPT_SET_VERSION, concept_set_dict
+from bench.world.captions import CONCEPT_SET_VERSION, CONCEPT_SET_VERSIONS, concept_set_dict
 from bench.world.config import WorldConfig
 from bench.world.judge import JUDGE_VERSION
 from bench.world.render import WORLD2, Vocabulary, vocabulary
@@ -101,10 +101,37 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
-    """The world's README: what it is, how to rebuild it, the measured quality table."""
-    s = q["summary"]
-    lines = [
+_INTRO_3 = [
+    "# ConceptWorld 3",
+    "",
+    "A world the benchmark owns, shaped like Stable Diffusion: 32x32 scenes of one textured shape (12 objects,",
+    "8 colours, 6 styles, 6 invented characters); a world CLIP pretrained on them; a Stable-Diffusion-format",
+    "model whose UNet learnt against the CLIP's *frozen* text tower; and two judges. Rebuild with",
+    "`make world WORLD=3` (`python -m bench.world build --out datasets/conceptworld3 --set vocab=3 --set",
+    "text_encoder=frozen-clip`); measure again with `python -m bench.world evaluate --world datasets/conceptworld3`.",
+    "",
+    "- `model/`: `StableDiffusionPipeline.from_pretrained` folder (CLIPTextModel: the world CLIP's text tower,",
+    "  6 layers x 128, real CLIP tokenizer; UNet; AutoencoderKL 32x32 -> 8x8x4; DDIM scheduler); weights",
+    "  stored in fp16, loaded as fp32.",
+    "- `clip/`: the world CLIP (`bench.world.clip.load_world_clip(folder)` gives a `transformers` `CLIPModel`):",
+    "  its image tower, projections and logit scale in `image_tower.safetensors`; its text tower is",
+    "  `model/text_encoder` bit for bit (not stored twice; `world_clip.json` records its sha256, checked on",
+    "  load). A judge spec naming this folder gives the zero-shot second judge (`WorldClipJudge`).",
+    "- `judge/`: `bench.world.judge.WorldJudge.load(folder)`: a CNN with heads object, colour, style,",
+    "  character and a reject head `scene` (valid / none: no valid scene to judge).",
+    "- `judge_vit/`: a ViT (`transformers.ViTModel`, 4x4 patches) with the same heads, trained on other",
+    "  renders with other augmentations.",
+    "- `concepts.yaml`: concept set 3.0 (32 concepts, 16 test; `bench.concepts.load_concept_set`).",
+    "- `MANIFEST.json`: sha256 of every file, training config, git commit, quality table.",
+    "",
+]
+
+
+def _intro(cfg: WorldConfig) -> list[str]:
+    """What the world is and holds: world 2.1's text, or world 3's."""
+    if cfg.vocab == "3":
+        return [*_INTRO_3, f"Versions: concept set {CONCEPT_SET_VERSIONS['3']}, judge {JUDGE_VERSION}.", ""]
+    return [
         "# ConceptWorld",
         "",
         "A world the benchmark owns: 32x32 scenes of one textured shape (8 objects, 8 colours, 4 styles,",
@@ -136,6 +163,14 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
         "Concept set 2.2 (same model and judges, same prompts) adds composed target prompts per object, style",
         "and colour concept (`composed`: the concept named with two other attributes) for selective alignment.",
         "",
+    ]
+
+
+def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
+    """The world's README: what it is, how to rebuild it, the measured quality table."""
+    s = q["summary"]
+    lines = [
+        *_intro(cfg),
         f"## Quality (sampler: {q['sampler']['scheduler']}, {q['sampler']['steps']} steps, guidance "
         f"{q['sampler']['guidance']}, {q['seeds']} seeds per concept)",
         "",
@@ -175,6 +210,15 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
                       "`scene` is the reject verdict):", "",
                       "| " + " | ".join(a["heads"]) + " | every head |", "|" + "---|" * (len(a["heads"]) + 1),
                       "| " + " | ".join(_pct(v) for v in a["heads"].values()) + f" | {_pct(a['all_heads'])} |"]
+    clip = q.get("world_clip")
+    if clip:
+        z, a = clip["zero_shot"], clip["agreement_with_judge"]
+        lines += ["", f"The world CLIP as a zero-shot judge: accuracy on {clip['renders']} fresh renders, and agreement "
+                  f"with the CNN judge on the model's own images the CNN accepts ({a['n']} of "
+                  f"{clip['generated_images']}):", "",
+                  "| | " + " | ".join(z) + " |", "|---|" + "---|" * len(z),
+                  "| zero-shot on renders | " + " | ".join(_pct(v) for v in z.values()) + " |",
+                  "| agreement with the CNN | " + " | ".join(_pct(a["heads"][h]) for h in z) + " |"]
     lines += ["", "Per concept (plain prompt, share of seeds the judge labels as the concept):", "",
               "| concept | type | split | prompt | accuracy |", "|---|---|---|---|---|"]
     for name, v in q["concepts"].items():

@@ -412,9 +412,7 @@ def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
     for which in (FIRST, SECOND):
         WorldJudge.load(work / which).save(out / which)
     if cfg.text_encoder == "frozen-clip":  # the world CLIP itself ships too: the zero-shot second judge
-        import shutil
+        from bench.world.clip import ship_world_clip
 
-        shutil.rmtree(out / "clip", ignore_errors=True)
-        shutil.copytree(work / "world_clip" / "clip", out / "clip")
-        _fp16_files(out / "clip")
+        ship_world_clip(work / "world_clip" / "clip", out / "clip", model_dir / "text_encoder")
     return {"model": str(model_dir)}
