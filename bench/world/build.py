@@ -111,8 +111,8 @@ _INTRO_3 = [
     "text_encoder=frozen-clip`); measure again with `python -m bench.world evaluate --world datasets/conceptworld3`.",
     "",
     "- `model/`: `StableDiffusionPipeline.from_pretrained` folder (CLIPTextModel: the world CLIP's text tower,",
-    "  6 layers x 128, real CLIP tokenizer; UNet; AutoencoderKL 32x32 -> 8x8x4; DDIM scheduler); weights",
-    "  stored in fp16, loaded as fp32.",
+    "  {layers} layers x {width}, real CLIP tokenizer; UNet; AutoencoderKL 32x32 -> 8x8x4; DDIM scheduler);",
+    "  weights stored in fp16, loaded as fp32.",
     "- `clip/`: the world CLIP (`bench.world.clip.load_world_clip(folder)` gives a `transformers` `CLIPModel`):",
     "  its image tower, projections and logit scale in `image_tower.safetensors`; its text tower is",
     "  `model/text_encoder` bit for bit (not stored twice; `world_clip.json` records its sha256, checked on",
@@ -130,7 +130,8 @@ _INTRO_3 = [
 def _intro(cfg: WorldConfig) -> list[str]:
     """What the world is and holds: world 2.1's text, or world 3's."""
     if cfg.vocab == "3":
-        return [*_INTRO_3, f"Versions: concept set {CONCEPT_SET_VERSIONS['3']}, judge {JUDGE_VERSION}.", ""]
+        sizes = {"layers": cfg.clip.text_layers, "width": cfg.clip.text_hidden}
+        return [*(line.format(**sizes) if "{layers}" in line else line for line in _INTRO_3), f"Versions: concept set {CONCEPT_SET_VERSIONS['3']}, judge {JUDGE_VERSION}.", ""]
     return [
         "# ConceptWorld",
         "",

@@ -431,14 +431,13 @@ def ship_world_clip(clip_dir: Path, out: Path, text_encoder: Path) -> None:
             other = tower.get(key, tower.get(key[len(prefix):]))
             if other is None or not torch.equal(other.float(), value.float()):
                 raise RuntimeError(f"{text_encoder} is not the world CLIP's text tower (differs at {key})")
+    from bench.world.train import _fp16_files
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    save_file({k: v.half().contiguous() for k, v in weights.items() if not k.startswith(prefix)}, out / IMAGE_TOWER)
-    config = json.loads((clip_dir / "config.json").read_text())
-    for key in ("dtype", "torch_dtype"):
-        if key in config:
-            config[key] = "float32"
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file({k: v for k, v in weights.items() if not k.startswith(prefix)}, out / IMAGE_TOWER)
+    shutil.copy(clip_dir / "config.json", out / "config.json")
+    _fp16_files(out)  # fp16 weights, a config that still loads them as fp32 (as the pipeline's folders)
     meta = json.loads((clip_dir / "world_clip.json").read_text())
     meta["text_tower"] = {"path": os.path.relpath(text_encoder, out),
                           "sha256": hashlib.sha256((text_encoder / "model.safetensors").read_bytes()).hexdigest()}
@@ -469,8 +468,7 @@ def load_world_clip(folder: Path) -> tuple[Any, str]:
     tower = (folder / meta["text_tower"]["path"] / "model.safetensors").resolve()
     if not tower.is_file():
         raise ConfigError(f"world CLIP {folder}: its text tower {tower} is missing")
-    blob = tower.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta["text_tower"]["sha256"]:
+    if hashlib.sha256(tower.read_bytes()).hexdigest() != meta["text_tower"]["sha256"]:
         raise ConfigError(f"world CLIP {folder}: text tower {tower} is not the one it shipped with (sha256 differs)")
     model = CLIPModel(CLIPConfig.from_pretrained(folder))
     prefix = "text_model."

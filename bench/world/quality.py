@@ -234,36 +234,36 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
 
 def summarise(result: dict) -> dict:
     """Worst case per gate of the result's world (``GATES_BY_VOCAB``) and whether it passes."""
-    GATES = GATES_BY_VOCAB[str(result.get("vocab", "2"))]  # noqa: N806  (the module's table, per world)
+    gates = GATES_BY_VOCAB[str(result.get("vocab", "2"))]
     out = {}
     judge_min = min(min(v.values()) for v in result["judge"].values())
-    out["judge_min_head_accuracy"] = {"value": judge_min, "gate": GATES["judge"], "pass": judge_min >= GATES["judge"]}
+    out["judge_min_head_accuracy"] = {"value": judge_min, "gate": gates["judge"], "pass": judge_min >= gates["judge"]}
     for kind in ("object", "style", "character", "colour"):
         accs = [v["accuracy"] for v in result["concepts"].values() if v["type"] == kind]
         if accs:
-            out[f"{kind}_min_accuracy"] = {"value": min(accs), "mean": float(np.mean(accs)), "gate": GATES[kind],
-                                           "pass": min(accs) >= GATES[kind]}
+            out[f"{kind}_min_accuracy"] = {"value": min(accs), "mean": float(np.mean(accs)), "gate": gates[kind],
+                                           "pass": min(accs) >= gates[kind]}
     c = result["composed"]["all_right"]
-    out["composed_all_right"] = {"value": c, "gate": GATES["composed"], "pass": c >= GATES["composed"]}
+    out["composed_all_right"] = {"value": c, "gate": gates["composed"], "pass": c >= gates["composed"]}
     g = result.get("judges_on_generated", {}).get("judge")
     if g:
         worst = min(g["head_accuracy"].values())
         out["judge_min_head_accuracy_on_generated"] = {
             "value": worst, "mean": float(np.mean(list(g["head_accuracy"].values()))),
-            "gate": GATES["judge_on_generated"], "pass": worst >= GATES["judge_on_generated"]}
+            "gate": gates["judge_on_generated"], "pass": worst >= gates["judge_on_generated"]}
         r = g["reject_rate"]
-        out["judge_reject_rate_on_generated"] = {"value": r, "gate": GATES["reject_original"], "max": True,
-                                                  "pass": r <= GATES["reject_original"]}
+        out["judge_reject_rate_on_generated"] = {"value": r, "gate": gates["reject_original"], "max": True,
+                                                  "pass": r <= gates["reject_original"]}
     a = result.get("judges_on_generated", {}).get("agreement")
     if a:
-        out["judges_min_head_agreement_on_generated"] = {"value": a["min"], "gate": GATES["judge_agreement"],
-                                                         "pass": a["min"] >= GATES["judge_agreement"]}
+        out["judges_min_head_agreement_on_generated"] = {"value": a["min"], "gate": gates["judge_agreement"],
+                                                         "pass": a["min"] >= gates["judge_agreement"]}
     clip = result.get("world_clip")
     if clip:
         worst = min(clip["zero_shot"].values())
-        out["clip_min_zero_shot_on_renders"] = {"value": worst, "gate": GATES["clip_zero_shot"],
-                                                "pass": worst >= GATES["clip_zero_shot"]}
+        out["clip_min_zero_shot_on_renders"] = {"value": worst, "gate": gates["clip_zero_shot"],
+                                                "pass": worst >= gates["clip_zero_shot"]}
         a = clip["agreement_with_judge"]["min"]
-        out["clip_min_head_agreement_with_judge_on_generated"] = {"value": a, "gate": GATES["clip_agreement"],
-                                                                  "pass": a >= GATES["clip_agreement"]}
+        out["clip_min_head_agreement_with_judge_on_generated"] = {"value": a, "gate": gates["clip_agreement"],
+                                                                  "pass": a >= gates["clip_agreement"]}
     return out
