@@ -88,16 +88,18 @@ def _bench_from_args(args: argparse.Namespace):
     from bench.config import parse_overrides
     from bench.errors import ConfigError
     from bench.protocol import EvalProtocol
-    from bench.runner import Bench, Track
+    from bench.runner import Bench, Track, world_track
 
     if getattr(args, "track", "conceptworld") == "sd":
         from bench.runner import sd_track
 
         if not args.model:
             raise ConfigError("--track sd needs --model PATH_OR_ID (a Stable Diffusion v1.x/v2.x pipeline)")
+        if getattr(args, "world", None):
+            raise ConfigError("--world names a ConceptWorld folder; it does not go with --track sd")
         track = sd_track(args.model, concepts=args.concept_set or "imagenette", judge=args.judge)
     else:
-        track = Track()
+        track = world_track(args.world) if getattr(args, "world", None) else Track()
         for key in ("model", "concept_set", "judge"):
             if getattr(args, key, None):
                 track = replace(track, **{key: getattr(args, key)})
@@ -157,6 +159,12 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
         yield executor
     finally:
         executor.close()
+
+
+def _add_world_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--world", default=None,
+                        help="a built ConceptWorld folder (model, concepts.yaml, judges), e.g. datasets/conceptworld3 "
+                             "from make world WORLD=3 (default: the committed world 2.1)")
 
 
 def _add_executor_args(parser: argparse.ArgumentParser) -> None:
@@ -313,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
                    help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
     r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    _add_world_arg(r)
     r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
     r.add_argument("--concept-set", dest="concept_set", default=None,
                    help="concept-set YAML (with --track sd also: imagenette, styles, characters)")
@@ -356,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--knob", default=None, help="the strength knob to walk (default: the method's first; see bench methods)")
     t.add_argument("--ratio", type=float, default=2.0, help="largest step between neighbouring rungs (in (1, 2])")
     t.add_argument("--concepts", default=None, help="dev concepts (default: all dev concepts)")
+    _add_world_arg(t)
     t.add_argument("--seeds", default="0-3")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--guidance", type=float, default=None)
@@ -371,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--points", type=int, default=5, help="log-spaced points over each knob's declared range")
     sw.add_argument("--knob", default=None, help="the knob to sweep (default: each method's first; bench methods)")
     sw.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    _add_world_arg(sw)
     sw.add_argument("--seeds", default=None, help="evaluation seeds (default: the protocol's 0-7)")
     sw.add_argument("--attacks", default="none", help="attacks at every point (default none)")
     sw.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides for every point")

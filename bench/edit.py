@@ -120,6 +120,26 @@ class Edit:
         self._pipe, self._originals = pipe, {k: originals[k] for k in self.param_names}
         return self
 
+    @torch.no_grad()
+    def relative_change(self, component: str = "text_encoder") -> dict[str, float | int]:
+        """How far the applied edit moved ``component``'s weight matrices (parameters of >= 2 dims):
+        ``pooled`` = ||W' - W||_F / ||W||_F over every matrix it changed together, ``max`` = the same for
+        the most-moved single matrix, ``matrices`` = how many it changed (all 0 when it leaves
+        ``component`` alone)."""
+        if not self.applied or self._originals is None:
+            raise RuntimeError("relative_change needs the edit applied to its pipeline (apply() or bind())")
+        moved = total = 0.0
+        worst, count = 0.0, 0
+        for name, old in self._originals.items():
+            if not name.startswith(component + ".") or old.ndim < 2:
+                continue
+            old = old.float()
+            delta = float((_resolve(self._pipe, name).detach().float() - old).pow(2).sum())
+            size = float(old.pow(2).sum())
+            moved, total, count = moved + delta, total + size, count + 1
+            worst = max(worst, (delta / size) ** 0.5 if size else 0.0)
+        return {"pooled": (moved / total) ** 0.5 if total else 0.0, "max": worst, "matrices": count}
+
     # -- storage ---------------------------------------------------------------------------
     def header(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ to the original model's images (cached) -> metrics -> an atomic run folder -> re
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -87,6 +88,21 @@ class Track:
     dtype: str = "auto"
 
 
+def world_track(folder: str | Path) -> Track:
+    """The track of a built ConceptWorld folder (``make world`` output: ``model/``, ``concepts.yaml``,
+    ``judge/`` and, from judge 2.2, ``judge_vit/`` as the second opinion); world 2.1 is the default."""
+    from bench.errors import InputError
+
+    folder = Path(folder)
+    missing = [n for n in ("model", "concepts.yaml", "judge") if not (folder / n).exists()]
+    if missing:
+        raise InputError(f"{folder} is not a built ConceptWorld (missing {', '.join(missing)}); "
+                         "make world [WORLD=3] builds one")
+    vit = folder / "judge_vit"
+    return Track(model=str(folder / "model"), concept_set=str(folder / "concepts.yaml"), judge=str(folder / "judge"),
+                 second_judge=str(vit) if vit.is_dir() else None)
+
+
 SD_CONCEPT_SETS = {"imagenette": "datasets/sd/imagenette.yaml", "styles": "datasets/sd/styles.yaml",
                    "characters": "datasets/sd/characters.yaml"}
 
@@ -153,7 +169,8 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
         head, label = concept.extra.get("head"), concept.extra.get("label")
         if head not in _RENDER_KEY:
             raise InputError(f"concept {concept.name!r} has no renderer attribute (extra.head)")
-        arr, _ = render_batch(p.few_shot_seed, p.few_shot_images, **{_RENDER_KEY[head]: label})
+        arr, _ = render_batch(p.few_shot_seed, p.few_shot_images, vocab=_world_vocabulary(track.concept_set),
+                              **{_RENDER_KEY[head]: label})
         return [Image.fromarray(a) for a in arr], {"source": "rendered", "n": p.few_shot_images,
                                                   "seed": p.few_shot_seed}
     if track.images == "generate":
@@ -174,6 +191,17 @@ def few_shot_images(track: Track, concept: Concept, p: EvalProtocol, pipe: Any =
         raise InputError(f"{folder} has {len(every)} images, all used for erasure; attacks need more (held out)")
     return images, {"source": "folder", "folder": str(folder.resolve()), "n": len(images),
                     "first": p.few_shot_images if held_out else 0, **({"notes": notes} if notes else {})}
+
+
+@functools.lru_cache(maxsize=8)
+def _world_vocabulary(concept_set: str) -> Any:
+    """The ConceptWorld vocabulary whose scenes illustrate ``concept_set`` (world 3's concept set has its
+    own name; every other set renders world 2's scenes, as always)."""
+    from bench.world.captions import CONCEPT_SET_NAMES
+    from bench.world.render import vocabulary
+
+    name = load_concept_set(concept_set).name
+    return vocabulary(next((v for v, n in CONCEPT_SET_NAMES.items() if n == name), "2"))
 
 
 def load_judge(track: Track, cs: ConceptSet, spec: str | None = None) -> Judge:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.world.compare import FOUNDING
 from bench.world.config import MINI_OVERRIDES, WorldConfig
 from bench.world.render import VOCABULARIES
 
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--json", default=None, help="write the full result here")
     e.add_argument("--write", action="store_true",
                    help="write the measured quality into the world's README and MANIFEST (after retraining its judges)")
+    cmp = sub.add_parser("compare", help="two worlds side by side for the founding methods (bench.world.compare)")
+    cmp.add_argument("--side", action="append", required=True, metavar="LABEL=WORLD@RUNS",
+                     help="a built world and the runs root holding its tune/, bench/ and sweep/ folders (repeatable)")
+    cmp.add_argument("--methods", default=",".join(FOUNDING))
+    cmp.add_argument("--out", default=None, help="write the table (.md) and every number (.json) beside it")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -58,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ClipConfig().override((MINI_CLIP if args.mini else []) + args.set)
             print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes, vocabulary(args.vocab)),
                              indent=2))
+        elif args.cmd == "compare":
+            from bench.report import markdown_table
+            from bench.world.compare import Side, compare_side, table
+
+            sides = [Side.parse(text) for text in args.side]
+            results = [compare_side(side, m) for m in args.methods.split(",") for side in sides]
+            md = markdown_table(table(results))
+            print(md)
+            if args.out:
+                out = Path(args.out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.with_suffix(".md").write_text(md + "\n")
+                out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         elif args.cmd == "judge":
             from bench.world.judge_build import retrain_judges
 

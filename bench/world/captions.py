@@ -15,6 +15,9 @@ import numpy as np
 from bench.world.render import CHARACTER_SPECS, NONE_CHARACTER, WORLD2, Scene, Vocabulary
 
 CONCEPT_SET_NAME = "conceptworld"
+# world 3 draws another world (its own model, judges and concepts): its concept set has its own name, so its
+# dev-tuned configs (reports/tuned/<name>.json) and goldens never mix with world 2.1's
+CONCEPT_SET_NAMES = {"2": CONCEPT_SET_NAME, "3": "conceptworld3"}
 CONCEPT_SET_VERSION = "2.2"  # 2.0: styles redrawn (see render._texture); 2.1: larger dots. Same prompts;
 # 2.2: composed target prompts per object, style and colour concept (selective alignment)
 # 3.0: world 3's vocabulary (render.WORLD3): 12 objects, 6 styles, 6 characters, 8 colours; 16 test concepts
@@ -189,4 +192,4 @@ def concept_set_dict(vocab: Vocabulary = WORLD2) -> dict[str, Any]:
     concepts += [_entry(s, "style", "style", styles, ["circle", "blue", "blimsy"], vocab) for s in styles]
     concepts += [_entry(c, "character", "character", chars, ["triangle", "solid", "yellow"], vocab) for c in chars]
     concepts += [_entry(c, "colour", "colour", colours, ["square", "dotted"], vocab) for c in colours]
-    return {"name": CONCEPT_SET_NAME, "version": CONCEPT_SET_VERSIONS[vocab.version], "concepts": concepts}
+    return {"name": CONCEPT_SET_NAMES[vocab.version], "version": CONCEPT_SET_VERSIONS[vocab.version], "concepts": concepts}

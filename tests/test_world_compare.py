@@ -1,0 +1,98 @@
+"""Running the benchmark on another built world (--world) and comparing two worlds (bench.world.compare)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bench.errors import ConfigError, InputError
+
+WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
+
+
+def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
+    from bench.runner import Track, world_track
+
+    track = world_track(WORLD)
+    default = Track()
+    assert (Path(track.model), Path(track.concept_set), Path(track.judge), Path(track.second_judge)) == (
+        Path(default.model), Path(default.concept_set), Path(default.judge), Path(default.second_judge))
+    (tmp_path / "model").mkdir()
+    with pytest.raises(InputError, match="missing concepts.yaml, judge"):
+        world_track(tmp_path)
+
+
+def test_world_flag_reaches_every_grid_command_and_not_the_sd_track(tmp_path):
+    from bench.cli import _bench_from_args, build_parser
+
+    for cmd in (["run", "--methods", "fuchi"], ["tune", "--method", "fuchi"], ["sweep", "--methods", "fuchi"]):
+        args = build_parser().parse_args([*cmd, "--world", str(WORLD)])
+        args.methods = getattr(args, "methods", None) or args.method  # as _cmd_tune sets it
+        assert Path(_bench_from_args(args).track.judge) == WORLD / "judge"
+        args.world = str(tmp_path)
+        with pytest.raises(InputError, match="is not a built ConceptWorld"):
+            _bench_from_args(args)
+    args = build_parser().parse_args(["run", "--track", "sd", "--model", "m", "--world", str(WORLD)])
+    with pytest.raises(ConfigError, match="does not go with --track sd"):
+        _bench_from_args(args)
+
+
+def test_world3_concepts_are_illustrated_with_world3_scenes(tmp_path):
+    """Few-shot renders of a world-3 concept draw from world 3's vocabulary (its six styles), and the
+    world-3 concept set has its own name, so its tuned configs never overwrite world 2.1's."""
+    from bench.concepts import load_concept_set
+    from bench.protocol import EvalProtocol
+    from bench.runner import Track, _world_vocabulary, few_shot_images
+    from bench.world.captions import concept_set_dict
+    from bench.world.render import WORLD2, WORLD3
+
+    path = tmp_path / "concepts.yaml"
+    path.write_text(yaml.safe_dump(concept_set_dict(WORLD3), sort_keys=False))
+    assert load_concept_set(path).name == "conceptworld3"
+    assert load_concept_set(WORLD / "concepts.yaml").name == "conceptworld"
+    assert _world_vocabulary(str(path)) is WORLD3 and _world_vocabulary(str(WORLD / "concepts.yaml")) is WORLD2
+    track = Track(concept_set=str(path))
+    heart = load_concept_set(path).get("heart")
+    images, record = few_shot_images(track, heart, EvalProtocol(few_shot_images=2))
+    assert len(images) == 2 and record["source"] == "rendered"
+
+
+class _Pipe:
+    def __init__(self):
+        torch.manual_seed(0)
+        self.text_encoder = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        self.unet = torch.nn.Linear(4, 4)
+
+
+def test_relative_change_measures_only_the_text_encoders_matrices():
+    from bench.edit import Edit
+
+    pipe = _Pipe()
+    w0, w1 = pipe.text_encoder[0].weight.detach().clone(), pipe.text_encoder[1].weight.detach().clone()
+    tensors = {"text_encoder.0.weight": 2 * w0,  # moved by 100 %
+               "text_encoder.0.bias": torch.zeros(4),  # a bias: not a matrix
+               "unet.weight": torch.zeros(4, 4)}  # another component
+    edit = Edit(method="m", config={}, format="dense", tensors=tensors, trainable_params=0, seconds=0.0).apply(pipe)
+    change = edit.relative_change("text_encoder")
+    assert change["matrices"] == 1 and change["pooled"] == pytest.approx(1.0) and change["max"] == pytest.approx(1.0)
+    assert edit.relative_change("unet")["pooled"] == pytest.approx(1.0)  # zeroed: ||0 - W|| / ||W||
+    edit.restore()
+    both = {"text_encoder.0.weight": 2 * w0, "text_encoder.1.weight": w1}  # the second one unchanged
+    change = Edit(method="m", config={}, format="dense", tensors=both, trainable_params=0,
+                  seconds=0.0).apply(pipe).relative_change()
+    expected = float(w0.norm() / torch.sqrt(w0.norm() ** 2 + w1.norm() ** 2))
+    assert change["matrices"] == 2 and change["pooled"] == pytest.approx(expected) and change["max"] == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="applied"):
+        Edit(method="m", config={}, format="dense", tensors=both, trainable_params=0, seconds=0.0).relative_change()
+
+
+def test_compare_sides_parse_and_bad_ones_are_one_line_errors():
+    from bench.world.__main__ import main
+    from bench.world.compare import Side
+
+    side = Side.parse("3=datasets/conceptworld3@runs/w3")
+    assert (side.label, side.world, side.runs) == ("3", Path("datasets/conceptworld3"), Path("runs/w3"))
+    with pytest.raises(InputError, match="LABEL=WORLD_DIR@RUNS_ROOT"):
+        Side.parse("datasets/conceptworld3")
+    assert main(["compare", "--side", "x=nowhere@runs"]) == 2
