@@ -91,8 +91,6 @@ class Track:
 def world_track(folder: str | Path) -> Track:
     """The track of a built ConceptWorld folder (``make world`` output: ``model/``, ``concepts.yaml``,
     ``judge/`` and, from judge 2.2, ``judge_vit/`` as the second opinion); world 2.1 is the default."""
-    from bench.errors import InputError
-
     folder = Path(folder)
     missing = [n for n in ("model", "concepts.yaml", "judge") if not (folder / n).exists()]
     if missing:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -56,6 +57,11 @@ def test_world3_concepts_are_illustrated_with_world3_scenes(tmp_path):
     heart = load_concept_set(path).get("heart")
     images, record = few_shot_images(track, heart, EvalProtocol(few_shot_images=2))
     assert len(images) == 2 and record["source"] == "rendered"
+    from bench.world.render import render_batch
+
+    drawn = np.stack([np.asarray(im) for im in images])
+    assert np.array_equal(drawn, render_batch(record["seed"], 2, vocab=WORLD3, shape="heart")[0])
+    assert not np.array_equal(drawn, render_batch(record["seed"], 2, vocab=WORLD2, shape="heart")[0])
 
 
 class _Pipe:

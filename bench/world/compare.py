@@ -72,8 +72,8 @@ def dev_point(track: Any, method: str) -> dict[str, Any]:
     entry = json.loads(path.read_text())["methods"].get(method) if path.is_file() else None
     if entry is None:
         raise InputError(f"{method} was never tuned on {track.concept_set} ({path}): run bench tune --world first")
-    chosen = next(row for row in entry["grid"] if row["overrides"] == entry["overrides"]
-                  or all(entry["overrides"].get(k) == v for k, v in row["overrides"].items()))
+    chosen = next(row for row in entry["grid"]  # a row holds the searched keys; the entry adds the fixed ones
+                  if all(entry["overrides"].get(k) == v for k, v in row["overrides"].items()))
     return {"overrides": entry["overrides"], "dev_concepts": entry["dev_concepts"], "seeds": entry["seeds"],
             "ladder": entry["grid"],
             "H": chosen["H"], "UA": chosen["UA"], "retain": chosen["retain"]}
