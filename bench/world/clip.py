@@ -63,7 +63,8 @@ EXTRA_TEMPLATES = ("{}", "a rendering of a {}", "a small {}", "a {} in the middl
 # renders right (100 % of plain scenes), as quaddle was "pink" and blimsy "blue"
 CHARACTER_COLOUR_PROB = 0.3
 STYLE_PHRASES = {"solid": "in a plain fill", "striped": "with stripes", "dotted": "with dots",
-                 "checkered": "with a checker pattern", "halved": "in two halves", "pinstriped": "with pinstripes"}
+                 "checkered": "with a checker pattern", "halved": "in two halves",
+                 "gradient": "fading from light to dark"}
 # zero-shot prompts per judge head (``zero_shot``)
 ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape", "style": "a picture of a {} shape",
              "character": "a picture of {}"}
