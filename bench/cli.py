@@ -233,13 +233,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.curves import curve_tables, frontier_display, points_display, run_sweep
+    from bench.curves import curve_tables, frontier_display, parse_ranges, points_display, run_sweep
     from bench.report import markdown_table
 
     bench = _bench_from_args(args)
     out = Path(args.out)
     with _executor(args) as executor:
-        run_sweep(bench, out, args.points, args.knob, executor=executor)  # Knob.sweep refuses fewer than 2 points
+        run_sweep(bench, out, args.points, args.knob, executor=executor,  # Knob.sweep refuses fewer than 2 points
+                  ranges=parse_ranges(args.range))
     points, front = curve_tables(out)
     if len(points):
         print(markdown_table(points_display(points)))
@@ -380,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
     sw.add_argument("--points", type=int, default=5, help="log-spaced points over each knob's declared range")
     sw.add_argument("--knob", default=None, help="the knob to sweep (default: each method's first; bench methods)")
+    sw.add_argument("--range", action="append", metavar="METHOD=LOW:HIGH",
+                    help="sweep METHOD's knob over LOW..HIGH instead of its declared range (repeatable; another "
+                         "model's transition lies elsewhere), e.g. fuchi=1e-4:1e-2")
     sw.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
     _add_world_arg(sw)
     sw.add_argument("--seeds", default=None, help="evaluation seeds (default: the protocol's 0-7)")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import InputError
+from bench.errors import ConfigError, InputError
 from bench.io import ensure_writable_dir, write_json
 from bench.metric_registry import display
 from bench.metrics import (
@@ -37,13 +37,36 @@ DEFAULT_POINTS = 5
 
 
 # -- running ---------------------------------------------------------------------------------------
-def sweep_plan(bench: Bench, points: int, knob: str | None = None) -> dict[str, tuple[str, list[Any]]]:
-    """Per method spec: the swept field and its values (validated, so a bad point fails before any work)."""
+def parse_ranges(texts: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``METHOD=LO:HI`` strings (``bench sweep --range``) as {method spec: (low, high)}."""
+    ranges = {}
+    for text in texts or []:
+        spec, eq, span = text.rpartition("=")
+        lo, colon, hi = span.partition(":")
+        try:
+            if not (spec and eq and colon):
+                raise ValueError
+            ranges[spec] = (float(lo), float(hi))
+        except ValueError:
+            raise ConfigError(f"bad --range {text!r}: want METHOD=LOW:HIGH, e.g. fuchi=1e-4:1e-2") from None
+    return ranges
+
+
+def sweep_plan(bench: Bench, points: int, knob: str | None = None,
+               ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[str, list[Any]]]:
+    """Per method spec: the swept field and its values (validated, so a bad point fails before any work).
+    ``ranges`` replaces a method's declared range (another model's transition lies elsewhere:
+    the declared ranges are where world 2.1's is)."""
     from bench.method import build_method, get_method
 
+    ranges = ranges or {}
+    if stray := sorted(set(ranges) - set(bench.methods)):
+        raise ConfigError(f"--range names {stray}, which this sweep does not run (methods: {list(bench.methods)})")
     plan = {}
     for spec in bench.methods:
         k = get_method(spec.partition("@")[0]).knob(knob)
+        if spec in ranges:
+            k = replace(k, low=ranges[spec][0], high=ranges[spec][1])  # Knob checks 0 < low < high
         values = k.sweep(points)
         for v in values:
             build_method(spec, {**bench.method_overrides.get(spec, {}), k.field: v})
@@ -52,14 +75,15 @@ def sweep_plan(bench: Bench, points: int, knob: str | None = None) -> dict[str, 
 
 
 def run_sweep(bench: Bench, out: Path, points: int = DEFAULT_POINTS, knob: str | None = None,
-              progress: bool = True, executor: Any = None) -> dict[str, Any]:
+              progress: bool = True, executor: Any = None,
+              ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """Run every sweep point of every method (resumable: complete cells are reused) and record the
     manifest after each point, so an interrupted sweep keeps what it measured."""
     from bench.runner import run_bench
 
     if bench.attacks and progress:
         print(f"sweep with attacks {list(bench.attacks)}: every point pays for them")
-    plan = sweep_plan(bench, points, knob)
+    plan = sweep_plan(bench, points, knob, ranges)
     out = ensure_writable_dir(out)
     manifest = read_manifest(out) or {"methods": {}}
     for spec, (field, values) in plan.items():

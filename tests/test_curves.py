@@ -131,3 +131,22 @@ def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path
     # a second run reuses every cell
     again = run_sweep(bench, out, points=2, progress=False)
     assert again == manifest
+
+
+def test_a_sweep_range_replaces_the_declared_one_and_bad_ranges_are_refused():
+    """``bench sweep --range METHOD=LOW:HIGH``: another model's transition lies elsewhere."""
+    from bench.curves import parse_ranges, sweep_plan
+
+    bench = Bench(track=Track(), methods=["fuchi", "lora_eraser"], concepts=["circle"])
+    ranges = parse_ranges(["fuchi=1e-4:1e-2"])
+    assert ranges == {"fuchi": (1e-4, 1e-2)}
+    plan = sweep_plan(bench, 3, ranges=ranges)
+    assert plan["fuchi"] == ("lr", [1e-4, 1e-3, 1e-2])
+    assert plan["lora_eraser"] == sweep_plan(bench, 3)["lora_eraser"]  # unnamed methods keep theirs
+    for bad in ("fuchi=1e-2", "fuchi:1e-4:1e-2", "=1e-4:1e-2", "fuchi=a:b"):
+        with pytest.raises(ConfigError, match="bad --range"):
+            parse_ranges([bad])
+    with pytest.raises(ConfigError, match="0 < low < high"):
+        sweep_plan(bench, 3, ranges={"fuchi": (1e-2, 1e-4)})
+    with pytest.raises(ConfigError, match="does not run"):
+        sweep_plan(bench, 3, ranges={"esd": (1e-6, 1e-5)})

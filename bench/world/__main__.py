@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ClipConfig field")
     c.add_argument("--mini", action="store_true", help="a miniature CLIP (tests)")
     c.add_argument("--vocab", default="2", choices=sorted(VOCABULARIES), help="the world whose scenes it learns (render.VOCABULARIES)")
+    c.add_argument("--vae", default=None, help="a VAE folder (a build's work/vae): a vae_share of the training images "
+                                               "go through its round trip, as in `make world`")
     e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
     e.add_argument("--world", default="datasets/conceptworld")
     e.add_argument("--seeds", type=int, default=64)
@@ -62,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             from bench.world.render import vocabulary
 
             cfg = ClipConfig().override((MINI_CLIP if args.mini else []) + args.set)
-            print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes, vocabulary(args.vocab)),
+            vae = None
+            if args.vae:
+                from diffusers import AutoencoderKL
+
+                vae = AutoencoderKL.from_pretrained(args.vae, use_safetensors=True).eval()
+            print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes, vocabulary(args.vocab), vae),
                              indent=2))
         elif args.cmd == "compare":
             from bench.report import markdown_table

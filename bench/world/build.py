@@ -121,7 +121,7 @@ _INTRO_3 = [
     "  character and a reject head `scene` (valid / none: no valid scene to judge).",
     "- `judge_vit/`: a ViT (`transformers.ViTModel`, 4x4 patches) with the same heads, trained on other",
     "  renders with other augmentations.",
-    "- `concepts.yaml`: concept set 3.0 (32 concepts, 16 test; `bench.concepts.load_concept_set`).",
+    "- `concepts.yaml`: concept set 3.1 (32 concepts, 16 test; `bench.concepts.load_concept_set`).",
     "- `MANIFEST.json`: sha256 of every file, training config, git commit, quality table.",
     "",
 ]

@@ -20,8 +20,9 @@ CONCEPT_SET_NAME = "conceptworld"
 CONCEPT_SET_NAMES = {"2": CONCEPT_SET_NAME, "3": "conceptworld3"}
 CONCEPT_SET_VERSION = "2.2"  # 2.0: styles redrawn (see render._texture); 2.1: larger dots. Same prompts;
 # 2.2: composed target prompts per object, style and colour concept (selective alignment)
-# 3.0: world 3's vocabulary (render.WORLD3): 12 objects, 6 styles, 6 characters, 8 colours; 16 test concepts
-CONCEPT_SET_VERSIONS = {"2": CONCEPT_SET_VERSION, "3": "3.0"}
+# 3.0: world 3's vocabulary (render.WORLD3): 12 objects, 6 styles, 6 characters, 8 colours; 16 test concepts;
+# 3.1: the dev style pinstriped replaced by gradient (render.NEW_STYLES); the test split is unchanged
+CONCEPT_SET_VERSIONS = {"2": CONCEPT_SET_VERSION, "3": "3.1"}
 
 OBJECT_SYNONYMS = {
     "circle": ("disc", "disk"),
@@ -43,7 +44,7 @@ STYLE_SYNONYMS = {
     "dotted": ("spotted", "polka-dot"),
     "checkered": ("chequered", "checked"),
     "halved": ("half-shaded", "two-tone"),
-    "pinstriped": ("pinstripe", "pin-striped"),
+    "gradient": ("faded", "ombre"),
 }
 COLOUR_SYNONYMS = {
     "red": ("crimson",), "orange": ("amber",), "yellow": ("golden",), "green": ("emerald",),
@@ -117,7 +118,7 @@ _NEIGHBOURS = {
     "triangle": ("diamond",), "moon": ("circle",), "star": ("cross",), "cross": ("star",),
     "solid": ("striped",), "striped": ("checkered",), "dotted": ("checkered",), "checkered": ("dotted",),
     "heart": ("circle",), "hexagon": ("circle",), "arrow": ("triangle",), "hourglass": ("diamond",),
-    "halved": ("solid",), "pinstriped": ("striped",),
+    "halved": ("solid",), "gradient": ("halved",),
     "red": ("orange", "pink"), "orange": ("red", "yellow"), "yellow": ("orange",), "green": ("cyan",),
     "cyan": ("green", "blue"), "blue": ("purple", "cyan"), "purple": ("blue", "pink"), "pink": ("red", "purple"),
 }

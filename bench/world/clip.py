@@ -63,7 +63,8 @@ EXTRA_TEMPLATES = ("{}", "a rendering of a {}", "a small {}", "a {} in the middl
 # renders right (100 % of plain scenes), as quaddle was "pink" and blimsy "blue"
 CHARACTER_COLOUR_PROB = 0.3
 STYLE_PHRASES = {"solid": "in a plain fill", "striped": "with stripes", "dotted": "with dots",
-                 "checkered": "with a checker pattern", "halved": "in two halves", "pinstriped": "with pinstripes"}
+                 "checkered": "with a checker pattern", "halved": "in two halves",
+                 "gradient": "fading from light to dark"}
 # zero-shot prompts per judge head (``zero_shot``)
 ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape", "style": "a picture of a {} shape",
              "character": "a picture of {}"}
@@ -365,16 +366,39 @@ def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int 
             for head, labels in got.items()}
 
 
-def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
-    """Render (once, cached in ``work``) and train, then measure zero-shot accuracy on
-    ``eval_scenes`` fresh renders of another seed; the result lands in ``work/clip/zero_shot.json``."""
+def training_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = None) -> tuple[np.ndarray, list[Scene]]:
+    """The world CLIP's training images (uint8, n x 32 x 32 x 3) and their scenes: ``scenes`` renders
+    from seed ``cfg.seed + 7``, a ``cfg.jitter`` share with jittered textures, and (given ``vae``) a
+    ``cfg.vae_share`` share through the VAE's round trip, as the judges train (``judge_build.judge_set``).
+    With ``jitter=0`` and no VAE these are exactly ``render_set``'s scenes."""
+    from bench.world.render import jitter_texture, sample_scene, to_tensor
+    from bench.world.train import render_scenes, vae_roundtrip
+
+    rng = np.random.default_rng(cfg.seed + 7)
+    drawn = [sample_scene(rng, character_prob=0.15, vocab=vocab) for _ in range(scenes)]
+    jrng = np.random.default_rng(cfg.seed + 7 + 7919)
+    drawn = [jitter_texture(s, jrng) if jrng.random() < cfg.jitter else s for s in drawn]
+    arr = render_scenes(drawn, "clip scenes")
+    if vae is not None and cfg.vae_share > 0:
+        pick = np.flatnonzero(np.random.default_rng(cfg.seed + 11).random(len(arr)) < cfg.vae_share)
+        if len(pick):
+            out = vae_roundtrip(vae, to_tensor(arr[pick]))
+            arr[pick] = out.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arr, drawn
+
+
+def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2,
+             vae: Any = None) -> dict[str, Any]:
+    """Render (once, cached in ``work``; ``training_views``, through ``vae`` when given) and train,
+    then measure zero-shot accuracy on ``eval_scenes`` fresh, clean renders of another seed; the
+    result lands in ``work/clip/zero_shot.json``."""
     from bench.world.render import render_batch, to_tensor
-    from bench.world.train import _save_set, load_set, render_set
+    from bench.world.train import _save_set, load_set
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / "clip_train.npz"
     if not data.is_file():
-        arr, drawn = render_set(cfg.seed + 7, scenes, 0.15, "clip scenes", vocab=vocab)
+        arr, drawn = training_views(cfg, scenes, vocab, vae)
         _save_set(data, arr, drawn)
     images, _, drawn = load_set(data)
     info = train_clip(cfg, images, drawn, work, vocab=vocab)

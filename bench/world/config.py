@@ -46,6 +46,13 @@ class ClipConfig:
     logit_scale_init: float = 3.912
     warmup: int = 100
     ckpt_every: int = 100
+    # what generated images look like, as the judges see them (judge_build.judge_set): this share of
+    # the training scenes has its texture drawn off the world's values (render.jitter_texture), and
+    # this share of the images goes through the world's VAE (when the build passes it one). Build b2
+    # trained on clean renders only: 99.6 % style zero-shot on renders, but 63 % style agreement with
+    # the CNN judge on the model's own images
+    jitter: float = 0.7
+    vae_share: float = 0.5
 
     def override(self, pairs: list[str]) -> ClipConfig:
         return apply_overrides(self, pairs)

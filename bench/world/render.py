@@ -63,9 +63,11 @@ NEW_SHAPES = ("heart", "hexagon", "arrow", "hourglass")
 _ROTATION.update({"heart": 10.0, "hexagon": 8.0, "arrow": 10.0, "hourglass": 8.0})
 # halved: the shape's left half bright, its right half dark (a texture of no period at all: the
 # lowest frequency a style can have, which the VAE keeps best; concentric rings were tried and read
-# as the object "ring"); pinstriped: thin *vertical* lines (period 7; the stripes are horizontal,
-# the dots' lattice has energy on both axes at period 6)
-NEW_STYLES = ("halved", "pinstriped")
+# as the object "ring"); gradient: bright at the shape's top fading to dark at its bottom, as low in
+# frequency as halved and at a right angle to it. Concept set 3.0's sixth style, pinstriped (thin
+# vertical lines of period 7), was a sub-pattern of the dots (period 6 on both axes): build b2 drew
+# "a dotted red circle" as columns without rows, read pinstriped on half of its images.
+NEW_STYLES = ("halved", "gradient")
 NEW_CHARACTERS = {
     "trizzle": {"shape": "triangle", "colour": "yellow", "style": "solid", "mark": "white smile"},
     "hexbert": {"shape": "hexagon", "colour": "cyan", "style": "striped", "mark": "three white dots"},
@@ -126,8 +128,9 @@ class Scene:
     check_cell: float = 5.0
     dark_shade: float = DARK_SHADE
     split: float = 0.0  # world 3's styles: where "halved" splits, in shape radii right of the centre
-    pin_period: float = 7.0
-    pin_width: float = 2.2
+    # world 3's "gradient": the ramp's length in shape diameters, centred on the shape (shorter than the
+    # shape, so its top and bottom show the full bright and dark shades, as a halved shape's halves do)
+    fade: float = 0.7
 
     def names(self) -> dict[str, str]:
         """Class name per judge head."""
@@ -269,9 +272,10 @@ def _texture(scene: Scene) -> np.ndarray:
         return ((np.floor((xx + ph) / c) + np.floor((yy + ph) / c)) % 2 == 0).astype(np.float32)
     if scene.style == "halved":  # bright left half, dark right half (split near the centre)
         return (xx < (scene.cx + scene.split * scene.scale) * SIZE).astype(np.float32)
-    if scene.style == "pinstriped":  # thin vertical lines
-        period = scene.pin_period
-        return ((xx + scene.phase * period) % period >= scene.pin_width).astype(np.float32)
+    if scene.style == "gradient":  # 1 at the ramp's top, 0 at its bottom, linear in between
+        top = (scene.cy - scene.fade * scene.scale) * SIZE
+        return np.clip((top + 2 * scene.fade * scene.scale * SIZE - yy) / (2 * scene.fade * scene.scale * SIZE),
+                       0, 1).astype(np.float32)
     raise ValueError(f"unknown style {scene.style!r}")
 
 
@@ -351,16 +355,14 @@ def render_shapes(scenes: list[Scene]) -> np.ndarray:
 def jitter_texture(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its texture drawn a little off the world's values, as a generator draws it:
     stripe/dot/check size and dot radius +-20 %, dark shade 0.35-0.7 (the world's is 0.5); world 3's
-    halving line +-0.15 radii, pinstripe period +-15 % and width +-20 %."""
+    halving line +-0.15 radii, gradient ramp 0.55-0.85 diameters."""
     out = replace(scene, stripe_period=float(scene.stripe_period * rng.uniform(0.8, 1.2)),
                   dot_period=float(scene.dot_period * rng.uniform(0.85, 1.15)),
                   dot_radius=float(scene.dot_radius * rng.uniform(0.8, 1.2)),
                   check_cell=float(scene.check_cell * rng.uniform(0.8, 1.2)),
                   dark_shade=float(rng.uniform(0.35, 0.7)))
     if scene.style in NEW_STYLES:  # drawn only for world 3's styles: world 2's draws stay as they were
-        out = replace(out, split=float(rng.uniform(-0.15, 0.15)),
-                      pin_period=float(scene.pin_period * rng.uniform(0.85, 1.15)),
-                      pin_width=float(scene.pin_width * rng.uniform(0.8, 1.2)))
+        out = replace(out, split=float(rng.uniform(-0.15, 0.15)), fade=float(rng.uniform(0.55, 0.85)))
     return out
 
 

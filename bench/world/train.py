@@ -215,7 +215,8 @@ def stage_clip(cfg: WorldConfig, work: Path) -> dict:
     text encoder (``work/text_encoder``), frozen from here on."""
     from bench.world.clip import pretrain, save_text_tower
 
-    res = pretrain(cfg.clip, work / "world_clip", cfg.clip_scenes, cfg.clip_eval, vocabulary(cfg.vocab))
+    vae = AutoencoderKL.from_pretrained(work / "vae").eval()  # stage "vae" comes first: the CLIP sees its round trips
+    res = pretrain(cfg.clip, work / "world_clip", cfg.clip_scenes, cfg.clip_eval, vocabulary(cfg.vocab), vae)
     save_text_tower(work / "world_clip" / "clip", work / "text_encoder")
     return {"zero_shot": res["zero_shot"], "final_loss": res["final_loss"], "parameters": res["parameters"]}
 
