@@ -371,11 +371,10 @@ def training_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = N
     from seed ``cfg.seed + 7``, a ``cfg.jitter`` share with jittered textures, and (given ``vae``) a
     ``cfg.vae_share`` share through the VAE's round trip, as the judges train (``judge_build.judge_set``).
     With ``jitter=0`` and no VAE these are exactly ``render_set``'s scenes."""
-    from bench.world.render import jitter_texture, sample_scene, to_tensor
-    from bench.world.train import render_scenes, vae_roundtrip
+    from bench.world.render import jitter_texture, to_tensor
+    from bench.world.train import render_scenes, sample_scenes, vae_roundtrip
 
-    rng = np.random.default_rng(cfg.seed + 7)
-    drawn = [sample_scene(rng, character_prob=0.15, vocab=vocab) for _ in range(scenes)]
+    drawn = sample_scenes(cfg.seed + 7, scenes, 0.15, vocab)
     jrng = np.random.default_rng(cfg.seed + 7 + 7919)
     drawn = [jitter_texture(s, jrng) if jrng.random() < cfg.jitter else s for s in drawn]
     arr = render_scenes(drawn, "clip scenes")

@@ -84,9 +84,14 @@ def render_set(seed: int, n: int, character_prob: float, desc: str,
                workers: int | None = None, vocab: Vocabulary | None = None) -> tuple[np.ndarray, list[Scene]]:
     """Scenes are drawn here, in order, from ``seed``; only the pixels are rendered in parallel
     (default: one worker per torch thread for large sets), so the result does not depend on ``workers``."""
-    rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
+    scenes = sample_scenes(seed, n, character_prob, vocab)
     return render_scenes(scenes, desc, workers), scenes
+
+
+def sample_scenes(seed: int, n: int, character_prob: float, vocab: Vocabulary | None = None) -> list[Scene]:
+    """``n`` scenes of ``vocab`` drawn in order from ``seed`` (what ``render_set`` renders)."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
 
 
 def render_scenes(scenes: list[Scene], desc: str, workers: int | None = None) -> np.ndarray:
