@@ -31,21 +31,27 @@ from torch import nn
 from tqdm import tqdm
 
 from bench.errors import ConfigError, InputError
-from bench.world.render import HEADS, Vocabulary
+from bench.world.render import WORLD2, Vocabulary
+from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 
 # 2.0: horizontal stripes, 5 px checks; 2.1: dots of radius 2.0 px; 2.2: reject head (synthetic
 # non-scenes), trained on jittered textures, blur and distortions; a ViT second judge
-JUDGE_VERSION = "2.2"
+# 2.3: object, colour and style heads answer "none" on unclear scenes (``unclear.py``)
+JUDGE_VERSION = "2.3"
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
 REJECT_HEAD = "scene"
 SCENE_CLASSES = ("valid", "none")  # "none": no valid scene, nothing of any attribute to judge
-JUDGE_HEADS = {**HEADS, REJECT_HEAD: SCENE_CLASSES}  # world 2's
 
 
 def judge_heads(vocab: Vocabulary) -> dict[str, tuple[str, ...]]:
-    """The class lists of a judge of ``vocab``'s world: its attribute heads and the reject head."""
-    return {**vocab.heads, REJECT_HEAD: SCENE_CLASSES}
+    """The class lists of a judge of ``vocab``'s world: its attribute heads (each open one with a
+    last class ``none``: nothing of this type clearly present) and the reject head."""
+    heads = {h: (*v, UNCLEAR_LABEL) if h in UNCLEAR_HEADS else v for h, v in vocab.heads.items()}
+    return {**heads, REJECT_HEAD: SCENE_CLASSES}
+
+
+JUDGE_HEADS = judge_heads(WORLD2)
 IGNORE = -100  # attribute label of a non-scene: only the reject head learns from it
 
 

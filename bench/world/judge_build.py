@@ -3,9 +3,10 @@
 ``python -m bench.world judge --world DIR`` retrains both from a seed against a built world's VAE
 (minutes; the world model is untouched). ``make world`` runs the same code as its judge stage.
 Training data, per judge (each from its own seed): ``n_judge`` rendered scenes, a share of them
-with jittered textures, plus ``judge_negatives`` synthetic non-scenes; half of all images pass
-through the VAE (encode -> decode), as generated images do. Non-scenes carry a label on the
-reject head only.
+with jittered textures; ``judge_unclear`` scenes with one attribute drawn unclearly (labelled
+``none`` on that head, ``unclear.py``); ``judge_negatives`` synthetic non-scenes, which carry a
+label on the reject head only. Half of all images pass through the VAE (encode -> decode), as
+generated images do.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bench.world.judge import (
 )
 from bench.world.negatives import render_negatives
 from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, sample_scene, to_tensor, vocabulary
+from bench.world.unclear import render_unclear
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
 TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
@@ -39,8 +41,10 @@ _SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held
 
 
 def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None,
-              vocab: Vocabulary = WORLD2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Float images in [0, 1] of ``vocab``'s scenes and labels per head (attributes ``IGNORE`` on non-scenes)."""
+              vocab: Vocabulary = WORLD2, n_unclear: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float images in [0, 1] of ``vocab``'s scenes, ``n_unclear`` scenes with one attribute drawn
+    unclearly (``unclear.py``: that head's label is its ``none`` class) and ``n_negatives``
+    non-scenes; labels per head (attributes ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, vae_roundtrip
 
     rng = np.random.default_rng(seed)
@@ -48,17 +52,20 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter
     jrng = np.random.default_rng(seed + 7919)
     scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
+    unclear, unclear_labels, _ = render_unclear(seed + 15_485_863, n_unclear, vocab, jitter)
     neg = to_tensor(render_negatives(seed + 104_729, n_negatives, vocab=vocab)[0])
-    labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [IGNORE] * n_negatives) for h in HEADS}
-    labels[REJECT_HEAD] = torch.tensor([0] * n + [1] * n_negatives)
-    images = torch.cat([pos, neg])
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [u[h] for u in unclear_labels]
+                              + [IGNORE] * n_negatives) for h in HEADS}
+    labels[REJECT_HEAD] = torch.tensor([0] * (n + n_unclear) + [1] * n_negatives)
+    images = torch.cat([pos, to_tensor(unclear), neg])
     if vae is not None:  # every other image through the VAE
         images[1::2] = vae_roundtrip(vae, images[1::2])
     return images, labels
 
 
 def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Fresh scenes (world textures, no jitter) and fresh non-scenes from seeds no judge trained on."""
+    """Fresh scenes (world textures, no jitter), fresh unclear scenes and fresh non-scenes from seeds
+    no judge trained on."""
     from bench.world.train import render_set
 
     vocab = vocabulary(cfg.vocab)
@@ -66,7 +73,11 @@ def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tenso
     labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
     labels[REJECT_HEAD] = torch.zeros(n, dtype=torch.long)
     neg, _ = render_negatives(cfg.seed + 3, n // 2, vocab=vocab)
+    unclear, rows, _ = render_unclear(cfg.seed + 4, n // 2, vocab, jitter=0.0)
+    unclear_labels = {h: torch.tensor([r[h] for r in rows]) for h in HEADS}
+    unclear_labels[REJECT_HEAD] = torch.zeros(len(rows), dtype=torch.long)
     return {"scenes": (to_tensor(images), labels),
+            "unclear": (to_tensor(unclear), unclear_labels),
             "negatives": (to_tensor(neg), {REJECT_HEAD: torch.ones(len(neg), dtype=torch.long)})}
 
 
@@ -90,7 +101,7 @@ def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
         torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
         net = _net(which, cfg)
         images, labels = judge_set(cfg.seed + _SEED_OFFSET[which], cfg.n_judge, cfg.judge_negatives,
-                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab))
+                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab), cfg.judge_unclear)
         steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
                             else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
         judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which,

@@ -352,6 +352,38 @@ def render_shapes(scenes: list[Scene]) -> np.ndarray:
     return _finish(canvas, replace(scenes[0], character=NONE_CHARACTER))
 
 
+def silhouette(scene: Scene) -> np.ndarray:
+    """The shape's mask as float in [0, 1] at the supersampled size (``SIZE * SUPER`` square)."""
+    return np.asarray(_shape_mask(scene), np.float32) / 255.0
+
+
+def render_mixture(scenes: list[Scene], weights: list[float], cover: np.ndarray | None = None) -> np.ndarray:
+    """A weighted average of several scenes on the first scene's background: what a generator draws
+    when it averages between answers (``unclear.py``). The textured colours are averaged with the
+    weights; so are the silhouettes (soft masks), unless ``cover`` (a supersampled mask in [0, 1],
+    ``silhouette``'s size) gives the shape to paint. The first scene's mark and noise."""
+    if len(scenes) != len(weights) or not scenes:
+        raise ValueError(f"{len(scenes)} scenes but {len(weights)} weights")
+    w = np.asarray(weights, np.float32) / float(np.sum(weights))
+    bg = np.asarray(scenes[0].background, np.float32)
+    soft = np.zeros((_S, _S, 1), np.float32)
+    paint = np.zeros((_S, _S, 3), np.float32)
+    for share, scene in zip(w, scenes, strict=True):
+        colour = np.asarray(COLOURS[scene.colour], np.float32)
+        tex = _texture(scene)[..., None]
+        fill = colour * tex + colour * scene.dark_shade * (1 - tex)
+        if cover is None:
+            mask = silhouette(scene)[..., None]
+            soft += share * mask
+            paint += share * mask * fill
+        else:
+            paint += share * fill
+    if cover is None:
+        return _finish(bg * (1 - soft) + paint, scenes[0])
+    cover = np.asarray(cover, np.float32)[..., None]
+    return _finish(bg * (1 - cover) + paint * cover, scenes[0])
+
+
 def jitter_texture(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its texture drawn a little off the world's values, as a generator draws it:
     stripe/dot/check size and dot radius +-20 %, dark shade 0.35-0.7 (the world's is 0.5); world 3's
