@@ -17,8 +17,8 @@ class WorldConceptJudge(Judge):
 
     reject_definition = ("the judge's reject head finds no valid scene (trained on synthetic blank frames, "
                          "colour washes, gradients, noise, heavy blur, cut-off, shattered and fused shapes); "
-                         "from judge 2.3 the object, colour and style heads also answer none on their own "
-                         "(trained on faint and blended textures, shapes part-way between two, mixed colours)")
+                         "from judge 2.3 the style head also answers none on its own (trained on faint "
+                         "and blended textures)")
 
     def __init__(self, folder: str | Path) -> None:
         from bench.world.judge import REJECT_HEAD, WorldJudge
@@ -100,7 +100,7 @@ class WorldClipJudge(Judge):
 
     reject_definition = ("the image's best cosine similarity to any object prompt is below the 1st percentile "
                          "of that similarity on 2,000 fresh renders of the world (the world CLIP saw valid "
-                         "scenes only); an object, colour or style head answers none where its best prompt "
+                         "scenes only); the style head answers none where its best prompt "
                          "leads the second by less than the 1st percentile of that lead on the same renders")
 
     def __init__(self, folder: str | Path) -> None:
@@ -128,7 +128,7 @@ class WorldClipJudge(Judge):
     @torch.no_grad()
     def _judge(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[str]]]:
         """One pass of the image tower: rejections and the zero-shot label per head (``none`` on an
-        open head whose best label barely leads, as on the unclear scenes of ``bench.world.unclear``)."""
+        open head, style, whose best label barely leads, as on the unclear scenes of ``bench.world.unclear``)."""
         from bench.world.clip import image_embeddings, labels_from
 
         emb = image_embeddings(self.model, images)

@@ -88,7 +88,8 @@ class WorldConfig:
     # judges (bench/world/judge_build.py): n_judge rendered scenes (jittered textures) plus
     # judge_negatives synthetic non-scenes, half of each through the VAE
     judge_negatives: int = 8_000
-    judge_unclear: int = 9_000  # scenes with one attribute drawn unclearly (judge 2.3's "none" answers)
+    judge_unclear: int = 9_000  # scenes with faint or blended textures (judge 2.3's style "none")
+    judge_holes: float = 0.15  # share of judge scenes whose texture's dark parts let the background through
     judge_jitter: float = 0.7  # share of judge scenes whose texture is drawn off the world's values
     judge_channels: tuple[int, ...] = (16, 32, 64)
     judge_steps: int = 2500

@@ -12,7 +12,9 @@ opinion, and the report flags the cells where they disagree):
 Both learn from rendered scenes whose textures are drawn a little off the world's own values
 (``render.jitter_texture``), half of them passed through the world's VAE (encode -> decode) as
 generated images are, plus synthetic non-scenes (``negatives.py``) labelled only on the reject
-head. Images are float RGB in [0, 1]; the CNN's penultimate features feed KID/FID.
+head; from judge 2.3, also scenes with faint or blended textures labelled ``none`` on the style head
+(``unclear.py``): "no style clearly present", which two judges can agree on where forcing a pick
+makes them disagree. Images are float RGB in [0, 1]; the CNN's penultimate features feed KID/FID.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 
 # 2.0: horizontal stripes, 5 px checks; 2.1: dots of radius 2.0 px; 2.2: reject head (synthetic
 # non-scenes), trained on jittered textures, blur and distortions; a ViT second judge
-# 2.3: object, colour and style heads answer "none" on unclear scenes (``unclear.py``)
+# 2.3: the style head answers "none" on faint and blended textures (``unclear.py``)
 JUDGE_VERSION = "2.3"
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"

@@ -3,7 +3,8 @@
 ``python -m bench.world judge --world DIR`` retrains both from a seed against a built world's VAE
 (minutes; the world model is untouched). ``make world`` runs the same code as its judge stage.
 Training data, per judge (each from its own seed): ``n_judge`` rendered scenes, a share of them
-with jittered textures; ``judge_unclear`` scenes with one attribute drawn unclearly (labelled
+with jittered textures and a ``judge_holes`` share with holes in their textures (``Scene.holes``);
+``judge_unclear`` scenes with one attribute drawn unclearly (labelled
 ``none`` on that head, ``unclear.py``); ``judge_negatives`` synthetic non-scenes, which carry a
 label on the reject head only. Half of all images pass through the VAE (encode -> decode), as
 generated images do.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +38,27 @@ from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, sample
 from bench.world.unclear import render_unclear
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
+HOLES = (0.5, 1.0)  # how much of a holed scene's dark texture is left unpainted (Scene.holes)
 TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
 _SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held-out scenes, 3: held-out negatives)
 
 
 def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None,
-              vocab: Vocabulary = WORLD2, n_unclear: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Float images in [0, 1] of ``vocab``'s scenes, ``n_unclear`` scenes with one attribute drawn
-    unclearly (``unclear.py``: that head's label is its ``none`` class) and ``n_negatives``
-    non-scenes; labels per head (attributes ``IGNORE`` on non-scenes)."""
+              vocab: Vocabulary = WORLD2, n_unclear: int = 0, holes: float = 0.0
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float images in [0, 1] of ``vocab``'s scenes (a ``jitter`` share with jittered textures, a
+    ``holes`` share with part of their textures' dark parts unpainted: ``HOLES``; both keep every
+    label), ``n_unclear`` scenes with one attribute drawn unclearly (``unclear.py``: that head's
+    label is its ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
+    ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, vae_roundtrip
 
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
     jrng = np.random.default_rng(seed + 7919)
     scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
+    hrng = np.random.default_rng(seed + 6571)
+    scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < holes else s for s in scenes]
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
     unclear, unclear_labels, _ = render_unclear(seed + 15_485_863, n_unclear, vocab, jitter)
     neg = to_tensor(render_negatives(seed + 104_729, n_negatives, vocab=vocab)[0])
@@ -101,7 +109,8 @@ def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
         torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
         net = _net(which, cfg)
         images, labels = judge_set(cfg.seed + _SEED_OFFSET[which], cfg.n_judge, cfg.judge_negatives,
-                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab), cfg.judge_unclear)
+                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab), cfg.judge_unclear,
+                                   cfg.judge_holes)
         steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
                             else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
         judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which,

@@ -73,10 +73,14 @@ def _stack(rows: list[Image.Image]) -> Image.Image:
 
 def vocabulary_of(judge: WorldJudge) -> Vocabulary:
     """The world vocabulary whose class lists the judge's attribute heads have."""
-    from bench.world.judge import judge_heads
+    from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
+
+    def attribute_classes(head: str) -> list[str]:  # without the open heads' "none" (judges >= 2.3)
+        names = list(judge.classes.get(head, ()))
+        return names[:-1] if head in UNCLEAR_HEADS and names[-1:] == [UNCLEAR_LABEL] else names
 
     for vocab in VOCABULARIES.values():
-        if all(list(judge_heads(vocab)[h]) == list(judge.classes.get(h, ())) for h in vocab.heads):
+        if all(list(vocab.heads[h]) == attribute_classes(h) for h in vocab.heads):
             return vocab
     raise ValueError(f"judge {judge.id} has classes of no known world vocabulary: {judge.classes}")
 

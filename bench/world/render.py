@@ -131,6 +131,10 @@ class Scene:
     # world 3's "gradient": the ramp's length in shape diameters, centred on the shape (shorter than the
     # shape, so its top and bottom show the full bright and dark shades, as a halved shape's halves do)
     fade: float = 0.7
+    # share of the texture's dark parts left unpainted, the background showing through (0: none, the
+    # world's own scenes): a generator often dissolves a textured shape into its bright parts (bars,
+    # blobs, half a shape), and the judges train on such scenes (``judge_build.judge_set``)
+    holes: float = 0.0
 
     def names(self) -> dict[str, str]:
         """Class name per judge head."""
@@ -322,6 +326,8 @@ def _paint(canvas: np.ndarray, scene: Scene) -> np.ndarray:
     tex = _texture(scene)[..., None]
     fill = colour * tex + colour * scene.dark_shade * (1 - tex)
     mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
+    if scene.holes:
+        mask = mask * (1 - scene.holes * (1 - tex))
     return canvas * (1 - mask) + fill * mask
 
 
@@ -352,36 +358,23 @@ def render_shapes(scenes: list[Scene]) -> np.ndarray:
     return _finish(canvas, replace(scenes[0], character=NONE_CHARACTER))
 
 
-def silhouette(scene: Scene) -> np.ndarray:
-    """The shape's mask as float in [0, 1] at the supersampled size (``SIZE * SUPER`` square)."""
-    return np.asarray(_shape_mask(scene), np.float32) / 255.0
-
-
-def render_mixture(scenes: list[Scene], weights: list[float], cover: np.ndarray | None = None) -> np.ndarray:
+def render_mixture(scenes: list[Scene], weights: list[float]) -> np.ndarray:
     """A weighted average of several scenes on the first scene's background: what a generator draws
-    when it averages between answers (``unclear.py``). The textured colours are averaged with the
-    weights; so are the silhouettes (soft masks), unless ``cover`` (a supersampled mask in [0, 1],
-    ``silhouette``'s size) gives the shape to paint. The first scene's mark and noise."""
+    when it averages between answers (``unclear.py``). Silhouettes (soft masks) and textured colours
+    are averaged with the weights; the first scene's mark and noise."""
     if len(scenes) != len(weights) or not scenes:
         raise ValueError(f"{len(scenes)} scenes but {len(weights)} weights")
     w = np.asarray(weights, np.float32) / float(np.sum(weights))
     bg = np.asarray(scenes[0].background, np.float32)
-    soft = np.zeros((_S, _S, 1), np.float32)
+    cover = np.zeros((_S, _S, 1), np.float32)
     paint = np.zeros((_S, _S, 3), np.float32)
     for share, scene in zip(w, scenes, strict=True):
         colour = np.asarray(COLOURS[scene.colour], np.float32)
         tex = _texture(scene)[..., None]
-        fill = colour * tex + colour * scene.dark_shade * (1 - tex)
-        if cover is None:
-            mask = silhouette(scene)[..., None]
-            soft += share * mask
-            paint += share * mask * fill
-        else:
-            paint += share * fill
-    if cover is None:
-        return _finish(bg * (1 - soft) + paint, scenes[0])
-    cover = np.asarray(cover, np.float32)[..., None]
-    return _finish(bg * (1 - cover) + paint * cover, scenes[0])
+        mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
+        cover += share * mask
+        paint += share * mask * (colour * tex + colour * scene.dark_shade * (1 - tex))
+    return _finish(bg * (1 - cover) + paint, scenes[0])
 
 
 def jitter_texture(scene: Scene, rng: np.random.Generator) -> Scene:
