@@ -52,6 +52,24 @@ def test_holes_show_the_background_through_the_dark_texture_only():
     assert np.array_equal(render_scene(solid), render_scene(replace(solid, holes=1.0)))
 
 
+def test_judge_training_scenes_with_holes_keep_their_labels():
+    """``judge_set``'s holed share changes textured scenes' pixels only: same labels, solid scenes
+    untouched; with ``n_unclear`` the style head's none class appears, and nowhere else."""
+    from bench.world.judge_build import judge_set
+    from bench.world.render import WORLD3
+
+    args = dict(seed=3, n=24, n_negatives=4, character_prob=0.0, jitter=0.0, vocab=WORLD3)
+    plain_x, plain_y = judge_set(**args)
+    holed_x, holed_y = judge_set(**args, holes=1.0)
+    assert all(torch.equal(plain_y[h], holed_y[h]) for h in plain_y)
+    styles = [WORLD3.styles[int(k)] for k in plain_y["style"][:24]]
+    changed = [bool((a != b).any()) for a, b in zip(plain_x[:24], holed_x[:24], strict=True)]
+    assert all(c == (s != "solid") for c, s in zip(changed, styles, strict=True))
+    x, y = judge_set(**args, n_unclear=6)
+    assert len(x) == 24 + 6 + 4 and (y["style"][24:30] == len(WORLD3.styles)).all()
+    assert (y["style"][:24] < len(WORLD3.styles)).all() and (y["scene"][24:30] == 0).all()
+
+
 def _rows(groups: list[str], seeds: list[int]) -> list[ImageRow]:
     return [ImageRow(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
 
@@ -278,6 +296,7 @@ def test_judge_heads_add_none_to_the_open_heads_only():
     heads = judge_heads(WORLD3)
     assert heads["style"] == (*WORLD3.heads["style"], REJECT_LABEL)
     assert heads["object"] == WORLD3.heads["object"] and heads["colour"] == WORLD3.heads["colour"]
+    assert judge_heads(WORLD3, unclear=False)["style"] == WORLD3.heads["style"]  # judge_unclear=0
     assert heads["character"] == WORLD3.heads["character"] and heads["character"][0] == "none"
 
     class Stub:

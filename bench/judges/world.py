@@ -17,8 +17,8 @@ class WorldConceptJudge(Judge):
 
     reject_definition = ("the judge's reject head finds no valid scene (trained on synthetic blank frames, "
                          "colour washes, gradients, noise, heavy blur, cut-off, shattered and fused shapes); "
-                         "from judge 2.3 the style head also answers none on its own (trained on faint "
-                         "and blended textures)")
+                         "a judge trained with judge_unclear > 0 also has a style class none (trained on "
+                         "faint and blended textures)")
 
     def __init__(self, folder: str | Path) -> None:
         from bench.world.judge import REJECT_HEAD, WorldJudge
@@ -100,10 +100,12 @@ class WorldClipJudge(Judge):
 
     reject_definition = ("the image's best cosine similarity to any object prompt is below the 1st percentile "
                          "of that similarity on 2,000 fresh renders of the world (the world CLIP saw valid "
-                         "scenes only); the style head answers none where its best prompt "
-                         "leads the second by less than the 1st percentile of that lead on the same renders")
+                         "scenes only); built with unclear=True, the style head answers none where its best "
+                         "prompt leads the second by less than the 1st percentile of that lead on the same renders")
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, unclear: bool = False) -> None:
+        """``unclear``: the style head may answer none (``reject_definition``), as a CNN judge that
+        learnt unclear textures does; otherwise it always names its best label."""
         import json
 
         from bench.world.clip import load_world_clip, prompt_embeddings
@@ -115,6 +117,7 @@ class WorldClipJudge(Judge):
         self.model, self.version = load_world_clip(folder)
         self.id = "conceptworld-clip"
 
+        self.unclear = unclear
         self._prompts = prompt_embeddings(self.model, self.vocab)  # fixed per model: computed once
         self._threshold, self._lead = self._calibrate()
 
@@ -134,7 +137,7 @@ class WorldClipJudge(Judge):
         emb = image_embeddings(self.model, images)
         rejected = (emb @ self._prompts["object"].T).amax(-1) < self._threshold
         got = labels_from(emb, self._prompts, self.vocab)
-        for head, lead in self._leads(emb).items():
+        for head, lead in (self._leads(emb) if self.unclear else {}).items():
             got[head] = [REJECT_LABEL if u else v for v, u in zip(got[head], (lead < self._lead[head]).tolist(),
                                                                    strict=True)]
         return rejected, got

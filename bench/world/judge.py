@@ -12,7 +12,9 @@ opinion, and the report flags the cells where they disagree):
 Both learn from rendered scenes whose textures are drawn a little off the world's own values
 (``render.jitter_texture``), half of them passed through the world's VAE (encode -> decode) as
 generated images are, plus synthetic non-scenes (``negatives.py``) labelled only on the reject
-head; from judge 2.3, also scenes with faint or blended textures labelled ``none`` on the style head
+head. From judge 2.3 a share of the scenes has holes in its texture (the background showing through
+the dark parts, as generated textured shapes often dissolve into their bright parts), and a judge
+built with ``judge_unclear`` > 0 also learns a style class ``none`` from faint and blended textures
 (``unclear.py``): "no style clearly present", which two judges can agree on where forcing a pick
 makes them disagree. Images are float RGB in [0, 1]; the CNN's penultimate features feed KID/FID.
 """
@@ -38,7 +40,8 @@ from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 
 # 2.0: horizontal stripes, 5 px checks; 2.1: dots of radius 2.0 px; 2.2: reject head (synthetic
 # non-scenes), trained on jittered textures, blur and distortions; a ViT second judge
-# 2.3: the style head answers "none" on faint and blended textures (``unclear.py``)
+# 2.3: judge scenes with holes in their textures (``Scene.holes``); with ``judge_unclear`` > 0, a
+# style class "none" learnt from faint and blended textures (``unclear.py``)
 JUDGE_VERSION = "2.3"
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
@@ -46,10 +49,11 @@ REJECT_HEAD = "scene"
 SCENE_CLASSES = ("valid", "none")  # "none": no valid scene, nothing of any attribute to judge
 
 
-def judge_heads(vocab: Vocabulary) -> dict[str, tuple[str, ...]]:
-    """The class lists of a judge of ``vocab``'s world: its attribute heads (each open one with a
-    last class ``none``: nothing of this type clearly present) and the reject head."""
-    heads = {h: (*v, UNCLEAR_LABEL) if h in UNCLEAR_HEADS else v for h, v in vocab.heads.items()}
+def judge_heads(vocab: Vocabulary, unclear: bool = True) -> dict[str, tuple[str, ...]]:
+    """The class lists of a judge of ``vocab``'s world: its attribute heads (with ``unclear``, each
+    open one, ``UNCLEAR_HEADS``, ends in a class ``none``: nothing of this type clearly present) and
+    the reject head."""
+    heads = {h: (*v, UNCLEAR_LABEL) if unclear and h in UNCLEAR_HEADS else v for h, v in vocab.heads.items()}
     return {**heads, REJECT_HEAD: SCENE_CLASSES}
 
 

@@ -4,8 +4,8 @@
 (minutes; the world model is untouched). ``make world`` runs the same code as its judge stage.
 Training data, per judge (each from its own seed): ``n_judge`` rendered scenes, a share of them
 with jittered textures and a ``judge_holes`` share with holes in their textures (``Scene.holes``);
-``judge_unclear`` scenes with one attribute drawn unclearly (labelled
-``none`` on that head, ``unclear.py``); ``judge_negatives`` synthetic non-scenes, which carry a
+optionally ``judge_unclear`` scenes with faint or blended textures (labelled ``none`` on the
+style head, ``unclear.py``); ``judge_negatives`` synthetic non-scenes, which carry a
 label on the reject head only. Half of all images pass through the VAE (encode -> decode), as
 generated images do.
 """
@@ -48,8 +48,8 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Float images in [0, 1] of ``vocab``'s scenes (a ``jitter`` share with jittered textures, a
     ``holes`` share with part of their textures' dark parts unpainted: ``HOLES``; both keep every
-    label), ``n_unclear`` scenes with one attribute drawn unclearly (``unclear.py``: that head's
-    label is its ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
+    label), ``n_unclear`` scenes with an unclear texture (``unclear.py``: the style label is the
+    style head's ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
     ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, vae_roundtrip
 
@@ -72,8 +72,8 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter
 
 
 def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Fresh scenes (world textures, no jitter), fresh unclear scenes and fresh non-scenes from seeds
-    no judge trained on."""
+    """Fresh scenes (world textures, no jitter), fresh non-scenes and (for judges that learn them)
+    fresh unclear scenes, from seeds no judge trained on."""
     from bench.world.train import render_set
 
     vocab = vocabulary(cfg.vocab)
@@ -81,16 +81,18 @@ def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tenso
     labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
     labels[REJECT_HEAD] = torch.zeros(n, dtype=torch.long)
     neg, _ = render_negatives(cfg.seed + 3, n // 2, vocab=vocab)
-    unclear, rows, _ = render_unclear(cfg.seed + 4, n // 2, vocab, jitter=0.0)
-    unclear_labels = {h: torch.tensor([r[h] for r in rows]) for h in HEADS}
-    unclear_labels[REJECT_HEAD] = torch.zeros(len(rows), dtype=torch.long)
-    return {"scenes": (to_tensor(images), labels),
-            "unclear": (to_tensor(unclear), unclear_labels),
+    sets = {"scenes": (to_tensor(images), labels),
             "negatives": (to_tensor(neg), {REJECT_HEAD: torch.ones(len(neg), dtype=torch.long)})}
+    if cfg.judge_unclear > 0:
+        unclear, rows, _ = render_unclear(cfg.seed + 4, n // 2, vocab, jitter=0.0)
+        unclear_labels = {h: torch.tensor([r[h] for r in rows]) for h in HEADS}
+        unclear_labels[REJECT_HEAD] = torch.zeros(len(rows), dtype=torch.long)
+        sets["unclear"] = (to_tensor(unclear), unclear_labels)
+    return sets
 
 
 def _net(which: str, cfg: WorldConfig) -> torch.nn.Module:
-    heads = {h: len(v) for h, v in judge_heads(vocabulary(cfg.vocab)).items()}
+    heads = {h: len(v) for h, v in judge_heads(vocabulary(cfg.vocab), cfg.judge_unclear > 0).items()}
     if which == FIRST:
         return JudgeNet(cfg.judge_channels, heads)
     return ViTJudgeNet({"hidden_size": cfg.vit_hidden, "num_hidden_layers": cfg.vit_layers,
@@ -114,7 +116,7 @@ def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
         steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
                             else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
         judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which,
-                            heads=judge_heads(vocabulary(cfg.vocab)))
+                            heads=judge_heads(vocabulary(cfg.vocab), cfg.judge_unclear > 0))
         judge.save(out / which)
         judge = WorldJudge.load(out / which)
         row: dict = {"seconds": round(time.time() - t0, 1), "id": judge.id}

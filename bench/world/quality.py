@@ -230,9 +230,14 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     model, _ = load_world_clip(folder)
     images, scenes = render_batch(seed, n, vocab=vocab)
     out: dict = {"zero_shot": zero_shot(model, to_tensor(images), scenes, vocab=vocab), "renders": n}
-    cnn = WorldConceptJudge(folder.parent / "judge").labels(generated)
+    from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
+
+    judge = WorldConceptJudge(folder.parent / "judge")
+    cnn = judge.labels(generated)
     keep = [i for i, s in enumerate(cnn[SCENE_HEAD]) if s != REJECT_LABEL]
-    mine = WorldClipJudge(folder).labels(generated[keep])  # open heads answer none where they barely decide
+    # the CLIP's style head abstains too where the CNN's can (judges >= 2.3 trained with unclear scenes)
+    unclear = all(judge.judge.classes[h][-1] == UNCLEAR_LABEL for h in UNCLEAR_HEADS)
+    mine = WorldClipJudge(folder, unclear=unclear).labels(generated[keep])
     mine = {h: v for h, v in mine.items() if h in vocab.heads}
     out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine)
     out["generated_images"], out["rejected_by_judge"] = len(generated), len(generated) - len(keep)
