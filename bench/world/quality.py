@@ -226,12 +226,11 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     from bench.judges.world import WorldClipJudge, WorldConceptJudge
     from bench.metrics import agreement
     from bench.world.clip import load_world_clip, zero_shot
+    from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 
     model, _ = load_world_clip(folder)
     images, scenes = render_batch(seed, n, vocab=vocab)
     out: dict = {"zero_shot": zero_shot(model, to_tensor(images), scenes, vocab=vocab), "renders": n}
-    from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
-
     judge = WorldConceptJudge(folder.parent / "judge")
     cnn = judge.labels(generated)
     keep = [i for i, s in enumerate(cnn[SCENE_HEAD]) if s != REJECT_LABEL]

@@ -320,14 +320,21 @@ def _draw_mark(img: Image.Image, scene: Scene) -> None:
         raise ValueError(f"unknown mark {mark!r}")
 
 
-def _paint(canvas: np.ndarray, scene: Scene) -> np.ndarray:
-    """The scene's textured shape composited over ``canvas`` (supersampled float RGB)."""
+def _layer(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's textured colour (supersampled float RGB) and its coverage (the shape's mask, less
+    the texture's holes)."""
     colour = np.asarray(COLOURS[scene.colour], np.float32)
     tex = _texture(scene)[..., None]
     fill = colour * tex + colour * scene.dark_shade * (1 - tex)
     mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
     if scene.holes:
         mask = mask * (1 - scene.holes * (1 - tex))
+    return fill, mask
+
+
+def _paint(canvas: np.ndarray, scene: Scene) -> np.ndarray:
+    """The scene's textured shape composited over ``canvas`` (supersampled float RGB)."""
+    fill, mask = _layer(scene)
     return canvas * (1 - mask) + fill * mask
 
 
@@ -369,11 +376,9 @@ def render_mixture(scenes: list[Scene], weights: list[float]) -> np.ndarray:
     cover = np.zeros((_S, _S, 1), np.float32)
     paint = np.zeros((_S, _S, 3), np.float32)
     for share, scene in zip(w, scenes, strict=True):
-        colour = np.asarray(COLOURS[scene.colour], np.float32)
-        tex = _texture(scene)[..., None]
-        mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
+        fill, mask = _layer(scene)
         cover += share * mask
-        paint += share * mask * (colour * tex + colour * scene.dark_shade * (1 - tex))
+        paint += share * mask * fill
     return _finish(bg * (1 - cover) + paint, scenes[0])
 
 
