@@ -40,6 +40,36 @@ def test_texture_jitter_changes_texture_only_and_defaults_render_as_before():
     assert np.array_equal(render_scene(plain), render_scene(scene))
 
 
+def test_holes_show_the_background_through_the_dark_texture_only():
+    from dataclasses import replace
+
+    striped = Scene(shape="square", colour="yellow", style="striped", scale=0.45)
+    plain, holed = render_scene(striped), render_scene(replace(striped, holes=1.0))
+    changed = (plain != holed).any(-1)
+    assert 0.1 < changed.mean() < 0.5  # the dark stripes, not the bright ones or the background
+    assert np.median(np.abs(holed[changed].astype(float) - np.asarray(striped.background))) <= 2
+    solid = Scene(shape="square", colour="yellow", style="solid", scale=0.45)  # no dark parts: no holes
+    assert np.array_equal(render_scene(solid), render_scene(replace(solid, holes=1.0)))
+
+
+def test_judge_training_scenes_with_holes_keep_their_labels():
+    """``judge_set``'s holed share changes textured scenes' pixels only: same labels, solid scenes
+    untouched; with ``n_unclear`` the style head's none class appears, and nowhere else."""
+    from bench.world.judge_build import judge_set
+    from bench.world.render import WORLD3
+
+    args = dict(seed=3, n=24, n_negatives=4, character_prob=0.0, jitter=0.0, vocab=WORLD3)
+    plain_x, plain_y = judge_set(**args)
+    holed_x, holed_y = judge_set(**args, holes=1.0)
+    assert all(torch.equal(plain_y[h], holed_y[h]) for h in plain_y)
+    styles = [WORLD3.styles[int(k)] for k in plain_y["style"][:24]]
+    changed = [bool((a != b).any()) for a, b in zip(plain_x[:24], holed_x[:24], strict=True)]
+    assert all(c == (s != "solid") for c, s in zip(changed, styles, strict=True))
+    x, y = judge_set(**args, n_unclear=6)
+    assert len(x) == 24 + 6 + 4 and (y["style"][24:30] == len(WORLD3.styles)).all()
+    assert (y["style"][:24] < len(WORLD3.styles)).all() and (y["scene"][24:30] == 0).all()
+
+
 def _rows(groups: list[str], seeds: list[int]) -> list[ImageRow]:
     return [ImageRow(g, None, f"prompt {g}", s) for g, s in zip(groups, seeds, strict=True)]
 
@@ -231,3 +261,71 @@ def test_a_judge_that_cannot_check_attributes_answers_none():
             return torch.zeros(len(images), 1)
 
     assert Blind().sees(torch.zeros(2, 3, 8, 8), [{"colour": "red"}] * 2) is None
+
+
+def test_unclear_scenes_label_the_style_none_and_are_deterministic():
+    """Every unclear scene's style label is one past the style list (``none``); every other head
+    keeps the scene's true label; same seed, same images; a faint texture is fainter than a clear one."""
+    from bench.world.judge import judge_heads
+    from bench.world.render import WORLD3
+    from bench.world.unclear import FAINT_SHADE, KINDS, render_unclear
+
+    images, labels, kinds = render_unclear(11, 8 * len(KINDS), WORLD3)
+    again, _, _ = render_unclear(11, 8 * len(KINDS), WORLD3)
+    assert images.shape == (8 * len(KINDS), 32, 32, 3) and np.array_equal(images, again)
+    assert sorted(set(kinds)) == sorted(KINDS)
+    heads = judge_heads(WORLD3)
+    for row, kind in zip(labels, kinds, strict=True):
+        assert heads[KINDS[kind]][row[KINDS[kind]]] == REJECT_LABEL
+        for head in ("object", "colour"):
+            assert row[head] < len(WORLD3.heads[head])
+        assert row["character"] == 0  # no character is drawn unclearly: its own "none" means no character
+    # the same striped square: clear (the world's dark shade, 0.5) against faint (the faint range's middle)
+    clear = Scene("square", "yellow", "striped", scale=0.45)
+    faint = jitter_texture(clear, np.random.default_rng(0))
+    faint = Scene(**{**faint.to_dict(), "dark_shade": sum(FAINT_SHADE) / 2, "stripe_period": 10.0})
+    spread = [render_scene(s)[8:24, 8:24, 0].astype(float).std() for s in (clear, faint)]  # red channel
+    assert spread[1] < 0.5 * spread[0]
+
+
+def test_judge_heads_add_none_to_the_open_heads_only():
+    from bench.world.judge import judge_heads
+    from bench.world.quality import vocabulary_of
+    from bench.world.render import WORLD2, WORLD3
+
+    heads = judge_heads(WORLD3)
+    assert heads["style"] == (*WORLD3.heads["style"], REJECT_LABEL)
+    assert heads["object"] == WORLD3.heads["object"] and heads["colour"] == WORLD3.heads["colour"]
+    assert judge_heads(WORLD3, unclear=False)["style"] == WORLD3.heads["style"]  # judge_unclear=0
+    assert heads["character"] == WORLD3.heads["character"] and heads["character"][0] == "none"
+
+    class Stub:
+        id = "stub"
+
+    for vocab in (WORLD2, WORLD3):  # judges 2.3 (open heads end in none) and older ones are both placed
+        for classes in (judge_heads(vocab), vocab.heads):
+            Stub.classes = {h: list(v) for h, v in classes.items()}
+            assert vocabulary_of(Stub()) == vocab
+
+
+@needs_world
+@pytest.mark.parametrize("which", [0, 1], ids=["cnn", "vit"])
+def test_open_heads_answer_none_on_unclear_scenes_and_name_fresh_renders(world_judges, which):
+    """Seeds no judge trained on: the style head answers none on >= 90 % of faint textures and on
+    >= 30 % of blends (world 2.1's judges retrained with judge_unclear=9000: 92 % and 34 % for the CNN,
+    94 % and 44 % for the ViT; many blends read as one of their styles), and on <= 1 % of fresh renders."""
+    from bench.world.unclear import KINDS, UNCLEAR_HEADS, UNCLEAR_LABEL, render_unclear
+
+    judge = world_judges[which]
+    if any(judge.judge.classes[h][-1] != UNCLEAR_LABEL for h in UNCLEAR_HEADS):
+        pytest.skip(f"the committed {judge.ref} predates judge 2.3's none answers (python -m bench.world judge)")
+    images, _, kinds = render_unclear(8_675_309, 50 * len(KINDS), jitter=0.0)
+    got = judge.labels(to_tensor(images))
+    for kind, head in KINDS.items():
+        pick = [i for i, k in enumerate(kinds) if k == kind]
+        share = np.mean([got[head][i] == REJECT_LABEL for i in pick])
+        assert share >= {"faint": 0.90, "blend": 0.30}[kind], (kind, share)
+    renders, _ = render_batch(161_803, 400, character_prob=0.3)
+    got = judge.labels(to_tensor(renders))
+    for head in UNCLEAR_HEADS:
+        assert np.mean([v == REJECT_LABEL for v in got[head]]) <= 0.01, head

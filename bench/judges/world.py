@@ -16,7 +16,9 @@ class WorldConceptJudge(Judge):
     """Maps a concept to (head, label) from its ``extra`` in the concept set."""
 
     reject_definition = ("the judge's reject head finds no valid scene (trained on synthetic blank frames, "
-                         "colour washes, gradients, noise, heavy blur, cut-off, shattered and fused shapes)")
+                         "colour washes, gradients, noise, heavy blur, cut-off, shattered and fused shapes); "
+                         "a judge trained with judge_unclear > 0 also has a style class none (trained on "
+                         "faint and blended textures)")
 
     def __init__(self, folder: str | Path) -> None:
         from bench.world.judge import REJECT_HEAD, WorldJudge
@@ -98,9 +100,12 @@ class WorldClipJudge(Judge):
 
     reject_definition = ("the image's best cosine similarity to any object prompt is below the 1st percentile "
                          "of that similarity on 2,000 fresh renders of the world (the world CLIP saw valid "
-                         "scenes only)")
+                         "scenes only); built with unclear=True, the style head answers none where its best "
+                         "prompt leads the second by less than the 1st percentile of that lead on the same renders")
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, unclear: bool = False) -> None:
+        """``unclear``: the style head may answer none (``reject_definition``), as a CNN judge that
+        learnt unclear textures does; otherwise it always names its best label."""
         import json
 
         from bench.world.clip import load_world_clip, prompt_embeddings
@@ -112,26 +117,41 @@ class WorldClipJudge(Judge):
         self.model, self.version = load_world_clip(folder)
         self.id = "conceptworld-clip"
 
+        self.unclear = unclear
         self._prompts = prompt_embeddings(self.model, self.vocab)  # fixed per model: computed once
-        self._threshold = self._calibrate()
+        self._threshold, self._lead = self._calibrate()
+
+    def _leads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per open head (``UNCLEAR_HEADS``): how far the best label's similarity leads the second's."""
+        from bench.world.unclear import UNCLEAR_HEADS
+
+        return {h: (lambda top: top[:, 0] - top[:, 1])((emb @ self._prompts[h].T).topk(2, dim=-1).values)
+                for h in UNCLEAR_HEADS}
 
     @torch.no_grad()
     def _judge(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[str]]]:
-        """One pass of the image tower: rejections and the zero-shot label per head."""
+        """One pass of the image tower: rejections and the zero-shot label per head (``none`` on an
+        open head, style, whose best label barely leads, as on the unclear scenes of ``bench.world.unclear``)."""
         from bench.world.clip import image_embeddings, labels_from
 
         emb = image_embeddings(self.model, images)
         rejected = (emb @ self._prompts["object"].T).amax(-1) < self._threshold
-        return rejected, labels_from(emb, self._prompts, self.vocab)
+        got = labels_from(emb, self._prompts, self.vocab)
+        for head, lead in (self._leads(emb) if self.unclear else {}).items():
+            got[head] = [REJECT_LABEL if u else v for v, u in zip(got[head], (lead < self._lead[head]).tolist(),
+                                                                   strict=True)]
+        return rejected, got
 
-    def _calibrate(self) -> float:
+    def _calibrate(self) -> tuple[float, dict[str, float]]:
+        """1st percentiles on 2,000 fresh renders: of the best object similarity, and of each open head's lead."""
         from bench.world.clip import image_embeddings
         from bench.world.render import render_batch, to_tensor
 
         arr, _ = render_batch(424_242, 2000, vocab=self.vocab)
         with torch.no_grad():
-            best = (image_embeddings(self.model, to_tensor(arr)) @ self._prompts["object"].T).amax(-1)
-        return float(torch.quantile(best, 0.01))
+            emb = image_embeddings(self.model, to_tensor(arr))
+        best = (emb @ self._prompts["object"].T).amax(-1)
+        return float(torch.quantile(best, 0.01)), {h: float(torch.quantile(v, 0.01)) for h, v in self._leads(emb).items()}
 
     def reject(self, images: torch.Tensor) -> torch.Tensor:
         return self._judge(images)[0]

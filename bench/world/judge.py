@@ -12,7 +12,11 @@ opinion, and the report flags the cells where they disagree):
 Both learn from rendered scenes whose textures are drawn a little off the world's own values
 (``render.jitter_texture``), half of them passed through the world's VAE (encode -> decode) as
 generated images are, plus synthetic non-scenes (``negatives.py``) labelled only on the reject
-head. Images are float RGB in [0, 1]; the CNN's penultimate features feed KID/FID.
+head. From judge 2.3 a share of the scenes has holes in its texture (the background showing through
+the dark parts, as generated textured shapes often dissolve into their bright parts), and a judge
+built with ``judge_unclear`` > 0 also learns a style class ``none`` from faint and blended textures
+(``unclear.py``): "no style clearly present", which two judges can agree on where forcing a pick
+makes them disagree. Images are float RGB in [0, 1]; the CNN's penultimate features feed KID/FID.
 """
 
 from __future__ import annotations
@@ -31,21 +35,29 @@ from torch import nn
 from tqdm import tqdm
 
 from bench.errors import ConfigError, InputError
-from bench.world.render import HEADS, Vocabulary
+from bench.world.render import WORLD2, Vocabulary
+from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 
 # 2.0: horizontal stripes, 5 px checks; 2.1: dots of radius 2.0 px; 2.2: reject head (synthetic
 # non-scenes), trained on jittered textures, blur and distortions; a ViT second judge
-JUDGE_VERSION = "2.2"
+# 2.3: judge scenes with holes in their textures (``Scene.holes``); with ``judge_unclear`` > 0, a
+# style class "none" learnt from faint and blended textures (``unclear.py``)
+JUDGE_VERSION = "2.3"
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
 REJECT_HEAD = "scene"
 SCENE_CLASSES = ("valid", "none")  # "none": no valid scene, nothing of any attribute to judge
-JUDGE_HEADS = {**HEADS, REJECT_HEAD: SCENE_CLASSES}  # world 2's
 
 
-def judge_heads(vocab: Vocabulary) -> dict[str, tuple[str, ...]]:
-    """The class lists of a judge of ``vocab``'s world: its attribute heads and the reject head."""
-    return {**vocab.heads, REJECT_HEAD: SCENE_CLASSES}
+def judge_heads(vocab: Vocabulary, unclear: bool = True) -> dict[str, tuple[str, ...]]:
+    """The class lists of a judge of ``vocab``'s world: its attribute heads (with ``unclear``, each
+    open one, ``UNCLEAR_HEADS``, ends in a class ``none``: nothing of this type clearly present) and
+    the reject head."""
+    heads = {h: (*v, UNCLEAR_LABEL) if unclear and h in UNCLEAR_HEADS else v for h, v in vocab.heads.items()}
+    return {**heads, REJECT_HEAD: SCENE_CLASSES}
+
+
+JUDGE_HEADS = judge_heads(WORLD2)
 IGNORE = -100  # attribute label of a non-scene: only the reject head learns from it
 
 

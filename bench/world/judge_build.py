@@ -3,9 +3,11 @@
 ``python -m bench.world judge --world DIR`` retrains both from a seed against a built world's VAE
 (minutes; the world model is untouched). ``make world`` runs the same code as its judge stage.
 Training data, per judge (each from its own seed): ``n_judge`` rendered scenes, a share of them
-with jittered textures, plus ``judge_negatives`` synthetic non-scenes; half of all images pass
-through the VAE (encode -> decode), as generated images do. Non-scenes carry a label on the
-reject head only.
+with jittered textures and a ``judge_holes`` share with holes in their textures (``Scene.holes``);
+optionally ``judge_unclear`` scenes with faint or blended textures (labelled ``none`` on the
+style head, ``unclear.py``); ``judge_negatives`` synthetic non-scenes, which carry a
+label on the reject head only. Half of all images pass through the VAE (encode -> decode), as
+generated images do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,33 +35,45 @@ from bench.world.judge import (
 )
 from bench.world.negatives import render_negatives
 from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, sample_scene, to_tensor, vocabulary
+from bench.world.unclear import render_unclear
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
+HOLES = (0.5, 1.0)  # how much of a holed scene's dark texture is left unpainted (Scene.holes)
 TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
 _SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held-out scenes, 3: held-out negatives)
 
 
 def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None,
-              vocab: Vocabulary = WORLD2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Float images in [0, 1] of ``vocab``'s scenes and labels per head (attributes ``IGNORE`` on non-scenes)."""
+              vocab: Vocabulary = WORLD2, n_unclear: int = 0, holes: float = 0.0
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float images in [0, 1] of ``vocab``'s scenes (a ``jitter`` share with jittered textures, a
+    ``holes`` share with part of their textures' dark parts unpainted: ``HOLES``; both keep every
+    label), ``n_unclear`` scenes with an unclear texture (``unclear.py``: the style label is the
+    style head's ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
+    ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, vae_roundtrip
 
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
     jrng = np.random.default_rng(seed + 7919)
     scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
+    hrng = np.random.default_rng(seed + 6571)
+    scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < holes else s for s in scenes]
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
+    unclear, unclear_labels, _ = render_unclear(seed + 15_485_863, n_unclear, vocab, jitter)
     neg = to_tensor(render_negatives(seed + 104_729, n_negatives, vocab=vocab)[0])
-    labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [IGNORE] * n_negatives) for h in HEADS}
-    labels[REJECT_HEAD] = torch.tensor([0] * n + [1] * n_negatives)
-    images = torch.cat([pos, neg])
+    labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [u[h] for u in unclear_labels]
+                              + [IGNORE] * n_negatives) for h in HEADS}
+    labels[REJECT_HEAD] = torch.tensor([0] * (n + n_unclear) + [1] * n_negatives)
+    images = torch.cat([pos, to_tensor(unclear), neg])
     if vae is not None:  # every other image through the VAE
         images[1::2] = vae_roundtrip(vae, images[1::2])
     return images, labels
 
 
 def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Fresh scenes (world textures, no jitter) and fresh non-scenes from seeds no judge trained on."""
+    """Fresh scenes (world textures, no jitter), fresh non-scenes and (for judges that learn them)
+    fresh unclear scenes, from seeds no judge trained on."""
     from bench.world.train import render_set
 
     vocab = vocabulary(cfg.vocab)
@@ -66,12 +81,18 @@ def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tenso
     labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in HEADS}
     labels[REJECT_HEAD] = torch.zeros(n, dtype=torch.long)
     neg, _ = render_negatives(cfg.seed + 3, n // 2, vocab=vocab)
-    return {"scenes": (to_tensor(images), labels),
+    sets = {"scenes": (to_tensor(images), labels),
             "negatives": (to_tensor(neg), {REJECT_HEAD: torch.ones(len(neg), dtype=torch.long)})}
+    if cfg.judge_unclear > 0:
+        unclear, rows, _ = render_unclear(cfg.seed + 4, n // 2, vocab, jitter=0.0)
+        unclear_labels = {h: torch.tensor([r[h] for r in rows]) for h in HEADS}
+        unclear_labels[REJECT_HEAD] = torch.zeros(len(rows), dtype=torch.long)
+        sets["unclear"] = (to_tensor(unclear), unclear_labels)
+    return sets
 
 
 def _net(which: str, cfg: WorldConfig) -> torch.nn.Module:
-    heads = {h: len(v) for h, v in judge_heads(vocabulary(cfg.vocab)).items()}
+    heads = {h: len(v) for h, v in judge_heads(vocabulary(cfg.vocab), cfg.judge_unclear > 0).items()}
     if which == FIRST:
         return JudgeNet(cfg.judge_channels, heads)
     return ViTJudgeNet({"hidden_size": cfg.vit_hidden, "num_hidden_layers": cfg.vit_layers,
@@ -90,11 +111,12 @@ def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
         torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
         net = _net(which, cfg)
         images, labels = judge_set(cfg.seed + _SEED_OFFSET[which], cfg.n_judge, cfg.judge_negatives,
-                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab))
+                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab), cfg.judge_unclear,
+                                   cfg.judge_holes)
         steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
                             else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
         judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which,
-                            heads=judge_heads(vocabulary(cfg.vocab)))
+                            heads=judge_heads(vocabulary(cfg.vocab), cfg.judge_unclear > 0))
         judge.save(out / which)
         judge = WorldJudge.load(out / which)
         row: dict = {"seconds": round(time.time() - t0, 1), "id": judge.id}

@@ -131,6 +131,10 @@ class Scene:
     # world 3's "gradient": the ramp's length in shape diameters, centred on the shape (shorter than the
     # shape, so its top and bottom show the full bright and dark shades, as a halved shape's halves do)
     fade: float = 0.7
+    # share of the texture's dark parts left unpainted, the background showing through (0: none, the
+    # world's own scenes): a generator often dissolves a textured shape into its bright parts (bars,
+    # blobs, half a shape), and the judges train on such scenes (``judge_build.judge_set``)
+    holes: float = 0.0
 
     def names(self) -> dict[str, str]:
         """Class name per judge head."""
@@ -316,12 +320,21 @@ def _draw_mark(img: Image.Image, scene: Scene) -> None:
         raise ValueError(f"unknown mark {mark!r}")
 
 
-def _paint(canvas: np.ndarray, scene: Scene) -> np.ndarray:
-    """The scene's textured shape composited over ``canvas`` (supersampled float RGB)."""
+def _layer(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's textured colour (supersampled float RGB) and its coverage (the shape's mask, less
+    the texture's holes)."""
     colour = np.asarray(COLOURS[scene.colour], np.float32)
     tex = _texture(scene)[..., None]
     fill = colour * tex + colour * scene.dark_shade * (1 - tex)
     mask = np.asarray(_shape_mask(scene), np.float32)[..., None] / 255.0
+    if scene.holes:
+        mask = mask * (1 - scene.holes * (1 - tex))
+    return fill, mask
+
+
+def _paint(canvas: np.ndarray, scene: Scene) -> np.ndarray:
+    """The scene's textured shape composited over ``canvas`` (supersampled float RGB)."""
+    fill, mask = _layer(scene)
     return canvas * (1 - mask) + fill * mask
 
 
@@ -350,6 +363,23 @@ def render_shapes(scenes: list[Scene]) -> np.ndarray:
     for scene in scenes:
         canvas = _paint(canvas, scene)
     return _finish(canvas, replace(scenes[0], character=NONE_CHARACTER))
+
+
+def render_mixture(scenes: list[Scene], weights: list[float]) -> np.ndarray:
+    """A weighted average of several scenes on the first scene's background: what a generator draws
+    when it averages between answers (``unclear.py``). Silhouettes (soft masks) and textured colours
+    are averaged with the weights; the first scene's mark and noise."""
+    if len(scenes) != len(weights) or not scenes:
+        raise ValueError(f"{len(scenes)} scenes but {len(weights)} weights")
+    w = np.asarray(weights, np.float32) / float(np.sum(weights))
+    bg = np.asarray(scenes[0].background, np.float32)
+    cover = np.zeros((_S, _S, 1), np.float32)
+    paint = np.zeros((_S, _S, 3), np.float32)
+    for share, scene in zip(w, scenes, strict=True):
+        fill, mask = _layer(scene)
+        cover += share * mask
+        paint += share * mask * fill
+    return _finish(bg * (1 - cover) + paint, scenes[0])
 
 
 def jitter_texture(scene: Scene, rng: np.random.Generator) -> Scene:
