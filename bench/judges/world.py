@@ -122,11 +122,12 @@ class WorldClipJudge(Judge):
         self._threshold, self._lead = self._calibrate()
 
     def _leads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per open head (``UNCLEAR_HEADS``): how far the best label's similarity leads the second's."""
+        """Per open head (``UNCLEAR_HEADS``; none unless ``unclear``): how far the best label's
+        similarity leads the second's."""
         from bench.world.unclear import UNCLEAR_HEADS
 
-        return {h: (lambda top: top[:, 0] - top[:, 1])((emb @ self._prompts[h].T).topk(2, dim=-1).values)
-                for h in UNCLEAR_HEADS}
+        tops = {h: (emb @ self._prompts[h].T).topk(2, dim=-1).values for h in UNCLEAR_HEADS if self.unclear}
+        return {h: top[:, 0] - top[:, 1] for h, top in tops.items()}
 
     @torch.no_grad()
     def _judge(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[str]]]:
@@ -137,13 +138,14 @@ class WorldClipJudge(Judge):
         emb = image_embeddings(self.model, images)
         rejected = (emb @ self._prompts["object"].T).amax(-1) < self._threshold
         got = labels_from(emb, self._prompts, self.vocab)
-        for head, lead in (self._leads(emb) if self.unclear else {}).items():
+        for head, lead in self._leads(emb).items():
             got[head] = [REJECT_LABEL if u else v for v, u in zip(got[head], (lead < self._lead[head]).tolist(),
                                                                    strict=True)]
         return rejected, got
 
     def _calibrate(self) -> tuple[float, dict[str, float]]:
-        """1st percentiles on 2,000 fresh renders: of the best object similarity, and of each open head's lead."""
+        """1st percentiles on 2,000 fresh renders: of the best object similarity, and of each open
+        head's lead (``_leads``)."""
         from bench.world.clip import image_embeddings
         from bench.world.render import render_batch, to_tensor
 

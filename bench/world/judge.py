@@ -57,7 +57,7 @@ def judge_heads(vocab: Vocabulary, unclear: bool = True) -> dict[str, tuple[str,
     return {**heads, REJECT_HEAD: SCENE_CLASSES}
 
 
-JUDGE_HEADS = judge_heads(WORLD2)
+JUDGE_HEADS = judge_heads(WORLD2, unclear=False)  # a default-built world-2 judge's (judge_unclear=0)
 IGNORE = -100  # attribute label of a non-scene: only the reject head learns from it
 
 
@@ -139,6 +139,11 @@ class WorldJudge:
         self.arch = getattr(net, "arch", "cnn")
         name = "conceptworld-judge" if self.arch == "cnn" else f"conceptworld-judge-{self.arch}"
         self.id = f"{name}@{version}" + (f"+{sha256[:12]}" if sha256 else "")
+
+    @property
+    def unclear(self) -> bool:
+        """Whether the judge learnt unclear textures: its open heads end in ``none`` (``judge_heads``)."""
+        return all(self.classes.get(h, [""])[-1] == UNCLEAR_LABEL for h in UNCLEAR_HEADS)
 
     @property
     def attribute_heads(self) -> list[str]:

@@ -34,7 +34,7 @@ from bench.world.judge import (
     train_judge,
 )
 from bench.world.negatives import render_negatives
-from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, sample_scene, to_tensor, vocabulary
+from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, to_tensor, vocabulary
 from bench.world.unclear import render_unclear
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
@@ -51,10 +51,9 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter
     label), ``n_unclear`` scenes with an unclear texture (``unclear.py``: the style label is the
     style head's ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
     ``IGNORE`` on non-scenes)."""
-    from bench.world.train import render_scenes, vae_roundtrip
+    from bench.world.train import render_scenes, sample_scenes, vae_roundtrip
 
-    rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, character_prob=character_prob, vocab=vocab) for _ in range(n)]
+    scenes = sample_scenes(seed, n, character_prob, vocab)
     jrng = np.random.default_rng(seed + 7919)
     scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
     hrng = np.random.default_rng(seed + 6571)

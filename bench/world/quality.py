@@ -73,15 +73,13 @@ def _stack(rows: list[Image.Image]) -> Image.Image:
 
 def vocabulary_of(judge: WorldJudge) -> Vocabulary:
     """The world vocabulary whose class lists the judge's attribute heads have."""
-    from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
-
-    def attribute_classes(head: str) -> list[str]:  # without the open heads' "none" (judges >= 2.3)
-        names = list(judge.classes.get(head, ()))
-        return names[:-1] if head in UNCLEAR_HEADS and names[-1:] == [UNCLEAR_LABEL] else names
+    from bench.world.judge import judge_heads
 
     for vocab in VOCABULARIES.values():
-        if all(list(vocab.heads[h]) == attribute_classes(h) for h in vocab.heads):
-            return vocab
+        for unclear in (False, True):  # judges built with and without the style none class
+            heads = judge_heads(vocab, unclear)
+            if all(list(heads[h]) == list(judge.classes.get(h, ())) for h in vocab.heads):
+                return vocab
     raise ValueError(f"judge {judge.id} has classes of no known world vocabulary: {judge.classes}")
 
 
@@ -226,7 +224,6 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     from bench.judges.world import WorldClipJudge, WorldConceptJudge
     from bench.metrics import agreement
     from bench.world.clip import load_world_clip, zero_shot
-    from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 
     model, _ = load_world_clip(folder)
     images, scenes = render_batch(seed, n, vocab=vocab)
@@ -234,9 +231,8 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     judge = WorldConceptJudge(folder.parent / "judge")
     cnn = judge.labels(generated)
     keep = [i for i, s in enumerate(cnn[SCENE_HEAD]) if s != REJECT_LABEL]
-    # the CLIP's style head abstains too where the CNN's can (judges >= 2.3 trained with unclear scenes)
-    unclear = all(judge.judge.classes[h][-1] == UNCLEAR_LABEL for h in UNCLEAR_HEADS)
-    mine = WorldClipJudge(folder, unclear=unclear).labels(generated[keep])
+    # the CLIP's style head abstains too where the CNN's can (a judge trained with unclear scenes)
+    mine = WorldClipJudge(folder, unclear=judge.judge.unclear).labels(generated[keep])
     mine = {h: v for h, v in mine.items() if h in vocab.heads}
     out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine)
     out["generated_images"], out["rejected_by_judge"] = len(generated), len(generated) - len(keep)

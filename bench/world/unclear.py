@@ -35,6 +35,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from bench.judges.base import REJECT_LABEL
 from bench.world.render import (
     SIZE,
     WORLD2,
@@ -46,7 +47,7 @@ from bench.world.render import (
     sample_scene,
 )
 
-UNCLEAR_LABEL = "none"  # the class an open attribute head answers on an unclear image (REJECT_LABEL)
+UNCLEAR_LABEL = REJECT_LABEL  # the class an open attribute head answers on an unclear image
 UNCLEAR_HEADS = ("style",)
 KINDS = {"faint": "style", "blend": "style"}  # kind -> unclear head
 FAINT_SHADE = (0.78, 0.92)
