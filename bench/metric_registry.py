@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-REGISTRY_VERSION = "2"  # 2: selective alignment, frontier area. Recorded in every cell's metrics.json (``metrics_registry``)
+REGISTRY_VERSION = "3"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on. Recorded in every cell's metrics.json (``metrics_registry``)
 
 ANY_JUDGE = ("conceptworld", "imagenet", "resnet50", "clip")
 
@@ -155,7 +155,9 @@ _(Metric("fid_retain", "FID", "Frechet distance between edited and original reta
 _(Metric("clip_score_retain", "CLIP score", "mean image-text similarity of retain images with their prompts",
          True, unit="cosine", aggregate="mean over concepts", judges=("clip",), original=True))
 _(Metric("judge_agreement", "agree", "share of images on which the two judges give the same label, per head "
-         "(the worst head shown)", True, aggregate="pooled over images", original=True))
+         "over the images whose numbers read that head (the judged concept's head, a composed prompt's "
+         "attributes; the reject verdict on every image); the worst head shown", True,
+         aggregate="pooled over images", original=True))
 _(Metric("asr_{attack}", "ASR {attack}", "share of the attack's images in which the judge sees the concept",
          False, interval=_SEED, original=True))
 _(Metric("asr_mean", "ASR mean", "mean ASR over the attacks", False, aggregate="from the pooled ASRs"))

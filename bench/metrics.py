@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-METRICS_VERSION = "5"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
-# 4: seed diversity (collapse) per prompt group; 5: selective alignment on composed prompts
+METRICS_VERSION = "6"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
+# 4: seed diversity (collapse) per prompt group; 5: selective alignment on composed prompts; 6: the judges'
+# agreement per head over the images whose numbers read that head (AGREEMENT_DEFINITION)
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
@@ -54,22 +55,45 @@ def summary(hits: Sequence[bool], groups: Sequence[int], seed: int = 0) -> dict[
 
 
 DISAGREEMENT_FLAG = 0.10  # a cell is flagged when the judges disagree on more than this share of images on a head
+AGREEMENT_DEFINITION = ("per head, over the images whose numbers read that head: the head of the concept an image "
+                        "is judged for, the attributes a composed prompt names, and the reject verdict (scene) on "
+                        "every image; an image's other heads are left out (its prompt names no truth there and no "
+                        "number reads them), and are reported apart as every_image")
 
 
-def agreement(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]]) -> dict[str, Any]:
+def agreement(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]],
+              scored: dict[str, Sequence[bool]] | None = None) -> dict[str, Any]:
     """Share of images on which two judges give the same label, per head both answer (a rejected
-    image is labelled "none" on every head), with the worst head; ``n`` images."""
+    image is labelled "none" on every head), with the worst head; ``n`` images.
+
+    ``scored`` (head -> one flag per image) restricts a head to the images some number reads it on
+    (``AGREEMENT_DEFINITION``; a head missing from it counts on every image, a head scored on no image
+    is left out); ``every_image`` then keeps each head's agreement over all ``n`` images. Without it
+    every head counts on every image.
+    """
     heads = [h for h in a if h in b]
     if not heads:
         raise ValueError(f"the two judges share no head: {sorted(a)} vs {sorted(b)}")
     n = len(a[heads[0]])
     if any(len(a[h]) != n or len(b[h]) != n for h in heads):
         raise ValueError("the two judges labelled different numbers of images")
-    rates = {h: float(np.mean([x == y for x, y in zip(a[h], b[h], strict=True)])) if n else float("nan")
-             for h in heads}
-    every = float(np.mean([all(a[h][i] == b[h][i] for h in heads) for i in range(n)])) if n else float("nan")
-    worst = min(heads, key=lambda h: rates[h])
-    return {"heads": rates, "all_heads": every, "min": rates[worst], "worst_head": worst, "n": n}
+    if scored is not None and any(len(m) != n for m in scored.values()):
+        raise ValueError(f"the scored masks do not cover the {n} images")
+    same = {h: np.array([x == y for x, y in zip(a[h], b[h], strict=True)], dtype=bool) for h in heads}
+    mask = {h: np.asarray(scored[h], dtype=bool) if scored is not None and h in scored else np.ones(n, dtype=bool)
+            for h in heads}
+    used = [h for h in heads if mask[h].any()] if n else heads
+    if not used:
+        raise ValueError("no head is scored on any image")
+    rates = {h: float(same[h][mask[h]].mean()) if n else float("nan") for h in used}
+    per_image = [all(same[h][i] for h in used if mask[h][i]) for i in range(n)]
+    every = float(np.mean(per_image)) if n else float("nan")
+    worst = min(used, key=lambda h: rates[h])
+    out = {"heads": rates, "images": {h: int(mask[h].sum()) for h in used}, "all_heads": every,
+           "min": rates[worst], "worst_head": worst, "n": n}
+    if scored is not None:
+        out["every_image"] = {h: float(same[h].mean()) if n else float("nan") for h in heads}
+    return out
 
 
 def harmonic(a: float, b: float) -> float:

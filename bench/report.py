@@ -236,32 +236,37 @@ def ranking_metric(overall: pd.DataFrame) -> str:
     return "composite_robust" if display("composite_robust") in overall.columns else "composite"
 
 
-def pooled_agreement(cells: list[dict[str, Any]], key: str) -> dict[str, float]:
-    """Per head: the share of images (over ``cells``) on which the two judges agree."""
+def pooled_agreement(cells: list[dict[str, Any]], key: str, every_image: bool = False) -> dict[str, float]:
+    """Per head: the share of images (over ``cells``) on which the two judges agree, over the images
+    each cell scored the head on (``bench.metrics.AGREEMENT_DEFINITION``), or over every image."""
     num: dict[str, float] = {}
     den: dict[str, int] = {}
     for c in cells:
         a = c["metrics"].get(key)
         if not a:
             continue
-        for head, rate in a["heads"].items():
-            num[head] = num.get(head, 0.0) + rate * a["n"]
-            den[head] = den.get(head, 0) + a["n"]
+        rates = a.get("every_image", a["heads"]) if every_image else a["heads"]
+        for head, rate in rates.items():
+            n = a["n"] if every_image else a.get("images", {}).get(head, a["n"])
+            num[head] = num.get(head, 0.0) + rate * n
+            den[head] = den.get(head, 0) + n
     return {h: num[h] / den[h] for h in num if den[h]}
 
 
-def agreement_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
-    """The two judges' agreement per head: on the original model's images, then per method's edits."""
+def agreement_table(cells: list[dict[str, Any]], every_image: bool = False) -> pd.DataFrame:
+    """The two judges' agreement per head: on the original model's images, then per method's edits;
+    over the images each head is scored on (with the flagged cells), or over every image."""
     rows = []
-    orig = pooled_agreement(cells, "judge_agreement_original")
+    orig = pooled_agreement(cells, "judge_agreement_original", every_image)
     if orig:
-        rows.append({"images": "original model", **orig, "flagged cells": "-"})
+        rows.append({"images": "original model", **orig} | ({} if every_image else {"flagged cells": "-"}))
     for method in sorted({c["label"] for c in cells}):
         mine = [c for c in cells if c["label"] == method]
-        a = pooled_agreement(mine, "judge_agreement")
+        a = pooled_agreement(mine, "judge_agreement", every_image)
         if a:
             flagged = sum(bool(c["metrics"].get("judges_disagree")) for c in mine)
-            rows.append({"images": f"{method} (edited)", **a, "flagged cells": f"{flagged}/{len(mine)}"})
+            rows.append({"images": f"{method} (edited)", **a}
+                        | ({} if every_image else {"flagged cells": f"{flagged}/{len(mine)}"}))
     return pd.DataFrame(rows)
 
 
@@ -320,8 +325,8 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"{text(cells[0]['metrics'].get('reject_definition', 'no reject option'))}) counts as not seen for UA "
         "and as a miss for retain; reject = share of a cell's images the judge rejected",
         (f"- second judge: {code(s['second_judge'])}; agree = share of images on which both judges give the same "
-         f"label on the worst head; a cell is flagged when they disagree on more than {DISAGREEMENT_FLAG:.0%} "
-         "of its images on some head") if s.get("second_judge") else "",
+         "label on the worst head, over the images whose numbers read that head; a cell is flagged when they "
+         f"disagree on more than {DISAGREEMENT_FLAG:.0%} of its images on some head") if s.get("second_judge") else "",
         f"- hardware: {hw}; package versions in each cell's environment.json",
         "- hyper-parameters: a method marked [tuned] uses the config chosen on dev concepts (" + code("bench tune") + ", "
         "recorded in reports/tuned/); an unmarked one uses its published defaults; no choice used test "
@@ -501,8 +506,14 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
         body += ["<h2>Warnings</h2>", table_html(warn[["method", "concept", "warnings"]])]
     agree = agreement_table(cells)
     if len(agree):
-        body += ["<h2 id=\"judges\">Judges</h2>", '<p class="note">Agreement of the two judges per head (share of '
-                 "images with the same label).</p>", table_html(agree)]
+        body += ["<h2 id=\"judges\">Judges</h2>", '<p class="note">Agreement of the two judges per head: the share '
+                 "of images with the same label, over the images whose numbers read that head (the head of the "
+                 "concept an image is judged for, the attributes a composed prompt names; the reject verdict, "
+                 f"scene, on every image). A cell is flagged when the judges disagree on more than "
+                 f"{DISAGREEMENT_FLAG:.0%} of its images on a head.</p>", table_html(agree),
+                 '<p class="note">The same on every image, heads the prompt leaves open included (there the '
+                 "model draws whatever it likes and no number reads the head):</p>",
+                 table_html(agreement_table(cells, every_image=True))]
     body.append('<h2 id="drill">Per-concept drill-down</h2><p class="note">Rows: the original model, then each '
                 "method in the table's order; columns: evaluation seeds. Under each image the judge's verdict: ✓ it "
                 "sees the prompt's concept, ✗ it does not, ∅ it rejected the image (nothing to judge). For the "

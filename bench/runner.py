@@ -570,6 +570,14 @@ def _diversity(rows: list[ImageRow], features: dict[str, torch.Tensor]) -> dict[
     return out
 
 
+def scored_heads(rows: list[ImageRow]) -> dict[str, list[bool]]:
+    """Per attribute head, which of the cell's images some number reads it on (``AGREEMENT_DEFINITION``):
+    the head of the concept the image is judged for and, on a composed prompt, the heads it names. The
+    reject verdict (``SCENE_HEAD``) is read on every image, so it is left out here (counted everywhere)."""
+    used = [{r.concept.extra.get("head", r.concept.type), *(r.attributes or {})} for r in rows]
+    return {h: [h in u for u in used] for h in sorted(set().union(*used))} if rows else {}
+
+
 def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str, torch.Tensor],
                          robust: dict[str, Any], robust_original: dict[str, Any], edit: Any,
                          mem: PeakMemory) -> dict[str, Any]:
@@ -581,9 +589,10 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
     metrics.update(selective_alignment(rows, judged.aligned))
     metrics["image_warnings"] = image_warnings(rows, images)
     metrics.update(run.notes or {})
+    scored = scored_heads(rows)
     for kind, suffix in (("edited", ""), ("original", "_original")):
         if kind in judged.second_labels:
-            metrics["judge_agreement" + suffix] = agreement(*judged.second_labels[kind])
+            metrics["judge_agreement" + suffix] = agreement(*judged.second_labels[kind], scored=scored)
     if judged.second_labels:
         metrics["second_judge"] = run.second.ref
         metrics["judges_disagree"] = bool(1 - metrics["judge_agreement"]["min"] > DISAGREEMENT_FLAG)

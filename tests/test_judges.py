@@ -55,12 +55,12 @@ def test_holes_show_the_background_through_the_dark_texture_only():
 def test_judge_training_scenes_with_holes_keep_their_labels():
     """``judge_set``'s holed share changes textured scenes' pixels only: same labels, solid scenes
     untouched; with ``n_unclear`` the style head's none class appears, and nowhere else."""
-    from bench.world.judge_build import judge_set
+    from bench.world.judge_build import Drawn, judge_set
     from bench.world.render import WORLD3
 
-    args = dict(seed=3, n=24, n_negatives=4, character_prob=0.0, jitter=0.0, vocab=WORLD3)
+    args = dict(seed=3, n=24, n_negatives=4, character_prob=0.0, vocab=WORLD3)
     plain_x, plain_y = judge_set(**args)
-    holed_x, holed_y = judge_set(**args, holes=1.0)
+    holed_x, holed_y = judge_set(**args, drawn=Drawn(holes=1.0))
     assert all(torch.equal(plain_y[h], holed_y[h]) for h in plain_y)
     styles = [WORLD3.styles[int(k)] for k in plain_y["style"][:24]]
     changed = [bool((a != b).any()) for a, b in zip(plain_x[:24], holed_x[:24], strict=True)]
@@ -68,6 +68,26 @@ def test_judge_training_scenes_with_holes_keep_their_labels():
     x, y = judge_set(**args, n_unclear=6)
     assert len(x) == 24 + 6 + 4 and (y["style"][24:30] == len(WORLD3.styles)).all()
     assert (y["style"][:24] < len(WORLD3.styles)).all() and (y["scene"][24:30] == 0).all()
+
+
+def test_large_judge_scenes_keep_their_labels_and_stay_in_the_frame():
+    """``judge_set``'s large share draws the same scenes bigger (every label kept), centred so that
+    no shape leaves the frame: the image border stays background."""
+    from bench.world.judge_build import LARGE, Drawn, _large, judge_set
+    from bench.world.render import sample_scene
+
+    args = dict(seed=5, n=16, n_negatives=0, character_prob=0.0)
+    plain_x, plain_y = judge_set(**args)
+    big_x, big_y = judge_set(**args, drawn=Drawn(large=1.0))
+    assert all(torch.equal(plain_y[h], big_y[h]) for h in plain_y)
+    rng = np.random.default_rng(0)
+    for k in range(32):
+        s = _large(sample_scene(np.random.default_rng(k)), rng)
+        assert LARGE[0] <= s.scale <= LARGE[1] and s.scale <= s.cx <= 1 - s.scale and s.scale <= s.cy <= 1 - s.scale
+    # more of each image is shape: fewer pixels equal to the image's corner (background) colour
+    def share_bg(x):
+        return float((x - x[:, :, :1, :1]).abs().sum(1).lt(0.08).float().mean())
+    assert share_bg(big_x) < share_bg(plain_x)
 
 
 def _rows(groups: list[str], seeds: list[int]) -> list[ImageRow]:
@@ -102,6 +122,27 @@ def test_agreement_on_a_constructed_disagreement():
     assert 1 - res["min"] > DISAGREEMENT_FLAG  # such a cell is flagged
     with pytest.raises(ValueError, match="no head"):
         agreement({"x": ["a"]}, {"y": ["a"]})
+    # scored: style is read on images 0-7 only (their prompts name it), object on none, the scene on all
+    scored = {"style": [True] * 8 + [False] * 2, "object": [False] * 10}
+    res = agreement(a, b, scored=scored)
+    assert res["heads"] == {SCENE_HEAD: 0.9, "style": 0.875} and res["images"] == {SCENE_HEAD: 10, "style": 8}
+    assert res["every_image"] == {SCENE_HEAD: 0.9, "style": 0.7, "object": 1.0}
+    assert res["min"] == 0.875 and res["worst_head"] == "style"
+    assert res["all_heads"] == pytest.approx(0.8)  # 7 (style) and 9 (scene) differ on a scored head; 8 only off it
+    with pytest.raises(ValueError, match="cover"):
+        agreement(a, b, scored={"style": [True] * 3})
+
+
+def test_cell_scores_each_head_where_its_numbers_read_it():
+    from bench.concepts import Concept
+    from bench.runner import ImageRow, scored_heads
+
+    star = Concept(name="star", type="object", split="test", extra={"head": "object", "label": "star"})
+    red = Concept(name="red", type="colour", split="dev", extra={"head": "colour", "label": "red"})
+    rows = [ImageRow("target", star, "a star", 0), ImageRow("in_domain", red, "a red shape", 0),
+            ImageRow("composed", star, "a dotted red star", 0, {"style": "dotted", "colour": "red"})]
+    assert scored_heads(rows) == {"object": [True, False, True], "colour": [False, True, True],
+                                  "style": [False, False, True]}
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +371,21 @@ def test_open_heads_answer_none_on_unclear_scenes_and_name_fresh_renders(world_j
     got = judge.labels(to_tensor(renders))
     for head in UNCLEAR_HEADS:
         assert np.mean([v == REJECT_LABEL for v in got[head]]) <= 0.01, head
+
+
+def test_report_pools_agreement_over_the_images_each_head_is_scored_on():
+    from bench.report import agreement_table, pooled_agreement
+
+    a = {SCENE_HEAD: ["valid"] * 4, "style": ["dotted"] * 4}
+    b1 = {SCENE_HEAD: ["valid"] * 4, "style": ["solid", "dotted", "dotted", "dotted"]}
+    b2 = {SCENE_HEAD: ["valid"] * 4, "style": ["dotted", "dotted", "solid", "solid"]}
+    one = agreement(a, b1, scored={"style": [True, True, False, False]})  # style 1/2 over 2 images
+    two = agreement(a, b2, scored={"style": [True, True, True, True]})  # style 2/4 over 4 images
+    cells = [{"label": "m", "metrics": {"judge_agreement": one, "judges_disagree": True}},
+             {"label": "m", "metrics": {"judge_agreement": two, "judges_disagree": True}}]
+    assert pooled_agreement(cells, "judge_agreement") == {SCENE_HEAD: 1.0, "style": pytest.approx(3 / 6)}
+    every = pooled_agreement(cells, "judge_agreement", every_image=True)
+    assert every["style"] == pytest.approx((3 + 2) / 8)
+    table = agreement_table(cells)
+    assert table.loc[0, "flagged cells"] == "2/2" and table.loc[0, "style"] == pytest.approx(0.5)
+    assert "flagged cells" not in agreement_table(cells, every_image=True).columns

@@ -327,9 +327,13 @@ def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
     assert split["named"]["style"]["images"] == 16 and "style" not in split["unnamed"]
     assert split["named"]["object"]["images"] == 6 and split["unnamed"]["object"]["images"] == 10
     assert split["unnamed"]["character"]["images"] == 16
-    # the pooled agreement is the image-weighted mean of its two parts
+    # the gate's agreement counts a head where the prompt names it; every_image is the image-weighted
+    # mean of the two parts; the reject verdict counts on every image
+    a = res["agreement"]
+    assert a["heads"]["object"] == split["named"]["object"]["agreement"] and a["images"]["object"] == 6
+    assert "character" not in a["heads"] and a["images"]["scene"] == 16 and a["images"]["style"] == 16
     obj = split["named"]["object"]["agreement"] * 6 + split["unnamed"]["object"]["agreement"] * 10
-    assert abs(obj / 16 - res["agreement"]["heads"]["object"]) < 1e-9
+    assert abs(obj / 16 - a["every_image"]["object"]) < 1e-9
 
 
 def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):

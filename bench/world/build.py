@@ -98,7 +98,7 @@ def write_manifest(out: Path, cfg: WorldConfig, stages: dict, quality: dict | No
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return f"{100 * x:.1f}%" if x == x else "-"
 
 
 _INTRO_3 = [
@@ -207,10 +207,17 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
                              + f" | {_pct(g[which]['reject_rate'])} |")
         if "agreement" in g:
             a = g["agreement"]
+            every = a.get("every_image", a["heads"])
             lines += ["", "Agreement of the two judges on the same images (share with the same label per head; "
-                      "`scene` is the reject verdict):", "",
-                      "| " + " | ".join(a["heads"]) + " | every head |", "|" + "---|" * (len(a["heads"]) + 1),
-                      "| " + " | ".join(_pct(v) for v in a["heads"].values()) + f" | {_pct(a['all_heads'])} |"]
+                      "`scene` is the reject verdict). The gate counts a head on the images whose prompt names it, "
+                      "as a benchmark cell's numbers read it (the reject verdict on every image); where the prompt "
+                      "leaves a head open the model draws whatever it likes there and no number reads it:", "",
+                      "| images | " + " | ".join(a["heads"]) + " | every head |", "|---|" + "---|" * (len(a["heads"]) + 1),
+                      "| prompt names the head (gate) | " + " | ".join(
+                          f"{_pct(v)} ({a.get('images', {}).get(h, a['n'])})" for h, v in a["heads"].items())
+                      + f" | {_pct(a['all_heads'])} |",
+                      f"| all {a['n']} images | " + " | ".join(_pct(every.get(h, float('nan'))) for h in a["heads"])
+                      + " | |"]
     clip = q.get("world_clip")
     if clip:
         z, a = clip["zero_shot"], clip["agreement_with_judge"]
@@ -219,7 +226,10 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
                   f"{clip['generated_images']}):", "",
                   "| | " + " | ".join(z) + " |", "|---|" + "---|" * len(z),
                   "| zero-shot on renders | " + " | ".join(_pct(v) for v in z.values()) + " |",
-                  "| agreement with the CNN | " + " | ".join(_pct(a["heads"][h]) for h in z) + " |"]
+                  "| agreement with the CNN, prompt names the head (gate) | "
+                  + " | ".join(_pct(a["heads"].get(h, float("nan"))) for h in z) + " |",
+                  "| agreement with the CNN, every image | "
+                  + " | ".join(_pct(a.get("every_image", a["heads"]).get(h, float("nan"))) for h in z) + " |"]
     lines += ["", "Per concept (plain prompt, share of seeds the judge labels as the concept):", "",
               "| concept | type | split | prompt | accuracy |", "|---|---|---|---|---|"]
     for name, v in q["concepts"].items():

@@ -3,7 +3,8 @@
 ``python -m bench.world judge --world DIR`` retrains both from a seed against a built world's VAE
 (minutes; the world model is untouched). ``make world`` runs the same code as its judge stage.
 Training data, per judge (each from its own seed): ``n_judge`` rendered scenes, a share of them
-with jittered textures and a ``judge_holes`` share with holes in their textures (``Scene.holes``);
+with jittered textures, a ``judge_holes`` share with holes in their textures (``Scene.holes``) and
+a ``judge_large`` share of shapes drawn larger than the world draws them;
 optionally ``judge_unclear`` scenes with faint or blended textures (labelled ``none`` on the
 style head, ``unclear.py``); ``judge_negatives`` synthetic non-scenes, which carry a
 label on the reject head only. Half of all images pass through the VAE (encode -> decode), as
@@ -34,32 +35,55 @@ from bench.world.judge import (
     train_judge,
 )
 from bench.world.negatives import render_negatives
-from bench.world.render import HEADS, WORLD2, Vocabulary, jitter_texture, to_tensor, vocabulary
+from bench.world.render import HEADS, WORLD2, Scene, Vocabulary, jitter_texture, to_tensor, vocabulary
 from bench.world.unclear import render_unclear
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
 HOLES = (0.5, 1.0)  # how much of a holed scene's dark texture is left unpainted (Scene.holes)
+# a large scene's outer radius, as a fraction of the image (the world draws 0.30-0.40: Scene.scale); its
+# centre is pulled in so that the shape stays inside the frame
+LARGE = (0.40, 0.46)
 TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
 _SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held-out scenes, 3: held-out negatives)
 
 
-def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, jitter: float, vae=None,
-              vocab: Vocabulary = WORLD2, n_unclear: int = 0, holes: float = 0.0
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Float images in [0, 1] of ``vocab``'s scenes (a ``jitter`` share with jittered textures, a
-    ``holes`` share with part of their textures' dark parts unpainted: ``HOLES``; both keep every
-    label), ``n_unclear`` scenes with an unclear texture (``unclear.py``: the style label is the
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+    """Shares of the judges' training scenes drawn as a generator draws them; every label is kept."""
+
+    jitter: float = 0.0  # texture off the world's values (render.jitter_texture)
+    holes: float = 0.0  # part of the texture's dark parts left unpainted (Scene.holes, HOLES)
+    large: float = 0.0  # the shape larger than the world draws it (LARGE)
+
+    @classmethod
+    def of(cls, cfg: WorldConfig) -> Drawn:
+        return cls(jitter=cfg.judge_jitter, holes=cfg.judge_holes, large=cfg.judge_large)
+
+
+def _large(scene: Scene, rng: np.random.Generator) -> Scene:
+    scale = float(rng.uniform(*LARGE))
+    pull = min(1.0, (0.5 - scale) / 0.08)  # the world's centres lie within 0.08 of the middle
+    return replace(scene, scale=scale, cx=0.5 + (scene.cx - 0.5) * pull, cy=0.5 + (scene.cy - 0.5) * pull)
+
+
+def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, drawn: Drawn = Drawn(), vae=None,
+              vocab: Vocabulary = WORLD2, n_unclear: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float images in [0, 1] of ``vocab``'s scenes (``drawn``'s shares with jittered textures, holed
+    textures and large shapes, each from its own generator so that one share leaves the others' draws
+    as they were), ``n_unclear`` scenes with an unclear texture (``unclear.py``: the style label is the
     style head's ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
     ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, sample_scenes, vae_roundtrip
 
     scenes = sample_scenes(seed, n, character_prob, vocab)
     jrng = np.random.default_rng(seed + 7919)
-    scenes = [jitter_texture(s, jrng) if jrng.random() < jitter else s for s in scenes]
+    scenes = [jitter_texture(s, jrng) if jrng.random() < drawn.jitter else s for s in scenes]
     hrng = np.random.default_rng(seed + 6571)
-    scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < holes else s for s in scenes]
+    scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < drawn.holes else s for s in scenes]
+    lrng = np.random.default_rng(seed + 4409)
+    scenes = [_large(s, lrng) if lrng.random() < drawn.large else s for s in scenes]
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
-    unclear, unclear_labels, _ = render_unclear(seed + 15_485_863, n_unclear, vocab, jitter)
+    unclear, unclear_labels, _ = render_unclear(seed + 15_485_863, n_unclear, vocab, drawn.jitter)
     neg = to_tensor(render_negatives(seed + 104_729, n_negatives, vocab=vocab)[0])
     labels = {h: torch.tensor([s.labels()[h] for s in scenes] + [u[h] for u in unclear_labels]
                               + [IGNORE] * n_negatives) for h in HEADS}
@@ -110,8 +134,7 @@ def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
         torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
         net = _net(which, cfg)
         images, labels = judge_set(cfg.seed + _SEED_OFFSET[which], cfg.n_judge, cfg.judge_negatives,
-                                   cfg.character_prob, cfg.judge_jitter, vae, vocabulary(cfg.vocab), cfg.judge_unclear,
-                                   cfg.judge_holes)
+                                   cfg.character_prob, Drawn.of(cfg), vae, vocabulary(cfg.vocab), cfg.judge_unclear)
         steps, batch, lr = ((cfg.judge_steps, cfg.judge_batch, cfg.judge_lr) if which == FIRST
                             else (cfg.vit_steps, cfg.vit_batch, cfg.vit_lr))
         judge = train_judge(net, images, labels, steps, batch, lr, cfg.seed, desc=which,

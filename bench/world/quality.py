@@ -7,6 +7,7 @@ Generation goes through the pipeline's ordinary ``__call__`` with the benchmark'
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import diffusers
@@ -163,7 +164,8 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     result["composed"] = {"prompts": composed, "seeds_per_prompt": per_prompt, "all_right": hits / max(total, 1)}
     result["judges_on_generated"] = judges_on_generated(world, named, heads)
     if (world / "clip").is_dir():
-        result["world_clip"] = world_clip_quality(world / "clip", vocab, torch.cat([x for x, _ in named]))
+        result["world_clip"] = world_clip_quality(world / "clip", vocab, torch.cat([x for x, _ in named]),
+                                                  scored=named_masks(named, heads))
     result["throughput_images_per_s"] = gen_n / max(gen_time, 1e-9)
     result["torch_threads"] = torch.get_num_threads()
     result["summary"] = summarise(result)
@@ -173,10 +175,16 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     return result
 
 
+def named_masks(named: list[tuple[torch.Tensor, dict[str, int]]], heads: Iterable[str]) -> dict[str, list[bool]]:
+    """Per head, one flag per image of ``named``'s batches: whether the image's prompt names the head."""
+    return {h: [h in truth for x, truth in named for _ in range(len(x))] for h in heads}
+
+
 def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, int]]],
                         heads: dict[str, tuple[str, ...]]) -> dict:
     """Each judge on the model's own images: per-head accuracy against the attributes the prompt
-    names (a rejected image counts as wrong), reject rate; and the two judges' agreement per head."""
+    names (a rejected image counts as wrong), reject rate; and the two judges' agreement per head, over
+    the images whose prompt names the head (``every_image`` and ``agreement_by_prompt`` keep the rest)."""
     from bench.judges.base import REJECT_LABEL, SCENE_HEAD
     from bench.judges.world import WorldConceptJudge
     from bench.metrics import agreement
@@ -200,10 +208,11 @@ def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, i
                       "head_accuracy": {h: float(np.mean(v)) for h, v in hits.items()},
                       "head_images": {h: len(v) for h, v in hits.items()}}
     if len(labels) == 2:
-        out["agreement"] = agreement(labels[FIRST], labels[SECOND])
-        # the same split by whether the image's prompt names the head: where it does not, the model
-        # draws whatever it likes there (often a half-formed texture), and neither judge has a truth
-        named_mask = {h: [h in truth for x, truth in named for _ in range(len(x))] for h in heads}
+        # per head over the images whose prompt names it (and the reject verdict on every image), as a
+        # cell's numbers read them (bench.metrics.AGREEMENT_DEFINITION); where the prompt names no value
+        # the model draws whatever it likes there (often a half-formed texture) and neither judge has a truth
+        named_mask = named_masks(named, heads)
+        out["agreement"] = agreement(labels[FIRST], labels[SECOND], scored=named_mask)
         out["agreement_by_prompt"] = {}
         for h, mask in named_mask.items():
             for key, want in (("named", True), ("unnamed", False)):
@@ -216,10 +225,11 @@ def judges_on_generated(world: Path, named: list[tuple[torch.Tensor, dict[str, i
 
 
 def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor, n: int = 2000,
-                       seed: int = 987_654) -> dict:
+                       seed: int = 987_654, scored: dict[str, list[bool]] | None = None) -> dict:
     """The world CLIP as a zero-shot judge (``bench.world.clip.zero_shot_labels``): accuracy per
     head on fresh renders, and agreement per head with the CNN judge (``folder``'s sibling ``judge``)
-    on the model's own images that the CNN does not reject, attribute heads only."""
+    on the model's own images that the CNN does not reject, attribute heads only: each head over the
+    images ``scored`` names it on (their prompt names it; ``every_image`` keeps all), or every image."""
     from bench.judges.base import REJECT_LABEL, SCENE_HEAD
     from bench.judges.world import WorldClipJudge, WorldConceptJudge
     from bench.metrics import agreement
@@ -234,7 +244,8 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     # the CLIP's style head abstains too where the CNN's can (a judge trained with unclear scenes)
     mine = WorldClipJudge(folder, unclear=judge.judge.unclear).labels(generated[keep])
     mine = {h: v for h, v in mine.items() if h in vocab.heads}
-    out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine)
+    kept = {h: [m[i] for i in keep] for h, m in scored.items() if h in mine} if scored is not None else None
+    out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine, scored=kept)
     out["generated_images"], out["rejected_by_judge"] = len(generated), len(generated) - len(keep)
     return out
 
