@@ -94,9 +94,9 @@ class WorldConfig:
     # them from 91.8 % to 97.4 %
     judge_holes: float = 0.15
     # share of judge scenes whose shape is drawn larger than the world draws it (outer radius 0.40-0.46 of
-    # the image against 0.30-0.40; judge_build.LARGE): the model draws circles up to ~0.45, and the ViT
-    # judge trained without them rejected 10 of world 2.1's 368 original images in make bench's cells,
-    # every one a large circle that the CNN read right
+    # the image against 0.30-0.40; judge_build.LARGE): the model draws circles up to ~0.45, and of the
+    # 11 of world 2.1's 368 original images in make bench's cells that the ViT judge trained without
+    # them rejected and the CNN accepted, 10 were large circles that the CNN read right
     judge_large: float = 0.1
     # scenes with faint or blended textures that the style head learns to answer "none" on (an extra
     # class, ``unclear.py``); off by default: on build b3 (with holes) it raised the two judges' style

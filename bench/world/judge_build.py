@@ -35,13 +35,13 @@ from bench.world.judge import (
     train_judge,
 )
 from bench.world.negatives import render_negatives
-from bench.world.render import HEADS, WORLD2, Scene, Vocabulary, jitter_texture, to_tensor, vocabulary
+from bench.world.render import CENTRE, HEADS, WORLD2, Scene, Vocabulary, jitter_texture, to_tensor, vocabulary
 from bench.world.unclear import render_unclear
 
 FIRST, SECOND = "judge", "judge_vit"  # folder names inside a world
 HOLES = (0.5, 1.0)  # how much of a holed scene's dark texture is left unpainted (Scene.holes)
-# a large scene's outer radius, as a fraction of the image (the world draws 0.30-0.40: Scene.scale); its
-# centre is pulled in so that the shape stays inside the frame
+# a large scene's outer radius, as a fraction of the image (the world draws render.SCALE); its centre
+# is pulled in so that the shape stays inside the frame
 LARGE = (0.40, 0.46)
 TRAINING_FILE = "judge_training.json"  # what `python -m bench.world judge` measured while retraining
 _SEED_OFFSET = {FIRST: 1, SECOND: 5}  # render seeds: cfg.seed + offset (2: held-out scenes, 3: held-out negatives)
@@ -62,7 +62,7 @@ class Drawn:
 
 def _large(scene: Scene, rng: np.random.Generator) -> Scene:
     scale = float(rng.uniform(*LARGE))
-    pull = min(1.0, (0.5 - scale) / 0.08)  # the world's centres lie within 0.08 of the middle
+    pull = min(1.0, (0.5 - scale) / (CENTRE[1] - 0.5))  # the world's centres: render.CENTRE
     return replace(scene, scale=scale, cx=0.5 + (scene.cx - 0.5) * pull, cy=0.5 + (scene.cy - 0.5) * pull)
 
 

@@ -148,6 +148,10 @@ class Scene:
         return asdict(self)
 
 
+CENTRE = (0.42, 0.58)  # where a sampled scene's centre lies (x and y), as a fraction of the image
+SCALE = (0.30, 0.40)  # a sampled scene's outer radius, as a fraction of the image
+
+
 def sample_scene(rng: np.random.Generator, character_prob: float = 0.15, vocab: Vocabulary | None = None,
                  **fixed: str) -> Scene:
     """Draw a random scene of ``vocab`` (default world 2's); ``fixed`` pins attributes
@@ -172,9 +176,9 @@ def sample_scene(rng: np.random.Generator, character_prob: float = 0.15, vocab: 
         colour=colour,
         style=style,
         character=character,
-        cx=float(rng.uniform(0.42, 0.58)),
-        cy=float(rng.uniform(0.42, 0.58)),
-        scale=float(rng.uniform(0.30, 0.40)),
+        cx=float(rng.uniform(*CENTRE)),
+        cy=float(rng.uniform(*CENTRE)),
+        scale=float(rng.uniform(*SCALE)),
         angle=float(base_angle + rng.uniform(-1, 1) * _ROTATION[shape]),
         background=tuple(int(np.clip(grey + t, 0, 255)) for t in tint),
         noise=float(rng.uniform(0, 8)),
