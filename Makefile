@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
 # Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none ATTACK_SEEDS=8
-# EXECUTOR=ray (cells on Ray actors; README "Running on a cluster")
+# EXECUTOR=ray (cells on Ray actors; README "Running on a cluster"; tune and curves take it too)
 # The default runs the founding methods inside 10 minutes on 2 cores. The committed leaderboard adds
 # the baselines: METHODS=fuchi,lora_eraser,full_finetune,esd@x,esd@u,uce,concept_ablation (cells already
 # in runs/bench are reused). METHODS=all (python -m bench methods --specs) adds advunlearn too, whose
@@ -46,7 +46,8 @@ bench: $(STAMP)
 DEV_CONCEPTS ?= ring,diamond,checkered,quaddle,triangle,cross
 tune: $(STAMP)
 	for m in $(subst $(comma), ,$(if $(filter all,$(METHODS)),$(shell $(PY) -m bench methods --specs),$(METHODS))); do \
-		$(PY) -m bench tune --method $$m --concepts $(DEV_CONCEPTS) --seeds 0-3 --out runs/tune || exit 2; done
+		$(PY) -m bench tune --method $$m --concepts $(DEV_CONCEPTS) --seeds 0-3 --out runs/tune \
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) || exit 2; done
 
 report: $(STAMP)
 	$(PY) -m bench report --runs runs/bench --out reports --sweeps runs/sweep
@@ -55,7 +56,8 @@ report: $(STAMP)
 # the leaderboard rebuilt with them (when make bench has made its cells).
 POINTS ?= 5
 curves: $(STAMP)
-	$(PY) -m bench sweep --methods $(METHODS) --points $(POINTS) $(if $(SEEDS),--seeds $(SEEDS)) --out runs/sweep
+	$(PY) -m bench sweep --methods $(METHODS) --points $(POINTS) $(if $(SEEDS),--seeds $(SEEDS)) --out runs/sweep \
+		$(if $(EXECUTOR),--executor $(EXECUTOR))
 	@if [ -d runs/bench/cells ]; then $(PY) -m bench report --runs runs/bench --out reports --sweeps runs/sweep; \
 	else echo "no runs/bench yet: make bench draws the curves into reports/"; fi
 

@@ -29,6 +29,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             "variants": cls.variants,
             "defaults": cls.Config().to_dict(),
             "strength": [{"field": k.field, "low": k.low, "high": k.high, "help": k.help} for k in cls.strength],
+            "tune_choices": {f: list(v) for f, v in cls.tune_choices.items()},
         }
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -40,6 +41,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         print("  defaults: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in row["defaults"].items()))
         for k in row["strength"]:
             print(f"  strength knob {k['field']}: {k['low']:g}..{k['high']:g} (log) — {k['help']}")
+        for f, values in row["tune_choices"].items():
+            print(f"  tuned over {f}: {', '.join(json.dumps(v) for v in values)} (one ladder each)")
     return 0
 
 

@@ -75,6 +75,8 @@ class Eraser(ABC):
     Subclasses set ``name``, ``version`` (bump when results may change), ``Config`` (a frozen
     ``MethodConfig``), ``strength`` (its strength knobs, the first swept by default: trade-off
     curves and tuning read them) and may list named ``variants`` (config overrides worth reporting).
+    ``tune_choices`` names discrete config fields whose every value ``bench tune`` tries, walking
+    the strength ladder once per combination (UCE: with and without the authors' prompt expansion).
     ``quick`` holds the overrides that shrink a long method's step budget (fewer iterations, never a
     different objective) for mechanics checks: the contract suite, ``bench smoke`` and ``bench
     regress`` build methods with it; a benchmark run never does. ``erasure_check`` states how the
@@ -89,6 +91,7 @@ class Eraser(ABC):
     Config: ClassVar[type[MethodConfig]]
     strength: ClassVar[tuple[Knob, ...]] = ()
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    tune_choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
     quick: ClassVar[dict[str, Any]] = {}
     erasure_check: ClassVar[dict[str, Any] | None] = None
 

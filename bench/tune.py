@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,8 @@ def tune(track: Track, method: str, concepts: list[str] | None, out: Path, proto
             return {"overrides": point, "H": float("nan"), "UA": float("nan"), "retain": float("nan")}
         row = overall_table(measured).iloc[0]
         return {"overrides": point, "H": float(row["H"]), "UA": float(row["UA"]),
-                "retain": float((row["IRA"] + row["CRA"] + row["NNA"]) / 3)}
+                "retain": float((row["IRA"] + row["CRA"] + row["NNA"]) / 3),
+                "judge": ", ".join(sorted({str(c["spec"].get("judge")) for c in measured}))}
 
     def key(s: dict[str, Any]) -> float:
         return sign * s["H"] if s["H"] == s["H"] else -float("inf")
@@ -94,15 +95,32 @@ def tune(track: Track, method: str, concepts: list[str] | None, out: Path, proto
         scores = [score(p) for p in points]
         how = "max composite H over the given grid on dev concepts"
     else:
-        scores, how = _ladder_search(method, spec, score, key)
+        scores, how = _choice_ladders(method, spec, score, key)
     best = max(scores, key=key)
     path = tuned_path(track)
     data = json.loads(path.read_text()) if path.is_file() else {"methods": {}}
     data["methods"][method] = {"overrides": {**spec.fixed, **best["overrides"]}, "chosen_by": how,
+                               "judge": best.get("judge"),  # which judge scored the points
                                "dev_concepts": concepts, "seeds": list(protocol.seeds), "grid": scores}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
     return data["methods"][method]
+
+
+def _choice_ladders(method: str, spec: TuneSpec, score: Any, key: Any) -> tuple[list[dict[str, Any]], str]:
+    """One ladder per combination of the method's ``tune_choices`` (those ``spec.fixed`` leaves open);
+    each point's overrides name its choices, so the record says which ladder it belongs to."""
+    choices = {f: v for f, v in get_method(method.partition("@")[0]).tune_choices.items() if f not in spec.fixed}
+    if not choices:
+        return _ladder_search(method, spec, score, key)
+    scores: list[dict[str, Any]] = []
+    combos = [dict(zip(choices, c, strict=True)) for c in itertools.product(*choices.values())]
+    for combo in combos:
+        fixed = {**spec.fixed, **combo}
+        ladder, how = _ladder_search(method, replace(spec, fixed=fixed), lambda p, c=combo: score({**c, **p}), key)
+        scores += ladder
+    named = "; ".join(f"{f} in ({', '.join(json.dumps(v) for v in vs)})" for f, vs in choices.items())
+    return scores, f"{how}; one ladder for each {named}"
 
 
 def _ladder_search(method: str, spec: TuneSpec, score: Any, key: Any) -> tuple[list[dict[str, Any]], str]:

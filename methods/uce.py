@@ -90,6 +90,7 @@ class Uce(Eraser):
     # before, 0/8 after with the authors' prompt expansion; 8/8 without it, see the README).
     erasure_check = {"expand_prompts": True}
     strength = (Knob("erase_scale", 0.25, 4.0, help="weight of the erase term against lamb and preservation"),)
+    tune_choices = {"expand_prompts": (False, True)}  # bench tune walks the erase_scale ladder for each
 
     def edited_parameters(self, pipe: Any) -> list[str]:
         from bench.edit import pipeline_parameters

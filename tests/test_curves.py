@@ -59,6 +59,31 @@ def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
         TuneSpec(ratio=10)
 
 
+def test_tuning_walks_one_ladder_per_declared_choice():
+    """UCE declares expand_prompts as a tuning choice: a ladder with it off, then one with it on, every
+    point recorded with the choice it was made with; a choice fixed by the caller is not varied."""
+    from bench.tune import TuneSpec, _choice_ladders
+
+    seen = []
+
+    def score(point):
+        seen.append(dict(point))
+        peak = 0.5 if point.get("expand_prompts", True) else 2.0
+        return {"overrides": point, "H": -abs(np.log(point["erase_scale"] / peak)), "UA": 0.0, "retain": 0.0}
+
+    scores, how = _choice_ladders("uce", TuneSpec(extend=0), score, lambda s: s["H"])
+    assert [p["expand_prompts"] for p in seen] == [False] * 5 + [True] * 5
+    assert [p["erase_scale"] for p in seen] == [0.25, 0.5, 1.0, 2.0, 4.0] * 2
+    assert [s["overrides"] for s in scores] == seen and "expand_prompts in (false, true)" in how
+    seen.clear()
+    _choice_ladders("uce", TuneSpec(extend=0, fixed={"expand_prompts": True}), score, lambda s: s["H"])
+    assert [p for p in seen if "expand_prompts" in p] == [] and len(seen) == 5
+    seen.clear()
+    _choice_ladders("fuchi", TuneSpec(extend=0), score=lambda p: seen.append(p) or {"overrides": p, "H": 0.0},
+                    key=lambda s: s["H"])
+    assert all(set(p) == {"lr"} for p in seen)  # no declared choices: one ladder, as before
+
+
 def test_frontier_area_is_the_dominated_region():
     assert frontier_area([1.0], [1.0]) == 1.0
     assert frontier_area([0.5], [0.5]) == 0.25

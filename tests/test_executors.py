@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bench.protocol import EvalProtocol
+from bench.report import load_cells
 from bench.runner import Bench, Track, run_bench
 
 # wall-clock and memory readings differ between any two runs; every other number must not
@@ -169,3 +170,5 @@ def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path
                   TuneSpec(grid={"erase_scale": [0.5, 1.0]}), executor)
     assert [j.spec.method_config["erase_scale"] for j in executor.jobs] == [0.5, 1.0]
     assert len(chosen["grid"]) == 2 and (tmp_path / "tuned.json").is_file()
+    judges = {c["spec"]["judge"] for c in load_cells(tmp_path / "tune")}
+    assert len(judges) == 1 and chosen["judge"] == judges.pop()  # the record names the judge that scored it
