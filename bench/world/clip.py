@@ -238,7 +238,7 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weight matrices only; gains, biases and the logit scale undecayed (open_clip's
     ``exclude`` rule in ``open_clip_train/main.py``: decaying the logit scale pulls the temperature back)."""
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     plain = [p for n, p in named if p.ndim < 2 or "norm" in n or "bias" in n or "logit_scale" in n]
     ids = {id(p) for p in plain}
     return [{"params": plain, "weight_decay": 0.0},
@@ -265,12 +265,16 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
 
     work.mkdir(parents=True, exist_ok=True)
     model = make_clip(cfg)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     captions = _Captions()
     ckpt = work / "clip_ckpt.pt"
     start, losses, prev = 0, [], 0.0
     if not ckpt.is_file() and cfg.image_steps:
         prev = pretrain_image_tower(cfg, model, images, scenes, vocab, work, progress)
+    # LiT's locked image tower: the contrastive stage trains the text tower, both projections and the
+    # temperature, and the image encoder keeps what its supervised pretraining learnt
+    model.zero_grad(set_to_none=True)  # the pretraining's last gradients: no part of the clipped norm
+    model.vision_model.requires_grad_(not cfg.lock_image)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
@@ -295,7 +299,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
                                 if cfg.mask_true else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
@@ -368,15 +372,16 @@ def zero_shot(model: Any, images: torch.Tensor, scenes: list[Scene], batch: int 
 
 def training_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = None) -> tuple[np.ndarray, list[Scene]]:
     """The world CLIP's training images (uint8, n x 32 x 32 x 3) and their scenes: ``scenes`` renders
-    from seed ``cfg.seed + 7``, a ``cfg.jitter`` share with jittered textures, and (given ``vae``) a
+    from seed ``cfg.seed + 7``, ``cfg.jitter``, ``cfg.holes`` and ``cfg.large`` shares with jittered
+    textures, holed textures and large shapes (``judge_build.Drawn``), and (given ``vae``) a
     ``cfg.vae_share`` share through the VAE's round trip, as the judges train (``judge_build.judge_set``).
-    With ``jitter=0`` and no VAE these are exactly ``render_set``'s scenes."""
-    from bench.world.render import jitter_texture, to_tensor
+    With every share 0 and no VAE these are exactly ``render_set``'s scenes."""
+    from bench.world.judge_build import Drawn
+    from bench.world.render import to_tensor
     from bench.world.train import render_scenes, sample_scenes, vae_roundtrip
 
-    drawn = sample_scenes(cfg.seed + 7, scenes, 0.15, vocab)
-    jrng = np.random.default_rng(cfg.seed + 7 + 7919)
-    drawn = [jitter_texture(s, jrng) if jrng.random() < cfg.jitter else s for s in drawn]
+    shares = Drawn(jitter=cfg.jitter, holes=cfg.holes, large=cfg.large)
+    drawn = shares.apply(sample_scenes(cfg.seed + 7, scenes, 0.15, vocab), cfg.seed + 7)
     arr = render_scenes(drawn, "clip scenes")
     if vae is not None and cfg.vae_share > 0:
         pick = np.flatnonzero(np.random.default_rng(cfg.seed + 11).random(len(arr)) < cfg.vae_share)

@@ -59,6 +59,17 @@ class Drawn:
     def of(cls, cfg: WorldConfig) -> Drawn:
         return cls(jitter=cfg.judge_jitter, holes=cfg.judge_holes, large=cfg.judge_large)
 
+    def apply(self, scenes: list[Scene], seed: int) -> list[Scene]:
+        """``scenes`` with these shares drawn as a generator draws them: jittered textures, holed
+        textures, large shapes, each from its own generator (``seed`` + a fixed offset), so that one
+        share leaves the others' draws as they were; a share of 0 leaves every scene as it was."""
+        jrng = np.random.default_rng(seed + 7919)
+        scenes = [jitter_texture(s, jrng) if jrng.random() < self.jitter else s for s in scenes]
+        hrng = np.random.default_rng(seed + 6571)
+        scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < self.holes else s for s in scenes]
+        lrng = np.random.default_rng(seed + 4409)
+        return [_large(s, lrng) if lrng.random() < self.large else s for s in scenes]
+
 
 def _large(scene: Scene, rng: np.random.Generator) -> Scene:
     scale = float(rng.uniform(*LARGE))
@@ -75,13 +86,7 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, drawn:
     ``IGNORE`` on non-scenes)."""
     from bench.world.train import render_scenes, sample_scenes, vae_roundtrip
 
-    scenes = sample_scenes(seed, n, character_prob, vocab)
-    jrng = np.random.default_rng(seed + 7919)
-    scenes = [jitter_texture(s, jrng) if jrng.random() < drawn.jitter else s for s in scenes]
-    hrng = np.random.default_rng(seed + 6571)
-    scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < drawn.holes else s for s in scenes]
-    lrng = np.random.default_rng(seed + 4409)
-    scenes = [_large(s, lrng) if lrng.random() < drawn.large else s for s in scenes]
+    scenes = drawn.apply(sample_scenes(seed, n, character_prob, vocab), seed)
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
     unclear, unclear_labels, _ = render_unclear(seed + 15_485_863, n_unclear, vocab, drawn.jitter)
     neg = to_tensor(render_negatives(seed + 104_729, n_negatives, vocab=vocab)[0])
