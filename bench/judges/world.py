@@ -94,9 +94,10 @@ class WorldClipJudge(Judge):
     ``world_clip.json``) classifying zero-shot, one head per attribute of its world's vocabulary
     (``bench.world.clip.zero_shot_labels``), with CLIP score on retain prompts. It shares no weights,
     no training images and no architecture with the CNN: a ViT whose image tower first learnt the
-    renderer's labels on clean renders of its own seed (LiT's pretrained image tower), then was
-    trained contrastively with the text tower; it classifies through text prompts, never saw the
-    CNN's jittered textures or synthetic negatives, and rejects by similarity, not by a trained class."""
+    renderer's labels on renders of its own seed (drawn as a generator draws them: ``ClipConfig``'s
+    jitter, holes, large and VAE shares), then, locked as in LiT (``clip.lock_image``; builds b1-b4
+    trained it on), taught the text tower to read it contrastively; it classifies through text prompts,
+    never saw the CNN's synthetic negatives, and rejects by similarity, not by a trained class."""
 
     reject_definition = ("the image's best cosine similarity to any prompt naming a scene (each object's, each "
                          "character's name) is below the 1st percentile of that similarity on 2,000 fresh renders "
