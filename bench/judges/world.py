@@ -155,8 +155,10 @@ class WorldClipJudge(Judge):
         name (not the character head's none prompt, "a picture of a shape")."""
         from bench.world.render import NONE_CHARACTER
 
-        names = [k for k, n in enumerate(self.vocab.heads["character"]) if n != NONE_CHARACTER]
-        return (emb @ torch.cat([self._prompts["object"], self._prompts["character"][names]]).T).amax(-1)
+        if not hasattr(self, "_scene_prompts"):  # fixed per model: built once
+            names = [k for k, n in enumerate(self.vocab.heads["character"]) if n != NONE_CHARACTER]
+            self._scene_prompts = torch.cat([self._prompts["object"], self._prompts["character"][names]])
+        return (emb @ self._scene_prompts.T).amax(-1)
 
     def _calibrate(self) -> tuple[float, dict[str, float]]:
         """1st percentiles on 2,000 fresh renders: of the scene score (``_scene_score``), and of each
