@@ -83,6 +83,14 @@ def test_image_tower_pretraining_learns_the_labels(world_scenes, tmp_path):
     again = make_clip(cfg)
     pretrain_image_tower(cfg, again, images, scenes, WORLD2, tmp_path, progress=False)  # resumes at the end
     assert all(torch.equal(v, again.vision_model.state_dict()[k]) for k, v in trained.items())
+    # the judge's augmentations are drawn from each step's own stream: a second run repeats the first,
+    # and a run without them trains another tower
+    assert cfg.augment
+    for aug, same in ((True, True), (False, False)):
+        other = make_clip(cfg)
+        pretrain_image_tower(cfg.override([f"augment={aug}"]), other, images, scenes, WORLD2, tmp_path / str(aug),
+                             progress=False)
+        assert all(torch.equal(v, other.vision_model.state_dict()[k]) for k, v in trained.items()) == same
     names = WORLD2.heads
     heads = torch.nn.ModuleDict({h: torch.nn.Linear(32, len(n)) for h, n in names.items()})
     heads.load_state_dict(state["heads"])
@@ -194,6 +202,9 @@ def test_world_config_sets_the_clip_by_dotted_keys():
     assert WorldConfig().override(MINI_FROZEN_CLIP).clip.text_layers == 1
     with pytest.raises(ConfigError, match="clip.step="):
         WorldConfig().override(["clip.step=3"])
+    assert WorldConfig().override(["clip.augment=False"]).clip.augment is False
+    with pytest.raises(ConfigError, match="clip.lock_image=ture"):  # a misspelt flag is no silent False
+        WorldConfig().override(["clip.lock_image=ture"])
     with pytest.raises(ConfigError, match="text_encoder"):
         WorldConfig().override(["text_encoder=frozen"])
     with pytest.raises(ConfigError, match="'clip=3'"):

@@ -197,12 +197,15 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
     trained tower into ``model`` and returns the seconds it took."""
     from tqdm import tqdm
 
+    from bench.world.judge import augment_vit
+
     tower = model.vision_model
     names = {head: list(labels) for head, labels in vocab.heads.items()}
     target = {head: torch.tensor([names[head].index(s.names()[head]) for s in scenes]) for head in names}
     heads = torch.nn.ModuleDict({h: torch.nn.Linear(tower.config.hidden_size, len(n)) for h, n in names.items()})
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.image_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "image_ckpt.pt"
     start, prev = 0, 0.0
     if ckpt.is_file():
@@ -220,7 +223,10 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
         idx = torch.from_numpy(rng.choice(len(scenes), size=min(cfg.batch, len(scenes)), replace=False))
         for group in opt.param_groups:
             group["lr"] = cfg.image_lr * _lr_factor(step, steps, min(cfg.warmup, steps))
-        pooled = tower(pixel_values=normalise(images[idx])).pooler_output
+        x = images[idx]
+        if cfg.augment:  # the ViT judge's augmentations, drawn from this step's stream
+            x = augment_vit(x, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        pooled = tower(pixel_values=normalise(x)).pooler_output
         loss = sum(F.cross_entropy(heads[h](pooled), target[h][idx]) for h in heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
