@@ -34,10 +34,11 @@ class ClipConfig:
     # object zero-shot; 600 pretraining steps then 1000 contrastive ones reached 84 % (README, ConceptWorld 3)
     # the image tower's pretraining sees each batch through the ViT judge's augmentations (flips, shifts
     # of up to 2 px, blur, photometric; ``judge.augment_vit``). Builds b1-b5 pretrained on the renders as
-    # drawn (2000 steps, lr 1e-3), and on build b5's generated images the pretrained tower's own (linear)
-    # heads then read checkered as dotted: agreement with the CNN judge, object / style / character,
-    # 95.1 / 88.0 / 100 %, where the ViT judge (same architecture, these augmentations, 6000 steps)
-    # agrees 95.7 / 96.4 / 100 %. With the augmentations (the same images, README "ConceptWorld 3"):
+    # drawn (2000 steps, lr 1e-3), and on 1,280 of build b5's generated images the pretrained tower's own
+    # (linear) heads then read checkered as dotted: agreement with the CNN judge where the prompt names
+    # the head, object / style / character, 95.1 / 88.0 / 100 %, where the ViT judge (same architecture,
+    # these augmentations, 6000 steps) agrees 95.7 / 96.4 / 100 % on b5's 2,944 evaluation images. With
+    # the augmentations (the same 1,280 images; README "ConceptWorld 3"):
     # 2000 steps 93.9 / 96.3 / 100 % (373 s); 4000 steps 97.1 / 96.8 / 97.9 % (712 s); 6000 steps
     # 97.9 / 97.4 / 98.6 % (1070 s); 3000 steps at lr 2e-3 97.1 / 96.9 / 100 % (546 s), the default
     augment: bool = True
