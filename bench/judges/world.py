@@ -95,7 +95,7 @@ class WorldClipJudge(Judge):
     (``bench.world.clip.zero_shot_labels``), with CLIP score on retain prompts. It shares no weights,
     no training images and no architecture with the CNN: a ViT whose image tower first learnt the
     renderer's labels on renders of its own seed (drawn as a generator draws them: ``ClipConfig``'s
-    jitter, holes, large and VAE shares), then, locked as in LiT (``clip.lock_image``; builds b1-b4
+    jitter, holes, large and VAE shares, seen through the ViT judge's augmentations), then, locked as in LiT (``clip.lock_image``; builds b1-b4
     trained it on), taught the text tower to read it contrastively; it classifies through text prompts,
     never saw the CNN's synthetic negatives, and rejects by similarity, not by a trained class."""
 
