@@ -95,8 +95,8 @@ class WorldClipJudge(Judge):
     (``bench.world.clip.zero_shot_labels``), with CLIP score on retain prompts. It shares no weights,
     no training images and no architecture with the CNN: a ViT whose image tower first learnt the
     renderer's labels on renders of its own seed (drawn as a generator draws them: ``ClipConfig``'s
-    jitter, holes, large and VAE shares, seen through the ViT judge's augmentations), then, locked as in LiT (``clip.lock_image``; builds b1-b4
-    trained it on), taught the text tower to read it contrastively; it classifies through text prompts,
+    jitter, holes, large and VAE shares, seen through the ViT judge's augmentations), then, locked as
+    in LiT (``clip.lock_image``; builds b1-b4 trained it on), taught the text tower to read it contrastively; it classifies through text prompts,
     never saw the CNN's synthetic negatives, and rejects by similarity, not by a trained class."""
 
     reject_definition = ("the image's best cosine similarity to any prompt naming a scene (each object's, each "
@@ -115,7 +115,7 @@ class WorldClipJudge(Judge):
         import json
 
         from bench.world.clip import load_world_clip, prompt_embeddings
-        from bench.world.render import vocabulary
+        from bench.world.render import NONE_CHARACTER, vocabulary
 
         folder = Path(folder)
         meta = json.loads((folder / "world_clip.json").read_text())
@@ -126,6 +126,10 @@ class WorldClipJudge(Judge):
 
         self.unclear = unclear
         self._prompts = prompt_embeddings(self.model, self.vocab)  # fixed per model: computed once
+        # the prompts naming a scene (``_scene_score``): each object's and each character's name, not the
+        # character head's none prompt ("a picture of a shape")
+        named = [k for k, n in enumerate(self.vocab.heads["character"]) if n != NONE_CHARACTER]
+        self._scene_prompts = torch.cat([self._prompts["object"], self._prompts["character"][named]])
         self._threshold, self._lead = self._calibrate()
 
     def _leads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -153,11 +157,6 @@ class WorldClipJudge(Judge):
     def _scene_score(self, emb: torch.Tensor) -> torch.Tensor:
         """Per image: its best similarity to a prompt naming a scene, any object's or any character's
         name (not the character head's none prompt, "a picture of a shape")."""
-        from bench.world.render import NONE_CHARACTER
-
-        if not hasattr(self, "_scene_prompts"):  # fixed per model: built once
-            names = [k for k, n in enumerate(self.vocab.heads["character"]) if n != NONE_CHARACTER]
-            self._scene_prompts = torch.cat([self._prompts["object"], self._prompts["character"][names]])
         return (emb @ self._scene_prompts.T).amax(-1)
 
     def _calibrate(self) -> tuple[float, dict[str, float]]:
