@@ -279,6 +279,11 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
         assert {k.removeprefix("text_model."): v for k, v in shipped.items()}.keys() == tower.keys()
         assert all(torch.equal(v, tower[k.removeprefix("text_model.")]) for k, v in shipped.items())
     assert pipe.unet.config.cross_attention_dim == cfg.clip.text_hidden
+    # the CLIP saw captioned non-scenes (clip.negatives), so the shipped judge rejects zero-shot
+    from bench.judges.world import WorldClipJudge
+
+    assert (tmp_path / "work" / "world_clip" / "clip_negatives.npz").is_file()
+    assert WorldClipJudge(tmp_path / "out" / "clip").rule == WorldClipJudge.REJECT_RULE_ZERO_SHOT
     assert "text" not in torch.load(tmp_path / "work" / "diffusion_ckpt.pt", weights_only=True)
     images = pipe(["a picture of a star"], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                   output_type="pt").images
@@ -344,6 +349,9 @@ def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
     a = res["agreement_with_judge"]
     assert set(a["heads"]) == {"object", "colour", "style", "character"}
     assert a["n"] == 24 - res["rejected_by_judge"] and all(0 <= v <= 1 for v in a["heads"].values())
+    # its reject, measured on the model's images and on fresh non-scenes: this CLIP saw scenes only (rule 2)
+    r = res["reject"]
+    assert r["rule"] == 2 and r["non_scene_images"] == 16 and 0 <= r["generated"] <= 1 and 0 <= r["non_scenes"] <= 1
 
 
 def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
@@ -458,3 +466,48 @@ def test_training_views_are_robust_like_the_judges():
     jittered, _ = training_views(ClipConfig().override(["jitter=1", "vae_share=0", "holes=0", "large=0"]), 24, vocab)
     assert [s.dot_period for s in scenes3] == [s.dot_period for s in scenes2]
     assert sum(not np.array_equal(a, b) for a, b in zip(arr3, jittered, strict=True)) == 24
+
+
+def test_non_scenes_teach_the_clip_to_reject_zero_shot(world_scenes, tmp_path):
+    """``ClipConfig.negatives``: captioned non-scenes join the scenes in every stage. Their captions are
+    true of each other and of no scene; the pretraining learns a scene head; a run resumes exactly and
+    differs from one without them; and the judge of such a CLIP rejects zero-shot (rule 3)."""
+    from bench.judges.clip import REJECT_PROMPTS
+    from bench.judges.world import WorldClipJudge
+    from bench.world.clip import NOTHING, NOTHING_CAPTIONS, NonScenes, also_true, negative_views
+    from bench.world.negatives import KINDS
+    from bench.world.render import WORLD2, Scene, to_tensor
+
+    images, scenes = world_scenes
+    cfg = ClipConfig().override([*MINI_CLIP, "negatives=0.25"])
+    arr, kinds = negative_views(cfg, len(scenes), WORLD2)
+    assert arr.shape == (16, 32, 32, 3) and kinds == [KINDS[i % len(KINDS)] for i in range(16)]
+    assert set(NOTHING_CAPTIONS) == set(KINDS)
+    # the judge rejects with the SD track's CLIP judge's prompts: the world CLIP learns every one of them
+    assert set(REJECT_PROMPTS) <= {c for wordings in NOTHING_CAPTIONS.values() for c in wordings}
+    negatives = NonScenes(to_tensor(arr), kinds)
+    true = also_true([Scene("star", "red", "solid"), None, None], [{"object": "star"}, NOTHING, NOTHING])
+    assert true.tolist() == [[False, False, False], [False, False, True], [False, True, False]]
+
+    whole = train_clip(cfg, images, scenes, tmp_path / "whole", progress=False, vocab=WORLD2, negatives=negatives)
+    assert np.isfinite(whole["final_loss"])
+    heads = torch.load(tmp_path / "whole" / "image_ckpt.pt", weights_only=True)["heads"]
+    assert heads["scene.weight"].shape[0] == 2
+    train_clip(cfg, images, scenes, tmp_path / "sliced", progress=False, stop_after=4, vocab=WORLD2,
+               negatives=negatives)
+    train_clip(cfg, images, scenes, tmp_path / "sliced", progress=False, vocab=WORLD2, negatives=negatives)
+    train_clip(cfg, images, scenes, tmp_path / "plain", progress=False, vocab=WORLD2)
+    from safetensors.torch import load_file
+
+    got = {name: load_file(tmp_path / name / "clip" / "model.safetensors") for name in ("whole", "sliced", "plain")}
+    assert all(torch.equal(v, got["sliced"][k]) for k, v in got["whole"].items())
+    assert any(not torch.equal(v, got["plain"][k]) for k, v in got["whole"].items())
+
+    judge = WorldClipJudge(tmp_path / "whole" / "clip")
+    assert judge.ref.endswith(f".r{WorldClipJudge.REJECT_RULE_ZERO_SHOT}") and "a blank image" in judge.reject_definition
+    probe = torch.cat([images[:8], negatives.images[:8]])
+    emb = judge.features(probe)
+    want = (emb @ judge._reject_prompts.T).amax(-1) > judge._scene_score(emb)
+    assert torch.equal(judge.reject(probe), want)
+    plain = WorldClipJudge(tmp_path / "plain" / "clip")  # saw scenes only: the threshold rule
+    assert plain.ref.endswith(f".r{WorldClipJudge.REJECT_RULE}") and "percentile" in plain.reject_definition

@@ -10,6 +10,7 @@ import torch
 from bench.concepts import Concept
 from bench.errors import ConfigError
 from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.judges.clip import REJECT_PROMPTS
 
 
 class WorldConceptJudge(Judge):
@@ -96,32 +97,49 @@ class WorldClipJudge(Judge):
     no training images and no architecture with the CNN: a ViT whose image tower first learnt the
     renderer's labels on renders of its own seed (drawn as a generator draws them: ``ClipConfig``'s
     jitter, holes, large and VAE shares, seen through the ViT judge's augmentations), then, locked as
-    in LiT (``clip.lock_image``; builds b1-b4 trained it on), taught the text tower to read it contrastively; it classifies through text prompts,
-    never saw the CNN's synthetic negatives, and rejects by similarity, not by a trained class."""
+    in LiT (``clip.lock_image``; builds b1-b4 trained it on), taught the text tower to read it
+    contrastively; it classifies through text prompts. A CLIP that also saw captioned pictures of
+    nothing (``ClipConfig.negatives``: non-scenes of its own seed, of the kinds the CNN's reject head
+    learns) rejects zero-shot, as the SD track's ``ClipJudge`` does (rule 3); one that saw scenes only
+    rejects by a similarity threshold (rule 2)."""
 
-    reject_definition = ("the image's best cosine similarity to any prompt naming a scene (each object's, each "
-                         "character's name) is below the 1st percentile of that similarity on 2,000 fresh renders "
-                         "of the world (the world CLIP saw valid scenes only); built with unclear=True, the style "
-                         "head answers none where its best prompt leads the second by less than the 1st percentile "
-                         "of that lead on the same renders")
+    _UNCLEAR = ("; built with unclear=True, the style head answers none where its best prompt leads the second "
+                "by less than the 1st percentile of that lead on 2,000 fresh renders of the world")
+    REJECT_DEFINITIONS = {
+        2: ("the image's best cosine similarity to any prompt naming a scene (each object's, each character's name) "
+            "is below the 1st percentile of that similarity on 2,000 fresh renders of the world (the world CLIP saw "
+            "valid scenes only)" + _UNCLEAR),
+        3: ("zero-shot, as the SD track's CLIP judge: one of the prompts " + ", ".join(f"'{p}'" for p in REJECT_PROMPTS)
+            + " (the world CLIP learnt them on captioned non-scenes) outscores every prompt naming a scene (each "
+            "object's, each character's name)" + _UNCLEAR),
+    }
     # what the reject score compares against, versioned with the weights' hash in ``ref``: rule 1 took the
     # object prompts only, and a character is far from every object's prompt (on build b4 it rejected 29
-    # of 32 generated hexberts, and 2.3 % of synthetic non-scenes); rule 2 adds the characters' names
+    # of 32 generated hexberts, and 2.3 % of synthetic non-scenes); rule 2 adds the characters' names; on
+    # build b6 it rejected 6.9 % of the model's images and 51.9 % of synthetic non-scenes, so a CLIP that
+    # saw non-scenes (rule 3) rejects zero-shot instead. Measured on the same images with a CLIP trained on
+    # b6's views and 6,000 captioned non-scenes: rule 3 rejects 2.4 % of the model's images and 96.0 % of
+    # non-scenes (93.4 % through the VAE; the CNN's reject head 93.0 / 91.8 %). With one reject prompt per
+    # kind of non-scene (the first wording of each in ``NOTHING_CAPTIONS``) it rejected 3.3 % and 97.1 %:
+    # it took generated amorphous shapes for "a blob of overlapping shapes"
     REJECT_RULE = 2
+    REJECT_RULE_ZERO_SHOT = 3
 
     def __init__(self, folder: str | Path, unclear: bool = False) -> None:
         """``unclear``: the style head may answer none (``reject_definition``), as a CNN judge that
         learnt unclear textures does; otherwise it always names its best label."""
         import json
 
-        from bench.world.clip import load_world_clip, prompt_embeddings
+        from bench.world.clip import load_world_clip, prompt_embeddings, text_embeddings
         from bench.world.render import NONE_CHARACTER, vocabulary
 
         folder = Path(folder)
         meta = json.loads((folder / "world_clip.json").read_text())
         self.vocab = vocabulary(str(meta.get("vocab", "2")))
         self.model, weights = load_world_clip(folder)
-        self.version = f"{weights}.r{self.REJECT_RULE}"
+        self.rule = self.REJECT_RULE_ZERO_SHOT if meta.get("non_scenes", 0) > 0 else self.REJECT_RULE
+        self.reject_definition = self.REJECT_DEFINITIONS[self.rule]
+        self.version = f"{weights}.r{self.rule}"
         self.id = "conceptworld-clip"
 
         self.unclear = unclear
@@ -130,6 +148,8 @@ class WorldClipJudge(Judge):
         # character head's none prompt ("a picture of a shape")
         named = [k for k, n in enumerate(self.vocab.heads["character"]) if n != NONE_CHARACTER]
         self._scene_prompts = torch.cat([self._prompts["object"], self._prompts["character"][named]])
+        with torch.no_grad():
+            self._reject_prompts = text_embeddings(self.model, list(REJECT_PROMPTS))
         self._threshold, self._lead = self._calibrate()
 
     def _leads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -147,7 +167,10 @@ class WorldClipJudge(Judge):
         from bench.world.clip import image_embeddings, labels_from
 
         emb = image_embeddings(self.model, images)
-        rejected = self._scene_score(emb) < self._threshold
+        if self.rule == self.REJECT_RULE_ZERO_SHOT:
+            rejected = (emb @ self._reject_prompts.T).amax(-1) > self._scene_score(emb)
+        else:
+            rejected = self._scene_score(emb) < self._threshold
         got = labels_from(emb, self._prompts, self.vocab)
         for head, lead in self._leads(emb).items():
             got[head] = [REJECT_LABEL if u else v for v, u in zip(got[head], (lead < self._lead[head]).tolist(),

@@ -230,6 +230,11 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
                   + " | ".join(_pct(a["heads"].get(h, float("nan"))) for h in z) + " |",
                   "| agreement with the CNN, every image | "
                   + " | ".join(_pct(a.get("every_image", a["heads"]).get(h, float("nan"))) for h in z) + " |"]
+        r = clip.get("reject")
+        if r:
+            lines += ["", f"Its reject (rule {r['rule']}, `WorldClipJudge.reject_definition`) takes {_pct(r['generated'])} "
+                      f"of the model's images and {_pct(r['non_scenes'])} of {r['non_scene_images']} fresh synthetic "
+                      "non-scenes."]
     lines += ["", "Per concept (plain prompt, share of seeds the judge labels as the concept):", "",
               "| concept | type | split | prompt | accuracy |", "|---|---|---|---|---|"]
     for name, v in q["concepts"].items():

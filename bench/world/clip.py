@@ -17,6 +17,9 @@ against the *frozen* text tower, as SD's was against OpenAI's CLIP.
   row of the similarity matrix the columns whose caption equals the row's own, or (``mask_true``)
   is true of its image, are left out of the softmax, in both directions (``contrastive_loss``,
   ``also_true``).
+- **Pictures of nothing** (``ClipConfig.negatives``): synthetic non-scenes, captioned by kind
+  ("a blank image", "an image of random noise", ...; ``NOTHING_CAPTIONS``), so that the judge can
+  reject zero-shot as the SD track's CLIP judge does: a reject prompt outscores every scene prompt.
 - **Resumable and deterministic**: everything random in a step comes from (seed, step); checkpoints
   (``image_ckpt.pt``, ``clip_ckpt.pt``, tensors only, ``weights_only`` load) every ``ckpt_every`` steps.
 - ``zero_shot`` measures per-attribute zero-shot accuracy on renders: the prompt of each label
@@ -34,7 +37,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -69,6 +72,27 @@ STYLE_PHRASES = {"solid": "in a plain fill", "striped": "with stripes", "dotted"
 ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape", "style": "a picture of a {} shape",
              "character": "a picture of {}"}
 ZERO_SHOT_NONE = {"character": "a picture of a shape"}  # the label "none" of the character head
+# captions of the non-scenes (``ClipConfig.negatives``), per kind of ``bench.world.negatives``, the SD
+# track's CLIP judge's four reject prompts (``bench.judges.clip.REJECT_PROMPTS``) among them: the world
+# CLIP judge rejects with those four, as that judge does (``bench.judges.world.WorldClipJudge``)
+NOTHING_CAPTIONS = {
+    "blank": ("a blank image", "an empty frame", "a picture of nothing"),
+    "wash": ("a plain colour background", "a blotchy colour wash", "a blank image"),
+    "gradient": ("a colour gradient", "a plain colour background", "a picture of nothing"),
+    "noise": ("an image of random noise", "static noise", "a picture of nothing"),
+    "blur": ("a blurry image of nothing", "a blur", "a picture of nothing"),
+    "cutoff": ("a shape mostly out of the picture", "a sliver at the edge", "a picture of nothing"),
+    "shattered": ("a scrambled picture", "broken shards", "a picture of nothing"),
+    "fused": ("a blob of overlapping shapes", "shapes melted together", "a picture of nothing"),
+}
+NOTHING = {"scene": "nothing"}  # what every non-scene's caption states (``also_true``)
+
+
+class NonScenes(NamedTuple):
+    """The world CLIP's training non-scenes: images (M x 3 x 32 x 32 in [0, 1]) and the kind of each."""
+
+    images: torch.Tensor
+    kinds: list[str]
 
 
 def make_clip(cfg: ClipConfig) -> Any:
@@ -131,11 +155,13 @@ def described(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, st
     return templates[rng.integers(len(templates))].format(phrase), {h: names[h] for h, k in keep.items() if k}
 
 
-def also_true(scenes: list[Scene], stated: list[dict[str, str]]) -> torch.Tensor:
+def also_true(scenes: list[Scene | None], stated: list[dict[str, str]]) -> torch.Tensor:
     """``[i, j]``: caption j (stating ``stated[j]``) is true of image i, i != j. "a star" is as true of
-    every other star in a batch as of its own: such a pair is no negative (``contrastive_loss``)."""
-    names = [s.names() for s in scenes]
-    true = torch.tensor([[all(n[h] == v for h, v in facts.items()) for facts in stated] for n in names])
+    every other star in a batch as of its own: such a pair is no negative (``contrastive_loss``). A
+    ``None`` scene is a non-scene: every non-scene's caption (stating ``NOTHING``) is true of it, and
+    no scene's."""
+    names = [NOTHING if s is None else s.names() for s in scenes]
+    true = torch.tensor([[all(n.get(h) == v for h, v in facts.items()) for facts in stated] for n in names])
     return true & ~torch.eye(len(scenes), dtype=torch.bool)
 
 
@@ -180,6 +206,28 @@ class _Captions:
         return ids, mask
 
 
+def nothing_caption(kind: str, rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    """A caption of a non-scene of ``kind`` (``NOTHING_CAPTIONS``) and what it states (``NOTHING``)."""
+    wordings = NOTHING_CAPTIONS[kind]
+    return wordings[rng.integers(len(wordings))], NOTHING
+
+
+def _views(images: torch.Tensor, negatives: NonScenes | None, idx: np.ndarray) -> torch.Tensor:
+    """The batch ``idx`` of the training pool: scenes ``images`` first, then ``negatives``' images."""
+    if negatives is None:
+        return images[torch.from_numpy(idx)]
+    n = len(images)
+    out = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype)
+    scene = torch.from_numpy(idx < n)
+    out[scene] = images[torch.from_numpy(idx[idx < n])]
+    out[~scene] = negatives.images[torch.from_numpy(idx[idx >= n] - n)]
+    return out
+
+
+def _pool(scenes: list[Scene], negatives: NonScenes | None) -> int:
+    return len(scenes) + (len(negatives.kinds) if negatives is not None else 0)
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] to the CLIP mean/std the judge's loader uses (``bench.judges.clip``)."""
     import open_clip
@@ -190,18 +238,25 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scenes: list[Scene],
-                         vocab: Vocabulary, work: Path, progress: bool = True) -> float:
+                         vocab: Vocabulary, work: Path, progress: bool = True,
+                         negatives: NonScenes | None = None) -> float:
     """LiT's first half: ``cfg.image_steps`` steps of the image tower (with a linear head per judge
     head of ``vocab`` on its pooled output, discarded afterwards) on the renders' labels, summed
-    cross-entropy, AdamW with warmup and cosine decay. Resumable (``image_ckpt.pt``); loads the
-    trained tower into ``model`` and returns the seconds it took."""
+    cross-entropy, AdamW with warmup and cosine decay; with ``negatives``, batches draw from the scenes
+    and the non-scenes, and a scene head learns which is which (a non-scene has no attribute label).
+    Resumable (``image_ckpt.pt``); loads the trained tower into ``model`` and returns the seconds it took."""
     from tqdm import tqdm
 
-    from bench.world.judge import augment_vit
+    from bench.world.judge import IGNORE, augment_vit
 
     tower = model.vision_model
     names = {head: list(labels) for head, labels in vocab.heads.items()}
-    target = {head: torch.tensor([names[head].index(s.names()[head]) for s in scenes]) for head in names}
+    extra = len(negatives.kinds) if negatives is not None else 0
+    target = {head: torch.tensor([names[head].index(s.names()[head]) for s in scenes] + [IGNORE] * extra)
+              for head in names}
+    if negatives is not None:
+        names["scene"] = ["scene", "nothing"]
+        target["scene"] = torch.tensor([0] * len(scenes) + [1] * extra)
     heads = torch.nn.ModuleDict({h: torch.nn.Linear(tower.config.hidden_size, len(n)) for h, n in names.items()})
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.image_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -220,14 +275,17 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
                disable=not progress)
     for step in bar:
         rng = np.random.default_rng([cfg.seed, 1, step])  # its own stream: the contrastive steps' stays as it was
-        idx = torch.from_numpy(rng.choice(len(scenes), size=min(cfg.batch, len(scenes)), replace=False))
+        pool = _pool(scenes, negatives)
+        pick = rng.choice(pool, size=min(cfg.batch, pool), replace=False)
+        idx = torch.from_numpy(pick)
         for group in opt.param_groups:
             group["lr"] = cfg.image_lr * _lr_factor(step, steps, min(cfg.warmup, steps))
-        x = images[idx]
+        x = _views(images, negatives, pick)
         if cfg.augment:  # the ViT judge's augmentations, drawn from this step's stream
             x = augment_vit(x, torch.Generator().manual_seed(int(rng.integers(2**62))))
         pooled = tower(pixel_values=normalise(x)).pooler_output
-        loss = sum(F.cross_entropy(heads[h](pooled), target[h][idx]) for h in heads)
+        loss = sum(F.cross_entropy(heads[h](pooled), target[h][idx], ignore_index=IGNORE) for h in heads
+                   if (target[h][idx] != IGNORE).any())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -260,8 +318,10 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work: Path,
-               progress: bool = True, stop_after: int | None = None, vocab: Vocabulary = WORLD2) -> dict[str, Any]:
-    """Train on ``images`` (N x 3 x 32 x 32 in [0, 1]) of ``scenes``; resumable from
+               progress: bool = True, stop_after: int | None = None, vocab: Vocabulary = WORLD2,
+               negatives: NonScenes | None = None) -> dict[str, Any]:
+    """Train on ``images`` (N x 3 x 32 x 32 in [0, 1]) of ``scenes`` and on ``negatives`` (non-scenes,
+    captioned by kind: ``nothing_caption``), drawn together into each batch; resumable from
     ``work/clip_ckpt.pt``; writes the model and tokenizer to ``work/clip`` (safetensors).
     ``stop_after``: checkpoint after that many steps and return (a time-sliced build; the next call
     resumes there and ends exactly where one uninterrupted run would)."""
@@ -275,7 +335,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     ckpt = work / "clip_ckpt.pt"
     start, losses, prev = 0, [], 0.0
     if not ckpt.is_file() and cfg.image_steps:
-        prev = pretrain_image_tower(cfg, model, images, scenes, vocab, work, progress)
+        prev = pretrain_image_tower(cfg, model, images, scenes, vocab, work, progress, negatives)
     # LiT's locked image tower: the contrastive stage trains the text tower, both projections and the
     # temperature, and the image encoder keeps what its supervised pretraining learnt
     model.zero_grad(set_to_none=True)  # the pretraining's last gradients: no part of the clipped norm
@@ -293,15 +353,18 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
                disable=not progress)
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])  # a resumed run repeats every step exactly
-        idx = rng.choice(len(scenes), size=min(cfg.batch, len(scenes)), replace=False)
-        text, stated = zip(*(described(scenes[i], rng) for i in idx), strict=True)
+        pool = _pool(scenes, negatives)
+        idx = rng.choice(pool, size=min(cfg.batch, pool), replace=False)
+        n = len(scenes)
+        text, stated = zip(*(described(scenes[i], rng) if i < n else nothing_caption(negatives.kinds[i - n], rng)
+                             for i in idx), strict=True)
         text = list(text)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg.steps, cfg.warmup)
-        img = image_embeddings(model, images[torch.from_numpy(idx)], batch=len(idx))
+        img = image_embeddings(model, _views(images, negatives, idx), batch=len(idx))
         txt = text_embeddings(model, text, captions)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        loss = contrastive_loss(logits, text, also_true([scenes[i] for i in idx], list(stated))
+        loss = contrastive_loss(logits, text, also_true([scenes[i] if i < n else None for i in idx], list(stated))
                                 if cfg.mask_true else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -326,8 +389,9 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
                 v.copy_(v.half().float())
     model.save_pretrained(work / "clip", safe_serialization=True)
     build_clip_tokenizer().save_pretrained(work / "clip")
-    (work / "clip" / "world_clip.json").write_text(json.dumps({"config": cfg.to_dict(), "vocab": vocab.version},
-                                                              indent=2))
+    meta = {"config": cfg.to_dict(), "vocab": vocab.version,
+            "non_scenes": len(negatives.kinds) if negatives is not None else 0}  # rule 3 of the judge's reject
+    (work / "clip" / "world_clip.json").write_text(json.dumps(meta, indent=2))
     return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
             "seconds": prev + time.time() - t0, "steps": cfg.steps}
 
@@ -397,6 +461,40 @@ def training_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = N
     return arr, drawn
 
 
+def negative_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = None) -> tuple[np.ndarray, list[str]]:
+    """The world CLIP's training non-scenes (uint8, m x 32 x 32 x 3; ``cfg.negatives`` per scene, from
+    seed ``cfg.seed + 13``) and their kinds; (given ``vae``) a ``cfg.vae_share`` share through the VAE's
+    round trip, as ``training_views``."""
+    from bench.world.negatives import render_negatives
+    from bench.world.render import to_tensor
+    from bench.world.train import vae_roundtrip
+
+    arr, kinds = render_negatives(cfg.seed + 13, int(round(cfg.negatives * scenes)), vocab=vocab)
+    if vae is not None and cfg.vae_share > 0 and len(arr):
+        pick = np.flatnonzero(np.random.default_rng(cfg.seed + 17).random(len(arr)) < cfg.vae_share)
+        if len(pick):
+            out = vae_roundtrip(vae, to_tensor(arr[pick]))
+            arr[pick] = out.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arr, kinds
+
+
+def load_negatives(work: Path, cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = None) -> NonScenes | None:
+    """``negative_views``, rendered once and cached in ``work/clip_negatives.npz``; None when
+    ``cfg.negatives`` is 0."""
+    if cfg.negatives <= 0:
+        return None
+    from bench.world.render import to_tensor
+
+    path = work / "clip_negatives.npz"
+    if not path.is_file():
+        arr, kinds = negative_views(cfg, scenes, vocab, vae)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, images=arr, kinds=np.asarray(kinds))
+        tmp.replace(path)
+    z = np.load(path, allow_pickle=False)
+    return NonScenes(to_tensor(z["images"]), [str(k) for k in z["kinds"]])
+
+
 def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: Vocabulary = WORLD2,
              vae: Any = None) -> dict[str, Any]:
     """Render (once, cached in ``work``; ``training_views``, through ``vae`` when given) and train,
@@ -411,13 +509,15 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: 
         arr, drawn = training_views(cfg, scenes, vocab, vae)
         _save_set(data, arr, drawn)
     images, _, drawn = load_set(data)
-    info = train_clip(cfg, images, drawn, work, vocab=vocab)
+    negatives = load_negatives(work, cfg, scenes, vocab, vae)
+    info = train_clip(cfg, images, drawn, work, vocab=vocab, negatives=negatives)
     from transformers import CLIPModel
 
     model = CLIPModel.from_pretrained(work / "clip", use_safetensors=True).eval()
     arr, held = render_batch(cfg.seed + 8, eval_scenes, vocab=vocab)
     acc = zero_shot(model, to_tensor(arr), held, vocab=vocab)
     result = {**info, "zero_shot": acc, "train_scenes": len(drawn), "eval_scenes": eval_scenes,
+              "train_non_scenes": len(negatives.kinds) if negatives is not None else 0,
               "parameters": {"text": sum(p.numel() for p in model.text_model.parameters()),
                              "vision": sum(p.numel() for p in model.vision_model.parameters())}}
     (work / "clip" / "zero_shot.json").write_text(json.dumps(result, indent=2))
