@@ -447,18 +447,26 @@ def training_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = N
     ``cfg.vae_share`` share through the VAE's round trip, as the judges train (``judge_build.judge_set``).
     With every share 0 and no VAE these are exactly ``render_set``'s scenes."""
     from bench.world.judge_build import Drawn
-    from bench.world.render import to_tensor
-    from bench.world.train import render_scenes, sample_scenes, vae_roundtrip
+    from bench.world.train import render_scenes, sample_scenes
 
     shares = Drawn(jitter=cfg.jitter, holes=cfg.holes, large=cfg.large)
     drawn = shares.apply(sample_scenes(cfg.seed + 7, scenes, 0.15, vocab), cfg.seed + 7)
-    arr = render_scenes(drawn, "clip scenes")
-    if vae is not None and cfg.vae_share > 0:
-        pick = np.flatnonzero(np.random.default_rng(cfg.seed + 11).random(len(arr)) < cfg.vae_share)
-        if len(pick):
-            out = vae_roundtrip(vae, to_tensor(arr[pick]))
-            arr[pick] = out.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return arr, drawn
+    return _through_vae(render_scenes(drawn, "clip scenes"), vae, cfg.vae_share, cfg.seed + 11), drawn
+
+
+def _through_vae(arr: np.ndarray, vae: Any, share: float, seed: int) -> np.ndarray:
+    """``arr`` (uint8 views) with a ``share`` of them, drawn from ``seed``, replaced by their round trip
+    through ``vae`` (none without a VAE)."""
+    from bench.world.render import to_tensor
+    from bench.world.train import vae_roundtrip
+
+    if vae is None or share <= 0:
+        return arr
+    pick = np.flatnonzero(np.random.default_rng(seed).random(len(arr)) < share)
+    if len(pick):
+        out = vae_roundtrip(vae, to_tensor(arr[pick]))
+        arr[pick] = out.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arr
 
 
 def negative_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = None) -> tuple[np.ndarray, list[str]]:
@@ -466,16 +474,9 @@ def negative_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = N
     seed ``cfg.seed + 13``) and their kinds; (given ``vae``) a ``cfg.vae_share`` share through the VAE's
     round trip, as ``training_views``."""
     from bench.world.negatives import render_negatives
-    from bench.world.render import to_tensor
-    from bench.world.train import vae_roundtrip
 
     arr, kinds = render_negatives(cfg.seed + 13, int(round(cfg.negatives * scenes)), vocab=vocab)
-    if vae is not None and cfg.vae_share > 0 and len(arr):
-        pick = np.flatnonzero(np.random.default_rng(cfg.seed + 17).random(len(arr)) < cfg.vae_share)
-        if len(pick):
-            out = vae_roundtrip(vae, to_tensor(arr[pick]))
-            arr[pick] = out.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return arr, kinds
+    return _through_vae(arr, vae, cfg.vae_share, cfg.seed + 17), kinds
 
 
 def load_negatives(work: Path, cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = None) -> NonScenes | None:
