@@ -150,7 +150,8 @@ class WorldClipJudge(Judge):
         self._scene_prompts = torch.cat([self._prompts["object"], self._prompts["character"][named]])
         with torch.no_grad():
             self._reject_prompts = text_embeddings(self.model, list(REJECT_PROMPTS))
-        self._threshold, self._lead = self._calibrate()
+        # rule 3 needs no threshold: without an open head there is nothing to calibrate on renders
+        self._threshold, self._lead = self._calibrate() if self.rule == self.REJECT_RULE or unclear else (None, {})
 
     def _leads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per open head (``UNCLEAR_HEADS``; none unless ``unclear``): how far the best label's

@@ -251,7 +251,7 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
 
     tower = model.vision_model
     names = {head: list(labels) for head, labels in vocab.heads.items()}
-    extra = len(negatives.kinds) if negatives is not None else 0
+    extra = _pool(scenes, negatives) - len(scenes)
     target = {head: torch.tensor([names[head].index(s.names()[head]) for s in scenes] + [IGNORE] * extra)
               for head in names}
     if negatives is not None:
@@ -273,9 +273,9 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
     steps = cfg.image_steps
     bar = tqdm(range(start, steps), desc="image tower", initial=start, total=steps, mininterval=5,
                disable=not progress)
+    pool = _pool(scenes, negatives)
     for step in bar:
         rng = np.random.default_rng([cfg.seed, 1, step])  # its own stream: the contrastive steps' stays as it was
-        pool = _pool(scenes, negatives)
         pick = rng.choice(pool, size=min(cfg.batch, pool), replace=False)
         idx = torch.from_numpy(pick)
         for group in opt.param_groups:
@@ -351,11 +351,10 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc="world clip", initial=start, total=cfg.steps, mininterval=5,
                disable=not progress)
+    pool, n = _pool(scenes, negatives), len(scenes)
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])  # a resumed run repeats every step exactly
-        pool = _pool(scenes, negatives)
         idx = rng.choice(pool, size=min(cfg.batch, pool), replace=False)
-        n = len(scenes)
         text, stated = zip(*(described(scenes[i], rng) if i < n else nothing_caption(negatives.kinds[i - n], rng)
                              for i in idx), strict=True)
         text = list(text)

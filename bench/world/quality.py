@@ -244,15 +244,15 @@ def world_clip_quality(folder: Path, vocab: Vocabulary, generated: torch.Tensor,
     keep = [i for i, s in enumerate(cnn[SCENE_HEAD]) if s != REJECT_LABEL]
     # the CLIP's style head abstains too where the CNN's can (a judge trained with unclear scenes)
     clip = WorldClipJudge(folder, unclear=judge.judge.unclear)
-    mine = clip.labels(generated[keep])
-    mine = {h: v for h, v in mine.items() if h in vocab.heads}
+    every = clip.labels(generated)  # one pass: the agreement reads the images the CNN keeps, the reject rate all
+    mine = {h: [v[i] for i in keep] for h, v in every.items() if h in vocab.heads}
     kept = {h: [m[i] for i in keep] for h, m in scored.items() if h in mine} if scored is not None else None
     out["agreement_with_judge"] = agreement({h: [cnn[h][i] for i in keep] for h in mine}, mine, scored=kept)
     out["generated_images"], out["rejected_by_judge"] = len(generated), len(generated) - len(keep)
     # what its reject does (not a gate): the share of the model's images and of fresh synthetic
     # non-scenes (``bench.world.negatives``, of a seed no judge trained on) it rejects
     non_scenes = to_tensor(render_negatives(seed + 1, n // 2, vocab=vocab)[0])
-    out["reject"] = {"rule": clip.rule, "generated": float(clip.reject(generated).float().mean()),
+    out["reject"] = {"rule": clip.rule, "generated": float(np.mean([v == REJECT_LABEL for v in every[SCENE_HEAD]])),
                      "non_scenes": float(clip.reject(non_scenes).float().mean()), "non_scene_images": len(non_scenes)}
     return out
 
