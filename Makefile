@@ -84,8 +84,7 @@ smoke: $(STAMP)
 # datasets/conceptworld3; it becomes the default only once it meets every gate (README).
 WORLD ?= 2
 world: $(STAMP)
-	$(PY) -m bench.world build $(if $(filter 3,$(WORLD)),--out datasets/conceptworld3 --work work/conceptworld3 \
-		--set vocab=3 --set text_encoder=frozen-clip,--out datasets/conceptworld --work work/conceptworld)
+	$(PY) -m bench.world build --preset $(if $(filter 3,$(WORLD)),3,2.1)
 
 # Retrain only the two judges of the committed world (its VAE; the model is untouched), then
 # measure the gates again and write them into the world's README and MANIFEST.

@@ -184,6 +184,96 @@ def test_miniature_world_builds_end_to_end(tmp_path):
     assert again["stages"] == res["stages"]
 
 
+def test_unet_heads_have_the_width_the_config_names():
+    """diffusers reads ``attention_head_dim`` as a head count: world 2.1 keeps its 32 heads per block
+    (and its weights), world 3's preset gives heads of width 32, and a width that does not divide
+    every block's channels is a one-line error."""
+    from bench.world.config import PRESETS
+    from bench.world.train import make_unet, unet_heads
+
+    world2 = WorldConfig()
+    assert unet_heads(world2) == 32
+    world3 = WorldConfig().override(PRESETS["3"])
+    assert unet_heads(world3) == (1, 2, 4)
+    torch.manual_seed(0)
+    unet = make_unet(world3)
+    attn = [m for name, m in unet.named_modules() if name.endswith("attn2")]
+    assert attn and {m.inner_dim // m.heads for m in attn} == {32}  # every cross-attention head is 32 wide
+    assert {m.heads for m in attn} == {1, 2, 4}
+    torch.manual_seed(0)
+    # the same parameters in the same order: only how attention splits them into heads differs
+    counted = make_unet(WorldConfig().override([*PRESETS["3"], "unet_head_width=0"]))
+    assert [p.shape for p in counted.parameters()] == [p.shape for p in unet.parameters()]
+    with pytest.raises(ConfigError, match="unet_head_width=48"):
+        WorldConfig().override(["unet_head_width=48"])
+
+
+def _stage_report(cfg: WorldConfig, work: Path) -> dict:
+    """A stage for the side-by-side test: where and on how many threads it ran."""
+    import os
+
+    return {"pid": os.getpid(), "stage_threads": torch.get_num_threads(), "seed": cfg.seed}
+
+
+def _stage_fails(cfg: WorldConfig, work: Path) -> dict:
+    raise ValueError("stage broke")
+
+
+def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
+    """``parallel_stages``: the first stage runs in a second process, the second here, both on one
+    thread; both are recorded; a resumed build runs the one left on one thread too; the caller's
+    thread count comes back; a failing stage raises and records nothing."""
+    import os
+
+    from bench.world.train import Stages
+
+    cfg = WorldConfig().override(["parallel_stages=true", "seed=5"])
+    threads = torch.get_num_threads()
+    stages = Stages(tmp_path)
+    stages.run_side_by_side(("a", _stage_report), ("b", _stage_report), cfg)
+    a, b = stages.done["a"], stages.done["b"]
+    assert a["pid"] != os.getpid() == b["pid"]
+    assert a["stage_threads"] == b["stage_threads"] == a["threads"] == b["threads"] == 1
+    assert a["seed"] == b["seed"] == 5 and a["seconds"] >= 0 and b["seconds"] >= 0
+    assert torch.get_num_threads() == threads
+    assert json.loads((tmp_path / "stages.json").read_text()) == stages.done
+    # resumed with one stage done: the other runs alone, here, still on one thread
+    resumed = Stages(tmp_path)
+    del resumed.done["b"]
+    resumed.run_side_by_side(("a", _stage_fails), ("b", _stage_report), cfg)  # "a" is done: never rerun
+    assert resumed.done["b"]["stage_threads"] == resumed.done["b"]["threads"] == 1
+    assert resumed.done["b"]["pid"] == os.getpid()
+    assert resumed.done["a"] == a
+    (tmp_path / "broken").mkdir()
+    broken = Stages(tmp_path / "broken")
+    with pytest.raises(ValueError, match="stage broke"):
+        broken.run_side_by_side(("a", _stage_fails), ("b", _stage_report), cfg)
+    assert "a" not in broken.done and torch.get_num_threads() == threads
+
+
+def test_presets_name_every_world(tmp_path, capsys):
+    """``build --preset 3`` is world 3 (``make world WORLD=3`` calls it): the overrides come from one
+    list, ``--set`` goes on top of them, and an unknown preset is refused by the parser."""
+    from bench.world.__main__ import main
+    from bench.world.config import PRESET_FOLDERS, PRESETS
+
+    assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
+    cfg = WorldConfig().override(PRESETS["3"])
+    assert (cfg.vocab, cfg.text_encoder, cfg.unet_head_width, cfg.parallel_stages) == ("3", "frozen-clip", 32, True)
+    import shutil
+    import subprocess
+
+    if shutil.which("make"):
+        root = Path(__file__).resolve().parents[1]
+        for world, preset in (("3", "--preset 3"), ("2", "--preset 2.1")):
+            dry = subprocess.run(["make", "-n", "world", f"WORLD={world}"], cwd=root, capture_output=True, text=True)
+            assert f"-m bench.world build {preset}" in dry.stdout
+    with pytest.raises(SystemExit):
+        main(["build", "--preset", "4", "--out", str(tmp_path)])
+    assert main(["build", "--preset", "3", "--set", "unet_head_width=48", "--out", str(tmp_path)]) == 2
+    assert "unet_head_width=48" in capsys.readouterr().err
+
+
 # ---- world 3's vocabulary ---------------------------------------------------------------------------------
 
 

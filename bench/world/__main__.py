@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.world.compare import FOUNDING
-from bench.world.config import MINI_OVERRIDES, WorldConfig
+from bench.world.config import MINI_OVERRIDES, PRESET_FOLDERS, PRESETS, WorldConfig
 from bench.world.render import VOCABULARIES
 
 
@@ -17,15 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.world")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the world (resumable) and write it to --out")
-    b.add_argument("--out", default="datasets/conceptworld")
-    b.add_argument("--work", default="work/conceptworld", help="checkpoints and intermediate files (not committed)")
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a WorldConfig field")
+    b.add_argument("--preset", default="2.1", choices=list(PRESETS),
+                   help="which world: its WorldConfig overrides (config.PRESETS) and default folders")
+    b.add_argument("--out", default=None, help="the world folder (default: the preset's, e.g. datasets/conceptworld)")
+    b.add_argument("--work", default=None, help="checkpoints and intermediate files, not committed (default: the "
+                                                "preset's, e.g. work/conceptworld)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a WorldConfig field (after the preset's)")
     b.add_argument("--mini", action="store_true", help="a miniature world (tests)")
     b.add_argument("--no-eval", action="store_true")
     j = sub.add_parser("judge", help="retrain the two judges of a built world (its VAE; the model is untouched)")
     j.add_argument("--world", default="datasets/conceptworld")
     j.add_argument("--out", default=None, help="write the judges here instead of into --world")
-    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a WorldConfig field")
+    j.add_argument("--preset", default="2.1", choices=list(PRESETS), help="the world's preset (config.PRESETS)")
+    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a WorldConfig field (after the preset's)")
     c = sub.add_parser("clip", help="pretrain the world CLIP alone (ConceptWorld 3, stage 1; resumable) and "
                                     "print its zero-shot accuracy per attribute on fresh renders")
     c.add_argument("--work", default="work/world-clip", help="scenes, checkpoints and the trained CLIPModel folder")
@@ -55,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "build":
             from bench.world.build import build
 
-            cfg = WorldConfig().override((MINI_OVERRIDES if args.mini else []) + args.set)
-            res = build(args.out, args.work, cfg, evaluate=not args.no_eval)
+            cfg = WorldConfig().override(PRESETS[args.preset] + (MINI_OVERRIDES if args.mini else []) + args.set)
+            out, work = PRESET_FOLDERS[args.preset]
+            res = build(args.out or out, args.work or work, cfg, evaluate=not args.no_eval)
             if res["quality"]:
                 print(json.dumps(res["quality"]["summary"], indent=2))
         elif args.cmd == "clip":
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "judge":
             from bench.world.judge_build import retrain_judges
 
-            cfg = WorldConfig().override(args.set)
+            cfg = WorldConfig().override(PRESETS[args.preset] + args.set)
             info = retrain_judges(Path(args.world), cfg, Path(args.out) if args.out else None)
             print(json.dumps(info, indent=2))
         else:

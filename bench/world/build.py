@@ -58,9 +58,12 @@ def build(out: str | Path, work: str | Path, cfg: WorldConfig, evaluate: bool = 
     stages = train.Stages(work)
     stages.run("data", lambda: train.stage_data(cfg, work))
     stages.run("vae", lambda: train.stage_vae(cfg, work))
-    stages.run("judge", lambda: train.stage_judge(cfg, work))
-    if cfg.text_encoder == "frozen-clip":
-        stages.run("clip", lambda: train.stage_clip(cfg, work))
+    if cfg.text_encoder == "frozen-clip" and cfg.parallel_stages:
+        stages.run_side_by_side(("judge", train.stage_judge), ("clip", train.stage_clip), cfg)
+    else:
+        stages.run("judge", lambda: train.stage_judge(cfg, work))
+        if cfg.text_encoder == "frozen-clip":
+            stages.run("clip", lambda: train.stage_clip(cfg, work))
     stages.run("latents", lambda: train.stage_latents(cfg, work))
     stages.run("diffusion", lambda: train.stage_diffusion(cfg, work))
     stages.run("export", lambda: train.export_pipeline(cfg, work, out))
@@ -107,8 +110,8 @@ _INTRO_3 = [
     "A world the benchmark owns, shaped like Stable Diffusion: 32x32 scenes of one textured shape (12 objects,",
     "8 colours, 6 styles, 6 invented characters); a world CLIP pretrained on them; a Stable-Diffusion-format",
     "model whose UNet learnt against the CLIP's *frozen* text tower; and two judges. Rebuild with",
-    "`make world WORLD=3` (`python -m bench.world build --out datasets/conceptworld3 --set vocab=3 --set",
-    "text_encoder=frozen-clip`); measure again with `python -m bench.world evaluate --world datasets/conceptworld3`.",
+    "`make world WORLD=3` (`python -m bench.world build --preset 3`); measure again with",
+    "`python -m bench.world evaluate --world datasets/conceptworld3`.",
     "",
     "- `model/`: `StableDiffusionPipeline.from_pretrained` folder (CLIPTextModel: the world CLIP's text tower,",
     "  {layers} layers x {width}, real CLIP tokenizer; UNet; AutoencoderKL 32x32 -> 8x8x4; DDIM scheduler);",

@@ -159,7 +159,15 @@ class WorldConfig:
     text_lr: float = 3e-3
     # UNet on 8x8x4 latents, cross-attention at every resolution
     unet_channels: tuple[int, ...] = (32, 64, 128)
+    # passed to diffusers as ``attention_head_dim``, which UNet2DConditionModel reads as the number of
+    # heads per block (a misnomer diffusers keeps for SD 1.x's configs: 8 heads of width 40 at 320
+    # channels): world 2.1's UNet has 32 heads of width 1, 2 and 4 ...
     unet_head_dim: int = 32
+    # ... unless unet_head_width > 0: then each block has channels // unet_head_width heads of that
+    # width, as SD's heads are 40 (v1) or 64 (v2) wide (world 3: 32, so 1, 2 and 4 heads). Measured on 2
+    # CPU threads at world 3's sizes (batch 96, 77 text tokens): a training step 0.65 s with 32 heads of
+    # width 1-4, 0.40 s with width 32; the scaled-dot-product kernel took half of the former
+    unet_head_width: int = 0
     unet_steps: int = 2400
     unet_batch: int = 96
     unet_lr: float = 1e-3
@@ -169,6 +177,12 @@ class WorldConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # cosine: more steps at high SNR, where textures form (vs "linear")
     caption_dropout: float = 0.1
     ckpt_every: int = 200
+    # train the judges in a second process while the world CLIP pretrains (stage "clip"), one CPU thread
+    # each: neither reads the other, and these small models gain only 1.3-1.8x from a second thread
+    # (a ViT judge step 0.23 s on one thread, 0.17 s on two; a CLIP step 0.57 and 0.42 s; run side by
+    # side on a 2-core machine, 0.23 and 0.63 s). Each stage runs at one thread wherever it runs, so
+    # its floats do not depend on the machine's core count; off: both at the machine's thread count
+    parallel_stages: bool = False
     # evaluation
     eval_seeds: int = 64
     eval_composed: int = 32  # composed prompts (object+colour+style), 1 seed each of eval_seeds // 4
@@ -185,6 +199,9 @@ class WorldConfig:
 
         if cfg.vocab not in VOCABULARIES:
             raise ConfigError(f"bad world override vocab={cfg.vocab!r}: one of {sorted(VOCABULARIES)}")
+        if cfg.unet_head_width and any(c % cfg.unet_head_width for c in cfg.unet_channels):
+            raise ConfigError(f"bad world override unet_head_width={cfg.unet_head_width}: it must divide every "
+                              f"width of unet_channels={','.join(map(str, cfg.unet_channels))}")
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ConfigError(f"bad world override text_encoder={cfg.text_encoder!r}: one of {list(TEXT_ENCODERS)}")
         return cfg
@@ -230,5 +247,14 @@ MINI_OVERRIDES = [
     "unet_channels=16,16,32", "unet_head_dim=8", "unet_steps=6", "unet_batch=8", "ckpt_every=3", "warmup=2",
     "eval_seeds=2", "eval_composed=2",
 ]
+# what makes a world 3 of WorldConfig's defaults (world 2.1's): `python -m bench.world build --preset 3`
+PRESETS: dict[str, list[str]] = {
+    "2.1": [],
+    "3": ["vocab=3", "text_encoder=frozen-clip", "unet_head_width=32", "parallel_stages=true"],
+}
+# where each preset's build writes (out, work) unless told otherwise
+PRESET_FOLDERS: dict[str, tuple[str, str]] = {"2.1": ("datasets/conceptworld", "work/conceptworld"),
+                                              "3": ("datasets/conceptworld3", "work/conceptworld3")}
 # a miniature world 3: the mini world with a mini world CLIP as its frozen text encoder
-MINI_FROZEN_CLIP = [*MINI_OVERRIDES, "text_encoder=frozen-clip", "clip_scenes=256", "clip_eval=64", *(f"clip.{kv}" for kv in MINI_CLIP)]
+MINI_FROZEN_CLIP = [*MINI_OVERRIDES, *PRESETS["3"], "unet_head_width=8", "clip_scenes=256", "clip_eval=64",
+                    *(f"clip.{kv}" for kv in MINI_CLIP)]

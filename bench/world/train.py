@@ -72,9 +72,57 @@ class Stages:
         t0 = time.time()
         info = fn() or {}
         prev = info.pop("_previous_seconds", 0.0)
-        self.done[name] = {"seconds": time.time() - t0 + prev, **info}
+        self._record(name, time.time() - t0 + prev, info)
+
+    def _record(self, name: str, seconds: float, info: dict) -> None:
+        self.done[name] = {"seconds": seconds, **info}
         self.path.write_text(json.dumps(self.done, indent=2))
-        _log(self.work, f"stage {name}: finished in {self.done[name]['seconds']:.0f} s {info}")
+        _log(self.work, f"stage {name}: finished in {seconds:.0f} s {info}")
+
+    def run_side_by_side(self, first: tuple[str, StageFn], second: tuple[str, StageFn], cfg: WorldConfig) -> None:
+        """Run two independent stages at once, ``first`` in a second process, ``second`` here, each on
+        one CPU thread (``WorldConfig.parallel_stages``); a stage left alone by a resumed build runs on
+        one thread too, so its floats are those of an uninterrupted build. A failure in either is raised
+        once both have stopped; a finished stage is recorded as soon as both have."""
+        todo = [(name, fn) for name, fn in (first, second) if name not in self.done]
+        for name, fn in (first, second):
+            if name in self.done:
+                self.run(name, fn)  # logs the skip
+        if not todo:
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if len(todo) == 1:
+                name, fn = todo[0]
+                self.run(name, lambda: {**(fn(cfg, self.work) or {}), "threads": 1})
+                return
+            (name_a, fn_a), (name_b, fn_b) = todo
+            _log(self.work, f"stages {name_a} and {name_b}: start side by side, one thread each")
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                future = pool.submit(_timed, fn_a, cfg, self.work)
+                try:
+                    info_b, seconds_b = _timed(fn_b, cfg, self.work)
+                except BaseException:
+                    future.cancel()
+                    raise
+                info_a, seconds_a = future.result()
+            self._record(name_a, seconds_a, {**info_a, "threads": 1})
+            self._record(name_b, seconds_b, {**info_b, "threads": 1})
+        finally:
+            torch.set_num_threads(threads)
+
+
+StageFn = Callable[[WorldConfig, Path], "dict | None"]
+
+
+def _timed(fn: StageFn, cfg: WorldConfig, work: Path) -> tuple[dict, float]:
+    """Run one stage function (in whichever process); its result and wall seconds."""
+    t0 = time.time()
+    info = fn(cfg, work) or {}
+    prev = info.pop("_previous_seconds", 0.0)
+    return info, time.time() - t0 + prev
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -143,12 +191,20 @@ def make_text_encoder(cfg: WorldConfig) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
+def unet_heads(cfg: WorldConfig) -> int | tuple[int, ...]:
+    """What diffusers' ``attention_head_dim`` takes: the number of heads, per block where the heads
+    have a fixed width (``WorldConfig.unet_head_width``)."""
+    if cfg.unet_head_width:
+        return tuple(c // cfg.unet_head_width for c in cfg.unet_channels)
+    return cfg.unet_head_dim
+
+
 def make_unet(cfg: WorldConfig) -> UNet2DConditionModel:
     n = len(cfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=cfg.unet_channels,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
-        cross_attention_dim=cfg.cond_dim, attention_head_dim=cfg.unet_head_dim,
+        cross_attention_dim=cfg.cond_dim, attention_head_dim=unet_heads(cfg),
         norm_num_groups=min(16, cfg.unet_channels[0]),
     )
 
