@@ -222,7 +222,7 @@ def _stage_fails(cfg: WorldConfig, work: Path) -> dict:
 def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
     """``parallel_stages``: the first stage runs in a second process, the second here, both on one
     thread; both are recorded; a resumed build runs the one left on one thread too; the caller's
-    thread count comes back; a failing stage raises and records nothing."""
+    thread count comes back; a failing stage raises, and the other, finished, is kept."""
     import os
 
     from bench.world.train import Stages
@@ -248,7 +248,13 @@ def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
     broken = Stages(tmp_path / "broken")
     with pytest.raises(ValueError, match="stage broke"):
         broken.run_side_by_side(("a", _stage_fails), ("b", _stage_report), cfg)
-    assert "a" not in broken.done and torch.get_num_threads() == threads
+    # the stage that finished is kept, so a rerun trains only the one that failed
+    assert "a" not in broken.done and broken.done["b"]["stage_threads"] == 1
+    assert json.loads((tmp_path / "broken" / "stages.json").read_text()) == broken.done
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="stage broke"):  # and the other way round
+        Stages(tmp_path / "broken").run_side_by_side(("c", _stage_report), ("d", _stage_fails), cfg)
+    assert "c" in json.loads((tmp_path / "broken" / "stages.json").read_text())
 
 
 def test_presets_name_every_world(tmp_path, capsys):

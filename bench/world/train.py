@@ -82,8 +82,9 @@ class Stages:
     def run_side_by_side(self, first: tuple[str, StageFn], second: tuple[str, StageFn], cfg: WorldConfig) -> None:
         """Run two independent stages at once, ``first`` in a second process, ``second`` here, each on
         one CPU thread (``WorldConfig.parallel_stages``); a stage left alone by a resumed build runs on
-        one thread too, so its floats are those of an uninterrupted build. A failure in either is raised
-        once both have stopped; a finished stage is recorded as soon as both have."""
+        one thread too, so its floats are those of an uninterrupted build. Both are recorded once both
+        have stopped, and a stage that finished is recorded even when the other failed (its error is
+        then raised): no finished stage is trained again."""
         todo = [(name, fn) for name, fn in (first, second) if name not in self.done]
         for name, fn in (first, second):
             if name in self.done:
@@ -99,17 +100,25 @@ class Stages:
                 return
             (name_a, fn_a), (name_b, fn_b) = todo
             _log(self.work, f"stages {name_a} and {name_b}: start side by side, one thread each")
+            results: dict[str, tuple[dict, float]] = {}
+            error: BaseException | None = None
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 future = pool.submit(_timed, fn_a, cfg, self.work)
                 try:
-                    info_b, seconds_b = _timed(fn_b, cfg, self.work)
-                except BaseException:
-                    future.cancel()
-                    raise
-                info_a, seconds_a = future.result()
-            self._record(name_a, seconds_a, {**info_a, "threads": 1})
-            self._record(name_b, seconds_b, {**info_b, "threads": 1})
+                    results[name_b] = _timed(fn_b, cfg, self.work)
+                except BaseException as err:
+                    error = err
+                try:  # the other stage, finished or failed, either way
+                    results[name_a] = future.result()
+                except BaseException as err:
+                    error = error or err
+            for name in (name_a, name_b):
+                if name in results:
+                    info, seconds = results[name]
+                    self._record(name, seconds, {**info, "threads": 1})
+            if error is not None:
+                raise error
         finally:
             torch.set_num_threads(threads)
 
