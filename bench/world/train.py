@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,8 @@ class Stages:
             _log(self.work, f"stage {name}: done already ({self.done[name]['seconds']:.0f} s), skipped")
             return
         _log(self.work, f"stage {name}: start")
-        t0 = time.time()
-        info = fn() or {}
-        prev = info.pop("_previous_seconds", 0.0)
-        self._record(name, time.time() - t0 + prev, info)
+        info, seconds = _timed(fn)
+        self._record(name, seconds, info)
 
     def _record(self, name: str, seconds: float, info: dict) -> None:
         self.done[name] = {"seconds": seconds, **info}
@@ -88,7 +87,7 @@ class Stages:
         todo = [(name, fn) for name, fn in (first, second) if name not in self.done]
         for name, fn in (first, second):
             if name in self.done:
-                self.run(name, fn)  # logs the skip
+                self.run(name, partial(fn, cfg, self.work))  # done: logs the skip
         if not todo:
             return
         threads = torch.get_num_threads()
@@ -96,7 +95,8 @@ class Stages:
         try:
             if len(todo) == 1:
                 name, fn = todo[0]
-                self.run(name, lambda: {**(fn(cfg, self.work) or {}), "threads": 1})
+                info, seconds = _timed(partial(fn, cfg, self.work))
+                self._record(name, seconds, {**info, "threads": 1})
                 return
             (name_a, fn_a), (name_b, fn_b) = todo
             _log(self.work, f"stages {name_a} and {name_b}: start side by side, one thread each")
@@ -104,9 +104,9 @@ class Stages:
             error: BaseException | None = None
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                future = pool.submit(_timed, fn_a, cfg, self.work)
+                future = pool.submit(_timed, partial(fn_a, cfg, self.work))
                 try:
-                    results[name_b] = _timed(fn_b, cfg, self.work)
+                    results[name_b] = _timed(partial(fn_b, cfg, self.work))
                 except BaseException as err:
                     error = err
                 try:  # the other stage, finished or failed, either way
@@ -126,10 +126,11 @@ class Stages:
 StageFn = Callable[[WorldConfig, Path], "dict | None"]
 
 
-def _timed(fn: StageFn, cfg: WorldConfig, work: Path) -> tuple[dict, float]:
-    """Run one stage function (in whichever process); its result and wall seconds."""
+def _timed(fn: Callable[[], dict | None]) -> tuple[dict, float]:
+    """Run one stage (in whichever process); its result and wall seconds, with the seconds a resumed
+    stage reports it spent before (``_previous_seconds``)."""
     t0 = time.time()
-    info = fn(cfg, work) or {}
+    info = fn() or {}
     prev = info.pop("_previous_seconds", 0.0)
     return info, time.time() - t0 + prev
 
