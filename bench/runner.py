@@ -90,15 +90,16 @@ class Track:
 
 def world_track(folder: str | Path) -> Track:
     """The track of a built ConceptWorld folder (``make world`` output: ``model/``, ``concepts.yaml``,
-    ``judge/`` and, from judge 2.2, ``judge_vit/`` as the second opinion); world 2.1 is the default."""
+    ``judge/`` and a second opinion: from judge 2.2 ``judge_vit/``, or, in a world 3 built without it
+    (``WorldConfig.second_judge``), the world CLIP ``clip/``); world 2.1 is the default."""
     folder = Path(folder)
     missing = [n for n in ("model", "concepts.yaml", "judge") if not (folder / n).exists()]
     if missing:
         raise InputError(f"{folder} is not a built ConceptWorld (missing {', '.join(missing)}); "
                          "make world [WORLD=3] builds one")
-    vit = folder / "judge_vit"
+    second = next((folder / n for n in ("judge_vit", "clip") if (folder / n).is_dir()), None)
     return Track(model=str(folder / "model"), concept_set=str(folder / "concepts.yaml"), judge=str(folder / "judge"),
-                 second_judge=str(vit) if vit.is_dir() else None)
+                 second_judge=str(second) if second is not None else None)
 
 
 SD_CONCEPT_SETS = {"imagenette": "datasets/sd/imagenette.yaml", "styles": "datasets/sd/styles.yaml",

@@ -220,9 +220,10 @@ def _stage_fails(cfg: WorldConfig, work: Path) -> dict:
 
 
 def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
-    """``parallel_stages``: the first stage runs in a second process, the second here, both on one
-    thread; both are recorded; a resumed build runs the one left on one thread too; the caller's
-    thread count comes back; a failing stage raises, and the other, finished, is kept."""
+    """``parallel_stages``: the first lane of stages runs in a second process, the second here, each
+    stage on one thread and each lane in order; all are recorded; a resumed build runs what is left on
+    one thread too; the caller's thread count comes back; a failing stage raises, the stages that
+    finished are kept and the rest of its lane does not run."""
     import os
 
     from bench.world.train import Stages
@@ -230,31 +231,35 @@ def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
     cfg = WorldConfig().override(["parallel_stages=true", "seed=5"])
     threads = torch.get_num_threads()
     stages = Stages(tmp_path)
-    stages.run_side_by_side(("a", _stage_report), ("b", _stage_report), cfg)
+    stages.run_side_by_side([("a", _stage_report), ("a2", _stage_report)], [("b", _stage_report), ("b2", _stage_report)],
+                            cfg)
     a, b = stages.done["a"], stages.done["b"]
-    assert a["pid"] != os.getpid() == b["pid"]
-    assert a["stage_threads"] == b["stage_threads"] == a["threads"] == b["threads"] == 1
+    assert a["pid"] == stages.done["a2"]["pid"] != os.getpid() == b["pid"] == stages.done["b2"]["pid"]
+    assert all(stages.done[n]["stage_threads"] == stages.done[n]["threads"] == 1 for n in ("a", "a2", "b", "b2"))
     assert a["seed"] == b["seed"] == 5 and a["seconds"] >= 0 and b["seconds"] >= 0
+    assert list(stages.done) == ["b", "b2", "a", "a2"]  # here as each finishes, the other lane's when it returns
     assert torch.get_num_threads() == threads
     assert json.loads((tmp_path / "stages.json").read_text()) == stages.done
-    # resumed with one stage done: the other runs alone, here, still on one thread
+    # resumed with one lane's last stage left: it runs alone, here, still on one thread
     resumed = Stages(tmp_path)
-    del resumed.done["b"]
-    resumed.run_side_by_side(("a", _stage_fails), ("b", _stage_report), cfg)  # "a" is done: never rerun
-    assert resumed.done["b"]["stage_threads"] == resumed.done["b"]["threads"] == 1
-    assert resumed.done["b"]["pid"] == os.getpid()
-    assert resumed.done["a"] == a
+    del resumed.done["a2"]
+    resumed.run_side_by_side([("a", _stage_fails), ("a2", _stage_report)], [("b", _stage_fails), ("b2", _stage_fails)],
+                             cfg)  # the others are done: never rerun
+    assert resumed.done["a2"]["stage_threads"] == 1 and resumed.done["a2"]["pid"] == os.getpid()
+    assert resumed.done["a"] == a and resumed.done["b"] == b
     (tmp_path / "broken").mkdir()
     broken = Stages(tmp_path / "broken")
     with pytest.raises(ValueError, match="stage broke"):
-        broken.run_side_by_side(("a", _stage_fails), ("b", _stage_report), cfg)
-    # the stage that finished is kept, so a rerun trains only the one that failed
-    assert "a" not in broken.done and broken.done["b"]["stage_threads"] == 1
+        broken.run_side_by_side([("a", _stage_fails)], [("b", _stage_report), ("b2", _stage_report)], cfg)
+    # the stages that finished are kept, so a rerun trains only the one that failed
+    assert "a" not in broken.done and broken.done["b"]["stage_threads"] == broken.done["b2"]["threads"] == 1
     assert json.loads((tmp_path / "broken" / "stages.json").read_text()) == broken.done
     assert torch.get_num_threads() == threads
-    with pytest.raises(ValueError, match="stage broke"):  # and the other way round
-        Stages(tmp_path / "broken").run_side_by_side(("c", _stage_report), ("d", _stage_fails), cfg)
-    assert "c" in json.loads((tmp_path / "broken" / "stages.json").read_text())
+    with pytest.raises(ValueError, match="stage broke"):  # and the other way round: the failing lane stops there
+        Stages(tmp_path / "broken").run_side_by_side([("c", _stage_report), ("c2", _stage_report)],
+                                                     [("d", _stage_fails), ("d2", _stage_report)], cfg)
+    done = json.loads((tmp_path / "broken" / "stages.json").read_text())
+    assert "c" in done and "c2" in done and "d" not in done and "d2" not in done
 
 
 def test_presets_name_every_world(tmp_path, capsys):
@@ -265,7 +270,11 @@ def test_presets_name_every_world(tmp_path, capsys):
 
     assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
     cfg = WorldConfig().override(PRESETS["3"])
-    assert (cfg.vocab, cfg.text_encoder, cfg.unet_head_width, cfg.parallel_stages) == ("3", "frozen-clip", 32, True)
+    assert (cfg.vocab, cfg.text_encoder, cfg.unet_head_width, cfg.second_judge) == ("3", "frozen-clip", 32, "clip")
+    with pytest.raises(ConfigError, match="second_judge=clip: only a world with a world CLIP"):
+        WorldConfig().override(["second_judge=clip"])
+    with pytest.raises(ConfigError, match="second_judge='cnn'"):
+        WorldConfig().override(["second_judge=cnn"])
     import shutil
     import subprocess
 

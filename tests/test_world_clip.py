@@ -234,7 +234,7 @@ def test_text_tower_is_the_clip_text_model_unchanged(world_scenes, tmp_path):
         assert torch.equal(text(ids)[0], clip.text_model(input_ids=ids)[0])
 
 
-def test_frozen_states_are_the_encoders_per_caption():
+def test_frozen_states_are_the_encoders_per_caption(tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from bench.tokenizer import build_clip_tokenizer
@@ -245,14 +245,19 @@ def test_frozen_states_are_the_encoders_per_caption():
                                        num_attention_heads=2, max_position_embeddings=77)).eval()
     tokens = _Tokens(build_clip_tokenizer())
     captions = ["a star", "a red moon", "a star", "", "a picture of zorbo"]
-    states = _FrozenStates(enc, tokens, captions, chunk=2)
+    states = _FrozenStates.compute(enc, tokens, captions, chunk=2)
     assert len(states.row) == 4 and states.states.shape == (4, 77, 16)
     got = states(["a red moon", "a star", "a red moon"])
     with torch.no_grad():
         want = enc(tokens(["a red moon", "a star", "a red moon"]))[0]
     assert torch.allclose(got, want, atol=1e-6)
-    assert torch.equal(got, _FrozenStates(enc, tokens, list(reversed(captions)), chunk=2)(["a red moon", "a star",
-                                                                                             "a red moon"]))
+    assert torch.equal(got, _FrozenStates.compute(enc, tokens, list(reversed(captions)), chunk=2)(
+        ["a red moon", "a star", "a red moon"]))
+    # stage "states" keeps them for the diffusion stage, which reads them back for its own captions only
+    states.save(tmp_path)
+    assert torch.equal(_FrozenStates.load(tmp_path, list(reversed(captions)))(["a red moon", "a star"]), got[:2])
+    with pytest.raises(ValueError, match="other captions"):
+        _FrozenStates.load(tmp_path, ["a star", "a blue moon"])
 
 
 @pytest.mark.slow
@@ -268,7 +273,14 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
 
     cfg = WorldConfig().override(MINI_FROZEN_CLIP)
     res = build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)
-    assert list(res["stages"]) == ["data", "vae", "judge", "clip", "latents", "diffusion", "export"]
+    # the frozen states get a stage of their own; the world CLIP is the second judge: no ViT is trained
+    assert list(res["stages"]) == ["data", "vae", "judge", "clip", "latents", "states", "diffusion", "export"]
+    assert list(res["stages"]["judge"]) == ["seconds", "judge"] and not (tmp_path / "out" / "judge_vit").exists()
+    from pathlib import Path
+
+    from bench.runner import world_track
+
+    assert Path(world_track(tmp_path / "out").second_judge) == tmp_path / "out" / "clip"
     assert set(res["stages"]["clip"]["zero_shot"]) == {"object", "colour", "style", "character"}
     pipe = load_pipeline(tmp_path / "out" / "model")
     shipped = pipe.text_encoder.state_dict()
@@ -471,7 +483,7 @@ def test_training_views_are_robust_like_the_judges():
 def test_non_scenes_teach_the_clip_to_reject_zero_shot(world_scenes, tmp_path):
     """``ClipConfig.negatives``: captioned non-scenes join the scenes in every stage. Their captions are
     true of each other and of no scene; the pretraining learns a scene head; a run resumes exactly and
-    differs from one without them; and the judge of such a CLIP rejects zero-shot (rule 3)."""
+    differs from one without them; and the judge of such a CLIP rejects zero-shot (rule 4)."""
     from bench.judges.clip import REJECT_PROMPTS
     from bench.judges.world import WorldClipJudge
     from bench.world.clip import NOTHING, NOTHING_CAPTIONS, NonScenes, also_true, negative_views
@@ -507,7 +519,12 @@ def test_non_scenes_teach_the_clip_to_reject_zero_shot(world_scenes, tmp_path):
     assert judge.ref.endswith(f".r{WorldClipJudge.REJECT_RULE_ZERO_SHOT}") and "a blank image" in judge.reject_definition
     probe = torch.cat([images[:8], negatives.images[:8]])
     emb = judge.features(probe)
-    want = (emb @ judge._reject_prompts.T).amax(-1) > judge._scene_score(emb)
+    # rule 4: a reject prompt outscores every concept's prompt, the colours' and styles' too
+    concepts = judge._concept_score(emb)
+    assert (concepts >= judge._scene_score(emb) - 1e-6).all()
+    assert torch.allclose(concepts, (emb @ torch.cat([judge._prompts[h] for h in ("object", "colour", "style")]).T)
+                          .amax(-1).maximum((emb @ judge._prompts["character"][1:].T).amax(-1)), atol=1e-6)
+    want = (emb @ judge._reject_prompts.T).amax(-1) > concepts
     assert torch.equal(judge.reject(probe), want)
     plain = WorldClipJudge(tmp_path / "plain" / "clip")  # saw scenes only: the threshold rule
     assert plain.ref.endswith(f".r{WorldClipJudge.REJECT_RULE}") and "percentile" in plain.reject_definition

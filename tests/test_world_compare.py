@@ -22,6 +22,14 @@ def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(InputError, match="missing concepts.yaml, judge"):
         world_track(tmp_path)
+    # a world 3 built without a ViT judge (second_judge=clip) is judged a second time by its world CLIP
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "concepts.yaml").write_text("")
+    assert world_track(tmp_path).second_judge is None
+    (tmp_path / "clip").mkdir()
+    assert Path(world_track(tmp_path).second_judge) == tmp_path / "clip"
+    (tmp_path / "judge_vit").mkdir()
+    assert Path(world_track(tmp_path).second_judge) == tmp_path / "judge_vit"
 
 
 def test_world_flag_reaches_every_grid_command_and_not_the_sd_track(tmp_path):

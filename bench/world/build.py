@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -58,13 +59,15 @@ def build(out: str | Path, work: str | Path, cfg: WorldConfig, evaluate: bool = 
     stages = train.Stages(work)
     stages.run("data", lambda: train.stage_data(cfg, work))
     stages.run("vae", lambda: train.stage_vae(cfg, work))
-    if cfg.text_encoder == "frozen-clip" and cfg.parallel_stages:
-        stages.run_side_by_side(("judge", train.stage_judge), ("clip", train.stage_clip), cfg)
+    frozen = cfg.text_encoder == "frozen-clip"
+    # the world CLIP, then what the diffusion stage reads: the latents, and the frozen tower's states
+    text_side = [("clip", train.stage_clip)] if frozen else []
+    text_side += [("latents", train.stage_latents)] + ([("states", train.stage_states)] if frozen else [])
+    if frozen and cfg.parallel_stages:  # the judges beside them (nothing of the model reads the judges)
+        stages.run_side_by_side([("judge", train.stage_judge)], text_side, cfg)
     else:
-        stages.run("judge", lambda: train.stage_judge(cfg, work))
-        if cfg.text_encoder == "frozen-clip":
-            stages.run("clip", lambda: train.stage_clip(cfg, work))
-    stages.run("latents", lambda: train.stage_latents(cfg, work))
+        for name, fn in [("judge", train.stage_judge), *text_side]:
+            stages.run(name, partial(fn, cfg, work))
     stages.run("diffusion", lambda: train.stage_diffusion(cfg, work))
     stages.run("export", lambda: train.export_pipeline(cfg, work, out))
     quality = None
@@ -109,7 +112,8 @@ _INTRO_3 = [
     "",
     "A world the benchmark owns, shaped like Stable Diffusion: 32x32 scenes of one textured shape (12 objects,",
     "8 colours, 6 styles, 6 invented characters); a world CLIP pretrained on them; a Stable-Diffusion-format",
-    "model whose UNet learnt against the CLIP's *frozen* text tower; and two judges. Rebuild with",
+    "model whose UNet learnt against the CLIP's *frozen* text tower; and a judge CNN, with the world CLIP as",
+    "the zero-shot second judge. Rebuild with",
     "`make world WORLD=3` (`python -m bench.world build --preset 3`); measure again with",
     "`python -m bench.world evaluate --world datasets/conceptworld3`.",
     "",
@@ -119,11 +123,10 @@ _INTRO_3 = [
     "- `clip/`: the world CLIP (`bench.world.clip.load_world_clip(folder)` gives a `transformers` `CLIPModel`):",
     "  its image tower, projections and logit scale in `image_tower.safetensors`; its text tower is",
     "  `model/text_encoder` bit for bit (not stored twice; `world_clip.json` records its sha256, checked on",
-    "  load). A judge spec naming this folder gives the zero-shot second judge (`WorldClipJudge`).",
+    "  load). A judge spec naming this folder gives the zero-shot second judge (`WorldClipJudge`), which",
+    "  the benchmark uses on this world by default.",
     "- `judge/`: `bench.world.judge.WorldJudge.load(folder)`: a CNN with heads object, colour, style,",
     "  character and a reject head `scene` (valid / none: no valid scene to judge).",
-    "- `judge_vit/`: a ViT (`transformers.ViTModel`, 4x4 patches) with the same heads, trained on other",
-    "  renders with other augmentations.",
     "- `concepts.yaml`: concept set 3.1 (32 concepts, 16 test; `bench.concepts.load_concept_set`).",
     "- `MANIFEST.json`: sha256 of every file, training config, git commit, quality table.",
     "",
@@ -198,7 +201,7 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
     g = q.get("judges_on_generated")
     if g:
         heads = list(g["judge"]["head_accuracy"])
-        lines += ["", f"Both judges on the model's own images ({g['images']} images: every concept's plain prompt, the "
+        lines += ["", f"{'Both judges' if 'judge_vit' in g else 'The judge'} on the model's own images ({g['images']} images: every concept's plain prompt, the "
                   "characters' ingredients and the composed prompts; the truth is what the prompt names, and a "
                   "rejected image counts as wrong):", "",
                   "| judge | " + " | ".join(f"{h} ({g['judge']['head_images'][h]} images)" for h in heads)
@@ -269,7 +272,7 @@ def refresh_manifest(out: Path, quality: dict) -> None:
     training = out / TRAINING_FILE
     if training.is_file():
         record = json.loads(training.read_text())
-        manifest["stages"]["judge"] = {"seconds": sum(record[k]["seconds"] for k in (FIRST, SECOND)),
+        manifest["stages"]["judge"] = {"seconds": sum(record[k]["seconds"] for k in (FIRST, SECOND) if k in record),
                                        "retrained": True, **record}
         manifest["stage_seconds"]["judge"] = round(manifest["stages"]["judge"]["seconds"], 1)
         manifest["config"].update(record["config"])

@@ -389,7 +389,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     model.save_pretrained(work / "clip", safe_serialization=True)
     build_clip_tokenizer().save_pretrained(work / "clip")
     meta = {"config": cfg.to_dict(), "vocab": vocab.version,
-            "non_scenes": len(negatives.kinds) if negatives is not None else 0}  # rule 3 of the judge's reject
+            "non_scenes": len(negatives.kinds) if negatives is not None else 0}  # rule 4 of the judge's reject
     (work / "clip" / "world_clip.json").write_text(json.dumps(meta, indent=2))
     return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
             "seconds": prev + time.time() - t0, "steps": cfg.steps}

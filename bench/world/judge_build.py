@@ -128,13 +128,20 @@ def _net(which: str, cfg: WorldConfig) -> torch.nn.Module:
                         "patch_size": cfg.vit_patch}, heads)
 
 
+def judges_of(cfg: WorldConfig) -> tuple[str, ...]:
+    """The judge folders a world of ``cfg`` trains: the CNN's, and the ViT's unless the world CLIP is
+    the second opinion (``WorldConfig.second_judge``)."""
+    return (FIRST, SECOND) if cfg.second_judge == "vit" else (FIRST,)
+
+
 def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
-    """Train both judges into ``out/judge`` and ``out/judge_vit``; held-out accuracy per head."""
+    """Train the judges into ``out/judge`` and (``cfg.second_judge`` "vit") ``out/judge_vit``; held-out
+    accuracy per head."""
     from bench.world.train import vae_roundtrip
 
     info: dict = {}
     held = heldout_sets(cfg, 2000 if cfg.n_judge >= 2000 else 64)
-    for which in (FIRST, SECOND):
+    for which in judges_of(cfg):
         t0 = time.time()
         torch.manual_seed(cfg.seed + _SEED_OFFSET[which])
         net = _net(which, cfg)

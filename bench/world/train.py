@@ -78,49 +78,75 @@ class Stages:
         self.path.write_text(json.dumps(self.done, indent=2))
         _log(self.work, f"stage {name}: finished in {seconds:.0f} s {info}")
 
-    def run_side_by_side(self, first: tuple[str, StageFn], second: tuple[str, StageFn], cfg: WorldConfig) -> None:
-        """Run two independent stages at once, ``first`` in a second process, ``second`` here, each on
-        one CPU thread (``WorldConfig.parallel_stages``); a stage left alone by a resumed build runs on
-        one thread too, so its floats are those of an uninterrupted build. Both are recorded once both
-        have stopped, and a stage that finished is recorded even when the other failed (its error is
-        then raised): no finished stage is trained again."""
-        todo = [(name, fn) for name, fn in (first, second) if name not in self.done]
-        for name, fn in (first, second):
-            if name in self.done:
-                self.run(name, partial(fn, cfg, self.work))  # done: logs the skip
-        if not todo:
+    def run_side_by_side(self, first: list[tuple[str, StageFn]], second: list[tuple[str, StageFn]],
+                         cfg: WorldConfig) -> None:
+        """Run two independent lanes of stages at once (``WorldConfig.parallel_stages``), ``first`` in
+        a second process and ``second`` here, each lane's stages in order and each stage on one CPU
+        thread; a stage left alone by a resumed build runs on one thread too, so its floats are those of
+        an uninterrupted build. A stage is recorded as soon as it finishes here, and when its lane's
+        process returns there; a lane stops at its first failing stage, whose error is raised once
+        both lanes have stopped: no finished stage is trained again."""
+        lanes = []
+        for lane in (first, second):
+            for name, fn in lane:
+                if name in self.done:
+                    self.run(name, partial(fn, cfg, self.work))  # done: logs the skip
+            lanes.append([(name, fn) for name, fn in lane if name not in self.done])
+        todo_a, todo_b = lanes
+        if not todo_a and not todo_b:
             return
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            if len(todo) == 1:
-                name, fn = todo[0]
-                info, seconds = _timed(partial(fn, cfg, self.work))
-                self._record(name, seconds, {**info, "threads": 1})
+            if not todo_a or not todo_b:  # one lane left: here, still on one thread
+                self._raise_first(self._run_lane(todo_a or todo_b, cfg))
                 return
-            (name_a, fn_a), (name_b, fn_b) = todo
-            _log(self.work, f"stages {name_a} and {name_b}: start side by side, one thread each")
-            results: dict[str, tuple[dict, float]] = {}
-            error: BaseException | None = None
+            _log(self.work, f"stages {', '.join(n for n, _ in todo_a)} and {', '.join(n for n, _ in todo_b)}: "
+                            "start side by side, one thread each")
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                future = pool.submit(_timed, partial(fn_a, cfg, self.work))
-                try:
-                    results[name_b] = _timed(partial(fn_b, cfg, self.work))
-                except BaseException as err:
-                    error = err
-                try:  # the other stage, finished or failed, either way
-                    results[name_a] = future.result()
-                except BaseException as err:
-                    error = error or err
-            for name in (name_a, name_b):
-                if name in results:
-                    info, seconds = results[name]
-                    self._record(name, seconds, {**info, "threads": 1})
-            if error is not None:
-                raise error
+                future = pool.submit(_lane, self.work, [(name, partial(fn, cfg, self.work)) for name, fn in todo_a])
+                error = self._run_lane(todo_b, cfg)
+                try:  # the other lane, finished or failed, either way
+                    results, other = future.result()
+                except BaseException as err:  # the process itself broke: nothing of it is recorded
+                    results, other = [], err
+            for (name, _), (info, seconds) in zip(todo_a, results, strict=False):
+                self._record(name, seconds, {**info, "threads": 1})
+            self._raise_first(error, other)
         finally:
             torch.set_num_threads(threads)
+
+    def _run_lane(self, lane: list[tuple[str, StageFn]], cfg: WorldConfig) -> BaseException | None:
+        """Run ``lane``'s stages here in order, each recorded as it finishes; the error that stopped it."""
+        for name, fn in lane:
+            _log(self.work, f"stage {name}: start")
+            try:
+                info, seconds = _timed(partial(fn, cfg, self.work))
+            except BaseException as err:
+                return err
+            self._record(name, seconds, {**info, "threads": 1})
+        return None
+
+    @staticmethod
+    def _raise_first(*errors: BaseException | None) -> None:
+        for err in errors:
+            if err is not None:
+                raise err
+
+
+def _lane(work: Path, fns: list[tuple[str, Callable[[], dict | None]]]
+          ) -> tuple[list[tuple[dict, float]], BaseException | None]:
+    """A lane of stages in a second process: each finished stage's result and seconds, in order, and
+    the error that stopped the lane (``Stages.run_side_by_side`` records them in the first process)."""
+    results = []
+    for name, fn in fns:
+        _log(work, f"stage {name}: start")
+        try:
+            results.append(_timed(fn))
+        except BaseException as err:
+            return results, err
+    return results, None
 
 
 StageFn = Callable[[WorldConfig, Path], "dict | None"]
@@ -344,18 +370,55 @@ def _step_batch(cfg: WorldConfig, scenes: list[Scene], step: int) -> tuple[np.nd
 
 class _FrozenStates:
     """The frozen text encoder's last hidden states (77 x width) for every distinct caption of the
-    run, computed once in sorted order and fixed chunks (the same floats on every start)."""
+    run (stage ``states``), one row per caption in sorted order."""
 
-    def __init__(self, encoder: CLIPTextModel, tokens: _Tokens, captions: list[str], chunk: int = 256):
-        self.row = {c: k for k, c in enumerate(sorted(set(captions)))}
-        order = list(self.row)
+    FILE, CAPTIONS = "text_states.safetensors", "text_states.json"
+
+    def __init__(self, captions: list[str], states: torch.Tensor):
+        self.row = {c: k for k, c in enumerate(captions)}
+        self.states = states
+
+    @classmethod
+    def compute(cls, encoder: CLIPTextModel, tokens: _Tokens, captions: list[str], chunk: int = 256) -> _FrozenStates:
+        """States of ``captions``' distinct values, in sorted order and fixed chunks (the same floats on every start)."""
+        order = sorted(set(captions))
         with torch.no_grad():
-            self.states = torch.cat([encoder(tokens(order[i : i + chunk]))[0]
-                                     for i in tqdm(range(0, len(order), chunk), desc="frozen text states",
-                                                   mininterval=5)])
+            states = torch.cat([encoder(tokens(order[i : i + chunk]))[0]
+                                for i in tqdm(range(0, len(order), chunk), desc="frozen text states", mininterval=5)])
+        return cls(order, states)
+
+    def save(self, work: Path) -> None:
+        save_file({"states": self.states.contiguous()}, work / self.FILE)
+        (work / self.CAPTIONS).write_text(json.dumps(list(self.row)))
+
+    @classmethod
+    def load(cls, work: Path, captions: list[str]) -> _FrozenStates:
+        """Stage ``states``' file; ``captions`` (the run's) must be the captions it holds."""
+        order = json.loads((work / cls.CAPTIONS).read_text())
+        if order != sorted(set(captions)):
+            raise ValueError(f"{work / cls.FILE} holds the states of other captions than this run's: "
+                             "remove stage 'states' from stages.json and build again")
+        # a copy in memory: load_file maps the file, and a gather from the map faults pages in on every step
+        return cls(order, load_file(work / cls.FILE)["states"].clone())
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
         return self.states[torch.tensor([self.row[c] for c in captions])]
+
+
+def _run_captions(cfg: WorldConfig, scenes: list[Scene]) -> list[str]:
+    """Every caption the diffusion stage draws, step by step (``_step_batch``)."""
+    return [c for s in range(cfg.unet_steps) for c in _step_batch(cfg, scenes, s)[1]]
+
+
+def stage_states(cfg: WorldConfig, work: Path) -> dict:
+    """The frozen text tower's hidden states for every distinct caption the diffusion stage will draw,
+    computed once (the tower costs nothing per UNet step) and kept in ``work`` for it. A stage of its
+    own so that it can run beside the judges (``WorldConfig.parallel_stages``)."""
+    _, _, scenes = load_set(work / "train.npz")
+    encoder = CLIPTextModel.from_pretrained(work / "text_encoder", dtype=torch.float32).eval().requires_grad_(False)
+    states = _FrozenStates.compute(encoder, _Tokens(build_clip_tokenizer()), _run_captions(cfg, scenes))
+    states.save(work)
+    return {"captions": len(states.row)}
 
 
 def _init_models(cfg: WorldConfig) -> tuple:
@@ -383,10 +446,7 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     models = {"unet": unet, "ema_unet": ema_unet}
     groups, base_lrs = [{"params": unet.parameters(), "lr": cfg.unet_lr}], [cfg.unet_lr]
     if frozen:
-        encoder = CLIPTextModel.from_pretrained(work / "text_encoder", dtype=torch.float32).eval().requires_grad_(False)
-        states = _FrozenStates(encoder, tokens, [c for s in range(cfg.unet_steps)
-                                                 for c in _step_batch(cfg, scenes, s)[1]])
-        del encoder
+        states = _FrozenStates.load(work, _run_captions(cfg, scenes))
     else:
         models.update(text=text, ema_text=ema_text)
         groups.append({"params": text.parameters(), "lr": cfg.text_lr})
@@ -479,9 +539,9 @@ def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
     pipe.save_pretrained(model_dir, safe_serialization=True)
     for sub in ("vae", "text_encoder", "unet"):
         _fp16_files(model_dir / sub)
-    from bench.world.judge_build import FIRST, SECOND
+    from bench.world.judge_build import judges_of
 
-    for which in (FIRST, SECOND):
+    for which in judges_of(cfg):
         WorldJudge.load(work / which).save(out / which)
     if cfg.text_encoder == "frozen-clip":  # the world CLIP itself ships too: the zero-shot second judge
         from bench.world.clip import ship_world_clip
