@@ -97,6 +97,7 @@ MINI_CLIP = ["text_layers=1", "text_hidden=16", "text_heads=2", "text_ff=32", "v
 
 
 TEXT_ENCODERS = ("joint", "frozen-clip")
+SECOND_JUDGES = ("vit", "clip")  # WorldConfig.second_judge
 
 
 @dataclass
@@ -211,8 +212,8 @@ class WorldConfig:
                               f"width of unet_channels={','.join(map(str, cfg.unet_channels))}")
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ConfigError(f"bad world override text_encoder={cfg.text_encoder!r}: one of {list(TEXT_ENCODERS)}")
-        if cfg.second_judge not in ("vit", "clip"):
-            raise ConfigError(f"bad world override second_judge={cfg.second_judge!r}: one of ['vit', 'clip']")
+        if cfg.second_judge not in SECOND_JUDGES:
+            raise ConfigError(f"bad world override second_judge={cfg.second_judge!r}: one of {list(SECOND_JUDGES)}")
         if cfg.second_judge == "clip" and cfg.text_encoder != "frozen-clip":
             raise ConfigError("bad world override second_judge=clip: only a world with a world CLIP "
                               "(text_encoder=frozen-clip) has one to judge with")

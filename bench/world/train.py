@@ -440,8 +440,8 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     lat = load_file(work / "latents.safetensors")
     scale = AutoencoderKL.load_config(work / "vae")["scaling_factor"]
     _, _, scenes = load_set(work / "train.npz")
-    tokens = _Tokens(build_clip_tokenizer())
     frozen = cfg.text_encoder == "frozen-clip"
+    tokens = None if frozen else _Tokens(build_clip_tokenizer())  # a frozen encoder's states are read, not computed
     unet, text, ema_unet, ema_text = _init_models(cfg)
     models = {"unet": unet, "ema_unet": ema_unet}
     groups, base_lrs = [{"params": unet.parameters(), "lr": cfg.unet_lr}], [cfg.unet_lr]
