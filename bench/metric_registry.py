@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-REGISTRY_VERSION = "3"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on. Recorded in every cell's metrics.json (``metrics_registry``)
+REGISTRY_VERSION = "4"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on; 4: the second judge's own UA and RA. Recorded in every cell's metrics.json (``metrics_registry``)
 
 ANY_JUDGE = ("conceptworld", "imagenet", "resnet50", "clip")
 
@@ -158,6 +158,11 @@ _(Metric("judge_agreement", "agree", "share of images on which the two judges gi
          "over the images whose numbers read that head (the judged concept's head, a composed prompt's "
          "attributes; the reject verdict on every image); the worst head shown", True,
          aggregate="pooled over images", original=True))
+_(Metric("ua_second", "UA judge 2", "UA read by the second judge: share of target-prompt images in which it does "
+         "not see the concept (a rejected image is not seen)", True, interval=_SEED, original=True))
+_(Metric("retain_mean_second", "RA judge 2", "RA read by the second judge: mean of its accuracies on the "
+         "in-domain, cross-domain and near-neighbour retain concepts", True,
+         aggregate="from the pooled IRA, CRA and NNA", original=True))
 _(Metric("asr_{attack}", "ASR {attack}", "share of the attack's images in which the judge sees the concept",
          False, interval=_SEED, original=True))
 _(Metric("asr_mean", "ASR mean", "mean ASR over the attacks", False, aggregate="from the pooled ASRs"))

@@ -104,18 +104,20 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["method", "concept"]).reset_index(drop=True)
 
 
-def _cluster_table(mine: list[dict[str, Any]], attacks: list[str], model: str = "edited") -> ClusterTable:
-    """A method's hits per pooled number on ``model``'s images, clustered by (erased concept, seed)."""
+def _cluster_table(mine: list[dict[str, Any]], attacks: list[str], model: str = "edited",
+                   judge: str = "detected") -> ClusterTable:
+    """A method's hits per pooled number on ``model``'s images, clustered by (erased concept, seed);
+    ``judge``: whose detections (``detected``, or the second judge's ``second_detected``)."""
     table = ClusterTable()
     groups = {g: k for k, g in _GROUP_OF.items()}
     for c in mine:
         concept = c["spec"]["concept"]
         for r in c["per_image"]:
-            if r["model"] != model:
+            if r["model"] != model or judge not in r:
                 continue
             key = groups.get(r["group"])
             if key is not None:
-                table.add(key, concept, r["seed"], not r["detected"] if key in UA_KEYS else r["detected"])
+                table.add(key, concept, r["seed"], not r[judge] if key in UA_KEYS else r[judge])
             elif r["group"] == COMPOSED and "aligned" in r:
                 table.add(SA, concept, r["seed"], r["aligned"])
             elif r["group"].startswith("attack:") and r["group"][7:] in attacks:
@@ -268,6 +270,35 @@ def agreement_table(cells: list[dict[str, Any]], every_image: bool = False) -> p
             rows.append({"images": f"{method} (edited)", **a}
                         | ({} if every_image else {"flagged cells": f"{flagged}/{len(mine)}"}))
     return pd.DataFrame(rows)
+
+
+def judges_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
+    """UA and RA as each judge reads them, pooled like the leaderboard's (intervals over concepts and
+    seeds), and the judges' agreement on the worst head: the original model (each concept's images
+    once), then each method's edits. Empty without a second judge's detections (cells of registry < 4)."""
+    if not any("second_detected" in r for c in cells for r in c["per_image"]):
+        return pd.DataFrame()
+    first_per_concept = list({c["spec"]["concept"]: c for c in sorted(cells, key=lambda c: c["label"])}.values())
+    groups = [("original model", first_per_concept, "original", "judge_agreement_original")]
+    groups += [(f"{m} (edited)", [c for c in cells if c["label"] == m], "edited", "judge_agreement")
+               for m in sorted({c["label"] for c in cells})]
+    rows = []
+    for name, mine, model, agree_key in groups:
+        row: dict[str, Any] = {"images": name}
+        for judge, tag in (("detected", "judge 1"), ("second_detected", "judge 2")):
+            table = _cluster_table(mine, [], model, judge)
+            stats = {"ua": lambda r: r.get("ua", float("nan")), "retain_mean": retain_mean}
+            ci = hierarchical_bootstrap(table, stats)
+            values = {k: table.rate(k) for k in table.keys()}
+            for key, label in (("ua", "UA"), ("retain_mean", "RA")):
+                row[f"{label} {tag}"] = stats[key](values)
+                row[f"{label} {tag} CI"] = _interval(ci, key)
+        agree = pooled_agreement(mine, agree_key)
+        row["agree"] = min(agree.values()) if agree else np.nan
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    order = ["images"] + [f"{k} {t}{ci}" for k in ("UA", "RA") for t in ("judge 1", "judge 2") for ci in ("", " CI")]
+    return df[order + ["agree"]]
 
 
 def _fmt(v: Any) -> str:
@@ -438,6 +469,9 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
           "Files: [overall.csv](overall.csv) (these numbers), [leaderboard.csv](leaderboard.csv) (every cell's "
           "numbers, one row per metric)" + (", [curves.csv](curves.csv), [frontier.csv](frontier.csv)"
                                             if curves else "") + ", figures in [figures/](figures/)."]
+    judges = judges_table(cells)
+    if len(judges):
+        md += ["", "## Both judges", "", md_text(JUDGES_NOTE), "", markdown_table(judges)]
     paths["markdown"].write_text("\n".join(md) + "\n")
     paths["html"].write_text(_page(cells, failed, overall, per_cell, coverage, head, original, attacks, curves,
                                    drill, commit, sweeps, out))
@@ -449,6 +483,10 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
     return paths
 
 
+JUDGES_NOTE = ("UA and RA as each judge reads the same images (judge 1 ranks the leaderboard; judge 2 is the second "
+               "opinion named in the protocol), pooled as the leaderboard pools them, with 95% intervals over "
+               "concepts and seeds; agree = the share of images on which both give the same label, on the worst "
+               "head.")
 HEADLINE_NOTE = ("Sorted by {rank}; rank = 1 + the number of methods whose {rank} interval lies wholly above this "
                  "one's, and '=' marks a rank shared with a method whose interval overlaps (a tie). Intervals: 95% "
                  "over concepts and seeds (hierarchical bootstrap). ↑ higher is better, ↓ lower is better; bold: "
@@ -459,7 +497,6 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
           coverage: pd.DataFrame, head: Any, original: dict[str, float], attacks: list[str], curves: dict[str, Any],
           drill: dict[str, list[tuple[str, str]]], commit: str, sweeps: Path | None, out: Path) -> str:
     from bench.leaderboard import sentence
-    from bench.metric_registry import REGISTRY_VERSION
     from bench.page import (
         concept_anchor,
         full_table_html,
@@ -477,7 +514,8 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
         return html_text(text)
 
     rank_col = f"rank ({display(head.rank_key)})"
-    body = ["<h1>Concept-erasure leaderboard</h1>", provenance_html(cells, commit, REGISTRY_VERSION),
+    held = sorted({str(c["metrics"].get("metrics_registry", "?")) for c in cells})  # what wrote the numbers
+    body = ["<h1>Concept-erasure leaderboard</h1>", provenance_html(cells, commit, ", ".join(held)),
             f'<p class="lead">{h(sentence(head))}</p>', headline_html(head),
             f'<p class="note">{h(HEADLINE_NOTE.format(rank=display(head.rank_key)))}</p>']
     body.append('<h2 id="tradeoff">Erasure against retention</h2>')
@@ -504,9 +542,11 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
     warn = per_cell[per_cell["warnings"].astype(bool)]
     if len(warn):
         body += ["<h2>Warnings</h2>", table_html(warn[["method", "concept", "warnings"]])]
-    agree = agreement_table(cells)
+    agree, judges = agreement_table(cells), judges_table(cells)
+    if len(judges):
+        body += ["<h2 id=\"judges\">Judges</h2>", f'<p class="note">{h(JUDGES_NOTE)}</p>', table_html(judges)]
     if len(agree):
-        body += ["<h2 id=\"judges\">Judges</h2>", '<p class="note">Agreement of the two judges per head: the share '
+        body += ["" if len(judges) else "<h2 id=\"judges\">Judges</h2>", '<p class="note">Agreement of the two judges per head: the share '
                  "of images with the same label, over the images whose numbers read that head (the head of the "
                  "concept an image is judged for, the attributes a composed prompt names; the reject verdict, "
                  f"scene, on every image). A cell is flagged when the judges disagree on more than "

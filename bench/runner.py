@@ -408,6 +408,7 @@ class Judged:
     rejected: dict[str, torch.Tensor]
     describe: dict[str, list[dict[str, Any]]]
     second_labels: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]]
+    second_detected: dict[str, torch.Tensor]  # the second judge's detections (empty without one)
     features: dict[str, torch.Tensor]  # retain images, for KID
     clip: dict[str, float]
     diversity: dict[str, float | None]  # per prompt group: seed diversity, edited over original
@@ -520,10 +521,8 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
     by_concept: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_concept.setdefault(r.concept.name, []).append(i)
-    detected = {k: torch.zeros(len(rows), dtype=torch.bool) for k in images}
-    for kind in images:
-        for name, idx in by_concept.items():
-            detected[kind][idx] = judge.detect(x[kind][idx], run.cs.get(name))
+    detected = _detections(judge, run.cs, by_concept, x)
+    second_detected = _detections(run.second, run.cs, by_concept, x) if run.second is not None else {}
     describe = {k: judge.describe(v) for k, v in x.items()}
     labels = {k: judge.labels(v) for k, v in x.items()}
     rejected = {k: torch.tensor([y == REJECT_LABEL for y in v[SCENE_HEAD]], dtype=torch.bool)
@@ -541,8 +540,18 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
             if score is not None:
                 clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
-    return Judged(detected, rejected, describe, second, features, clip, _diversity(rows, every),
+    return Judged(detected, rejected, describe, second, second_detected, features, clip, _diversity(rows, every),
                   _aligned(judge, rows, x))
+
+
+def _detections(judge: Judge, cs: Any, by_concept: dict[str, list[int]], x: dict[str, torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+    """Per kind of image (edited, original): whether ``judge`` sees each row's judged concept."""
+    detected = {k: torch.zeros(len(v), dtype=torch.bool) for k, v in x.items()}
+    for kind in x:
+        for name, idx in by_concept.items():
+            detected[kind][idx] = judge.detect(x[kind][idx], cs.get(name))
+    return detected
 
 
 def _aligned(judge: Judge, rows: list[ImageRow], x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -596,6 +605,7 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
             metrics["judge_agreement" + suffix] = agreement(*judged.second_labels[kind], scored=scored)
     if judged.second_labels:
         metrics["second_judge"] = run.second.ref
+        metrics.update(second_judge_metrics(rows, judged))
         metrics["judges_disagree"] = bool(1 - metrics["judge_agreement"]["min"] > DISAGREEMENT_FLAG)
     metrics["reject_definition"] = run.judge.reject_definition
     for name in run.attacks:
@@ -626,6 +636,7 @@ def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str
                    "rejected": bool(judged.rejected[kind][i]), "judge": judged.describe[kind][i]}
             if kind in judged.second_labels:
                 row["second_judge"] = {h: v[i] for h, v in judged.second_labels[kind][1].items()}
+                row["second_detected"] = bool(judged.second_detected[kind][i])
             if r.group == COMPOSED:
                 row["attributes"] = r.attributes
                 if judged.aligned is not None:
@@ -661,11 +672,35 @@ def selective_alignment(rows: list[ImageRow], aligned: dict[str, torch.Tensor] |
             "selective_alignment_original": summary(aligned["original"].numpy(), seeds)}
 
 
+def second_judge_metrics(rows: list[ImageRow], judged: Judged) -> dict[str, Any]:
+    """The second judge's own UA and RA (``ua_second``, ``retain_mean_second``, each also on the original
+    model), read from its detections exactly as ``cell_metrics`` reads the first judge's."""
+    labels = {k: second for k, (_, second) in judged.second_labels.items()}
+    rejected = ({k: torch.tensor([y == REJECT_LABEL for y in v[SCENE_HEAD]], dtype=torch.bool) for k, v in labels.items()}
+                if all(SCENE_HEAD in v for v in labels.values()) else None)  # a judge without a reject option
+    m = detection_metrics(rows, judged.second_detected, rejected)
+    return {f"{key}_second{suffix}": m[key + suffix] for key in ("ua", "retain_mean") for suffix in ("", "_original")}
+
+
 def cell_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
                  f_edit: torch.Tensor, rejected: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """UA (target, synonyms), retain accuracies, reject rates, KID — each for the edited and the
     original model. ``det`` must already be false on rejected images (``Judge.detect`` is): a
     rejected image is "not seen" for UA and a miss for retain."""
+    m = detection_metrics(rows, det, rejected)
+    m["kid_retain"] = kid(f_orig, f_edit)
+    n, dim = len(f_orig), f_orig.shape[1] if f_orig.ndim == 2 else 0
+    m["fid_retain"] = None  # FID needs more samples than feature dimensions for a stable covariance
+    m["fid_note"] = f"not computed: {n} retain images <= {dim} feature dimensions" if n <= dim else ""
+    if n > dim > 0:
+        m["fid_retain"] = _fid(f_orig, f_edit)
+    return m
+
+
+def detection_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor],
+                      rejected: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """What one judge's detections give, for the edited and the original model: UA (target, synonyms),
+    the retain accuracies, RA, H and, given ``rejected``, the reject rates (``cell_metrics``)."""
     m: dict[str, Any] = {}
     groups = np.array([r.group for r in rows])
     seeds = np.array([r.seed for r in rows])
@@ -686,12 +721,6 @@ def cell_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor], f_orig: tor
         retain = [m[k + suffix]["value"] for k in RETAIN_GROUPS.values() if m[k + suffix] is not None]
         m["retain_mean" + suffix] = float(np.mean(retain)) if retain else float("nan")
         m["composite" + suffix] = composite(m["ua" + suffix]["value"], retain)
-    m["kid_retain"] = kid(f_orig, f_edit)
-    n, dim = len(f_orig), f_orig.shape[1] if f_orig.ndim == 2 else 0
-    m["fid_retain"] = None  # FID needs more samples than feature dimensions for a stable covariance
-    m["fid_note"] = f"not computed: {n} retain images <= {dim} feature dimensions" if n <= dim else ""
-    if n > dim > 0:
-        m["fid_retain"] = _fid(f_orig, f_edit)
     return m
 
 

@@ -10,9 +10,11 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from bench.errors import ConfigError, InputError
+from bench.judges.base import REJECT_LABEL
 from bench.protocol import EvalProtocol
 from bench.records import CELL_FILES, is_complete
 from bench.report import build_report
@@ -65,6 +67,15 @@ def test_cell_folder_describes_itself(one_run):
     agree = metrics["judge_agreement_original"]
     assert agree["n"] == len(rows) // 2 and 0 <= agree["min"] <= 1 and agree["worst_head"] in agree["heads"]
     assert metrics["judges_disagree"] == (1 - metrics["judge_agreement"]["min"] > 0.10)
+    # the second judge's own UA and RA, read from its detections recorded with every image
+    for model, suffix in (("edited", ""), ("original", "_original")):
+        mine = [r for r in rows if r["model"] == model]
+        assert all(not (r["second_detected"] and r["second_judge"]["scene"] == REJECT_LABEL) for r in mine)
+        target = [not r["second_detected"] for r in mine if r["group"] == "target"]
+        assert metrics["ua_second" + suffix]["value"] == pytest.approx(np.mean(target))
+        retain = [np.mean([r["second_detected"] for r in mine if r["group"] == g])
+                  for g in ("in_domain", "cross_domain", "near_neighbour")]
+        assert metrics["retain_mean_second" + suffix] == pytest.approx(np.mean(retain))
     env = json.loads((cell / "environment.json").read_text())
     assert env["packages"]["torch"] and "device" in env
     # samples: target, near-neighbour and in-domain retain images of both models, with their plan rows
@@ -101,7 +112,11 @@ def test_report_is_built_from_folders(one_run, tmp_path):
     # the Markdown summary: the headline sentence and table, the original model as a baseline row
     assert "Best by H" in md and "| rank | method | H ↑ | UA ↑ | RA ↑ |" in md and "fuchi+" in md
     assert "| original model (no erasure) |" in md and "[index.html](index.html)" in md
+    # both judges' UA and RA, side by side, in the summary and on the page
+    assert "## Both judges" in md and "| images | UA judge 1 | UA judge 1 CI | UA judge 2 |" in md
+    assert "(edited) |" in md and "| original model |" in md
     page = paths["html"].read_text()
+    assert "UA judge 2" in page and "RA judge 2" in page
     assert "data:image" not in page and 'src="figures/cost.png"' in page  # images are files beside the page
     assert "DDIMScheduler, 5 steps" in page and "H = 2 * UA * RA" in page
     # tidy data: one row per cell and metric, intervals as numbers, tuning state in its own column

@@ -373,6 +373,38 @@ def test_open_heads_answer_none_on_unclear_scenes_and_name_fresh_renders(world_j
         assert np.mean([v == REJECT_LABEL for v in got[head]]) <= 0.01, head
 
 
+def test_report_shows_each_judges_ua_and_retain():
+    from bench.report import judges_table
+
+    def cell(label, concept, ua_hits, second_hits):
+        rows = []
+        for model in ("original", "edited"):
+            for seed in range(4):
+                first = model == "original" or seed >= ua_hits  # judge 1 sees the target on the original
+                second = model == "original" or seed >= second_hits
+                rows.append({"model": model, "group": "target", "seed": seed, "detected": first, "second_detected": second})
+                rows.append({"model": model, "group": "in_domain", "seed": seed, "detected": True,
+                             "second_detected": seed != 0})
+        agree = {"heads": {"object": 0.75}, "images": {"object": 8}, "n": 8, "min": 0.75}
+        return {"label": label, "spec": {"concept": concept}, "per_image": rows,
+                "metrics": {"judge_agreement": agree, "judge_agreement_original": agree}}
+
+    cells = [cell("a", "circle", 4, 2), cell("a", "star", 2, 2), cell("b", "circle", 0, 1), cell("b", "star", 0, 1)]
+    table = judges_table(cells).set_index("images")
+    assert list(table.index) == ["original model", "a (edited)", "b (edited)"]
+    assert table.loc["a (edited)", "UA judge 1"] == pytest.approx(6 / 8)
+    assert table.loc["a (edited)", "UA judge 2"] == pytest.approx(4 / 8)
+    assert table.loc["b (edited)", "UA judge 2"] == pytest.approx(2 / 8)
+    assert table.loc["b (edited)", "RA judge 1"] == 1.0 and table.loc["b (edited)", "RA judge 2"] == 0.75
+    # the original model's images are counted once per concept, not once per method
+    assert table.loc["original model", "UA judge 2"] == 0.0 and table.loc["original model", "agree"] == 0.75
+    assert table.loc["a (edited)", "UA judge 2 CI"].startswith("[")
+    for c in cells:  # cells written before the second judge's detections were recorded: no table
+        for r in c["per_image"]:
+            del r["second_detected"]
+    assert judges_table(cells).empty
+
+
 def test_report_pools_agreement_over_the_images_each_head_is_scored_on():
     from bench.report import agreement_table, pooled_agreement
 
