@@ -174,6 +174,26 @@ def test_locked_image_tower_keeps_its_pretraining_and_resumes_exactly(world_scen
     assert all(torch.equal(got[k], again[k]) for k in got)
 
 
+def test_a_locked_tower_is_run_once_over_the_pool(world_scenes):
+    """With the image tower locked the contrastive steps read its pooled output, computed once for the
+    training pool (scenes, then non-scenes, as ``_views`` orders them): the same embeddings as running
+    the tower on each batch."""
+    import torch.nn.functional as F
+
+    from bench.world.clip import NonScenes, _locked_features, _views, image_embeddings, make_clip
+
+    images, _ = world_scenes
+    negatives = NonScenes(torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)), ["noise"] * 5)
+    model = make_clip(ClipConfig().override(MINI_CLIP)).eval()
+    locked = _locked_features(model, images, negatives, batch=7)
+    assert locked.shape == (len(images) + 5, model.config.vision_config.hidden_size)
+    idx = np.array([len(images) + 4, 0, 3, len(images), 1])
+    with torch.no_grad():
+        want = image_embeddings(model, _views(images, negatives, idx))
+        got = F.normalize(model.visual_projection(locked[torch.from_numpy(idx)]), dim=-1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
     """The trained folder is what ``--clip-model FOLDER`` loads; zero-shot accuracy is per head."""
     from transformers import CLIPModel
