@@ -52,6 +52,7 @@ RECORD_FIELDS = {
     "reject_definition": "what a rejection means for the judge",
     "second_judge": "the second judge's id@version",
     "judges_disagree": "the judges disagree on more than the flag share of images on some head",
+    "second_judge_note": "why the cell has no UA or RA by the second judge (it cannot judge the concept)",
     "image_warnings": "degenerate images (constant colours, seeds giving one image)",
     "fid_note": "why FID was not computed",
     "selective_alignment_note": "why selective alignment was not measured (no composed prompts; a judge that cannot)",

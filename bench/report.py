@@ -275,8 +275,10 @@ def agreement_table(cells: list[dict[str, Any]], every_image: bool = False) -> p
 def judges_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
     """UA and RA as each judge reads them, pooled like the leaderboard's (intervals over concepts and
     seeds), and the judges' agreement on the worst head: the original model (each concept's images
-    once), then each method's edits. Empty without a second judge's detections (cells of registry < 4)."""
-    if not any("second_detected" in r for c in cells for r in c["per_image"]):
+    once), then each method's edits; both judges over the same cells: those holding the second judge's
+    detections (registry >= 4, and a second judge that can judge the concept). Empty without any."""
+    cells = [c for c in cells if any("second_detected" in r for r in c["per_image"])]
+    if not cells:
         return pd.DataFrame()
     first_per_concept = list({c["spec"]["concept"]: c for c in sorted(cells, key=lambda c: c["label"])}.values())
     groups = [("original model", first_per_concept, "original", "judge_agreement_original")]
@@ -284,7 +286,7 @@ def judges_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
                for m in sorted({c["label"] for c in cells})]
     rows = []
     for name, mine, model, agree_key in groups:
-        row: dict[str, Any] = {"images": name}
+        row: dict[str, Any] = {"images": name, "cells": len(mine)}
         for judge, tag in (("detected", "judge 1"), ("second_detected", "judge 2")):
             table = _cluster_table(mine, [], model, judge)
             stats = {"ua": lambda r: r.get("ua", float("nan")), "retain_mean": retain_mean}
@@ -297,8 +299,8 @@ def judges_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         row["agree"] = min(agree.values()) if agree else np.nan
         rows.append(row)
     df = pd.DataFrame(rows)
-    order = ["images"] + [f"{k} {t}{ci}" for k in ("UA", "RA") for t in ("judge 1", "judge 2") for ci in ("", " CI")]
-    return df[order + ["agree"]]
+    order = ["images", "cells"] + [f"{k} {t}{ci}" for k in ("UA", "RA") for t in ("judge 1", "judge 2") for ci in ("", " CI")]
+    return df[[*order, "agree"]]
 
 
 def _fmt(v: Any) -> str:
@@ -485,8 +487,8 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
 
 JUDGES_NOTE = ("UA and RA as each judge reads the same images (judge 1 ranks the leaderboard; judge 2 is the second "
                "opinion named in the protocol), pooled as the leaderboard pools them, with 95% intervals over "
-               "concepts and seeds; agree = the share of images on which both give the same label, on the worst "
-               "head.")
+               "concepts and seeds; cells = the cells pooled (those in which the second judge could judge the "
+               "concept); agree = the share of images on which both give the same label, on the worst head.")
 HEADLINE_NOTE = ("Sorted by {rank}; rank = 1 + the number of methods whose {rank} interval lies wholly above this "
                  "one's, and '=' marks a rank shared with a method whose interval overlaps (a tie). Intervals: 95% "
                  "over concepts and seeds (hierarchical bootstrap). ↑ higher is better, ↓ lower is better; bold: "

@@ -22,7 +22,7 @@ from PIL import Image
 from bench.attacks.base import Attack, build_attack
 from bench.concepts import Concept, ConceptSet, load_concept_set
 from bench.envinfo import environment
-from bench.errors import InputError, NonFiniteError
+from bench.errors import ConfigError, InputError, NonFiniteError
 from bench.generation import ReferenceCache, generate
 from bench.guards import check_finite, image_warnings
 from bench.io import ensure_writable_dir
@@ -408,11 +408,12 @@ class Judged:
     rejected: dict[str, torch.Tensor]
     describe: dict[str, list[dict[str, Any]]]
     second_labels: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]]
-    second_detected: dict[str, torch.Tensor]  # the second judge's detections (empty without one)
+    second_detected: dict[str, torch.Tensor]  # the second judge's detections (empty without them)
     features: dict[str, torch.Tensor]  # retain images, for KID
     clip: dict[str, float]
     diversity: dict[str, float | None]  # per prompt group: seed diversity, edited over original
     aligned: dict[str, torch.Tensor] | None = None  # composed rows: the judge sees every other attribute
+    second_note: str = ""  # why the second judge's detections are missing, where they are
 
 
 def run_cell(run: CellRun) -> Path:
@@ -522,7 +523,7 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
     for i, r in enumerate(rows):
         by_concept.setdefault(r.concept.name, []).append(i)
     detected = _detections(judge, run.cs, by_concept, x)
-    second_detected = _detections(run.second, run.cs, by_concept, x) if run.second is not None else {}
+    second_detected, second_note = _second_detections(run, by_concept, x)
     describe = {k: judge.describe(v) for k, v in x.items()}
     labels = {k: judge.labels(v) for k, v in x.items()}
     rejected = {k: torch.tensor([y == REJECT_LABEL for y in v[SCENE_HEAD]], dtype=torch.bool)
@@ -541,7 +542,20 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
                 clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
     return Judged(detected, rejected, describe, second, second_detected, features, clip, _diversity(rows, every),
-                  _aligned(judge, rows, x))
+                  _aligned(judge, rows, x), second_note)
+
+
+def _second_detections(run: CellRun, by_concept: dict[str, list[int]], x: dict[str, torch.Tensor]
+                       ) -> tuple[dict[str, torch.Tensor], str]:
+    """The second judge's detections, or none and why: a judge that cannot judge a concept of the cell
+    (an ImageNet judge and a style) still labels the images, so the agreement is measured, but its UA
+    and RA are not (``second_judge_note`` says so in the cell's metrics)."""
+    if run.second is None:
+        return {}, ""
+    try:
+        return _detections(run.second, run.cs, by_concept, x), ""
+    except ConfigError as e:
+        return {}, f"no UA or RA by the second judge: {e}"
 
 
 def _detections(judge: Judge, cs: Any, by_concept: dict[str, list[int]], x: dict[str, torch.Tensor]
@@ -605,7 +619,10 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
             metrics["judge_agreement" + suffix] = agreement(*judged.second_labels[kind], scored=scored)
     if judged.second_labels:
         metrics["second_judge"] = run.second.ref
-        metrics.update(second_judge_metrics(rows, judged))
+        if judged.second_detected:
+            metrics.update(second_judge_metrics(rows, judged))
+        else:
+            metrics["second_judge_note"] = judged.second_note
         metrics["judges_disagree"] = bool(1 - metrics["judge_agreement"]["min"] > DISAGREEMENT_FLAG)
     metrics["reject_definition"] = run.judge.reject_definition
     for name in run.attacks:
@@ -636,7 +653,8 @@ def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str
                    "rejected": bool(judged.rejected[kind][i]), "judge": judged.describe[kind][i]}
             if kind in judged.second_labels:
                 row["second_judge"] = {h: v[i] for h, v in judged.second_labels[kind][1].items()}
-                row["second_detected"] = bool(judged.second_detected[kind][i])
+                if judged.second_detected:
+                    row["second_detected"] = bool(judged.second_detected[kind][i])
             if r.group == COMPOSED:
                 row["attributes"] = r.attributes
                 if judged.aligned is not None:

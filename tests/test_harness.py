@@ -113,7 +113,7 @@ def test_report_is_built_from_folders(one_run, tmp_path):
     assert "Best by H" in md and "| rank | method | H ↑ | UA ↑ | RA ↑ |" in md and "fuchi+" in md
     assert "| original model (no erasure) |" in md and "[index.html](index.html)" in md
     # both judges' UA and RA, side by side, in the summary and on the page
-    assert "## Both judges" in md and "| images | UA judge 1 | UA judge 1 CI | UA judge 2 |" in md
+    assert "## Both judges" in md and "| images | cells | UA judge 1 | UA judge 1 CI | UA judge 2 |" in md
     assert "(edited) |" in md and "| original model |" in md
     page = paths["html"].read_text()
     assert "UA judge 2" in page and "RA judge 2" in page

@@ -360,6 +360,32 @@ def test_degenerate_cell_gets_a_warning_column(grid, tmp_path):
     assert "constant images: all 10 edited images are one flat colour" in warnings
 
 
+class BlindSecondJudge(FakeJudge):
+    """A second opinion that labels every image but cannot judge the concepts (an ImageNet judge, a style)."""
+
+    id = "blind-judge"
+
+    def detect(self, images, concept):
+        raise ConfigError(f"concept {concept.name!r}: this judge cannot judge it")
+
+
+def test_a_second_judge_that_cannot_judge_the_concept_gives_no_ua(tmp_path, tiny_model_dir, monkeypatch):
+    """Its labels still give the agreement; the cell says why it has no UA or RA by the second judge, and
+    the report's Both judges table leaves the cell out rather than pooling judge 1 alone."""
+    monkeypatch.setattr(bench.runner, "load_judge",
+                        lambda track, cs, spec=None: BlindSecondJudge() if spec == "blind" else FakeJudge())
+    grid_bench = _grid_bench(tiny_model_dir, tmp_path, methods=["fuchi"])
+    grid_bench = replace(grid_bench, track=replace(grid_bench.track, second_judge="blind"))
+    (cell,) = run_bench(grid_bench, tmp_path / "runs", progress=False)
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert cell_status(metrics) == "ok" and 0 <= metrics["judge_agreement"]["min"] <= 1
+    assert "ua_second" not in metrics and "this judge cannot judge it" in metrics["second_judge_note"]
+    rows = [json.loads(line) for line in (cell / "per_image.jsonl").read_text().splitlines()]
+    assert all("second_judge" in r and "second_detected" not in r for r in rows)
+    md = build_report(tmp_path / "runs", tmp_path / "report")["markdown"].read_text()
+    assert "Both judges" not in md
+
+
 def test_edited_or_truncated_records_are_named(grid, tmp_path, tiny_model_dir, fake_judge, capsys):
     import shutil
 
