@@ -476,7 +476,7 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
         md += ["", "## Both judges", "", md_text(JUDGES_NOTE), "", markdown_table(judges)]
     paths["markdown"].write_text("\n".join(md) + "\n")
     paths["html"].write_text(_page(cells, failed, overall, per_cell, coverage, head, original, attacks, curves,
-                                   drill, commit, sweeps, out))
+                                   drill, commit, sweeps, out, judges))
     # what a terminal prints at the end of a run: the failures, then the headline, as plain text
     from bench.report_failed import failed_table
 
@@ -497,7 +497,8 @@ HEADLINE_NOTE = ("Sorted by {rank}; rank = 1 + the number of methods whose {rank
 
 def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataFrame,
           coverage: pd.DataFrame, head: Any, original: dict[str, float], attacks: list[str], curves: dict[str, Any],
-          drill: dict[str, list[tuple[str, str]]], commit: str, sweeps: Path | None, out: Path) -> str:
+          drill: dict[str, list[tuple[str, str]]], commit: str, sweeps: Path | None, out: Path,
+          judges: pd.DataFrame) -> str:
     from bench.leaderboard import sentence
     from bench.page import (
         concept_anchor,
@@ -544,7 +545,7 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
     warn = per_cell[per_cell["warnings"].astype(bool)]
     if len(warn):
         body += ["<h2>Warnings</h2>", table_html(warn[["method", "concept", "warnings"]])]
-    agree, judges = agreement_table(cells), judges_table(cells)
+    agree = agreement_table(cells)
     if len(judges):
         body += ["<h2 id=\"judges\">Judges</h2>", f'<p class="note">{h(JUDGES_NOTE)}</p>', table_html(judges)]
     if len(agree):
