@@ -271,6 +271,7 @@ def test_presets_name_every_world(tmp_path, capsys):
     assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
     cfg = WorldConfig().override(PRESETS["3"])
     assert (cfg.vocab, cfg.text_encoder, cfg.unet_head_width, cfg.second_judge) == ("3", "frozen-clip", 32, "clip")
+    assert cfg.fused_adam and not WorldConfig().fused_adam  # world 2.1's diffusion stage draws the floats it did
     with pytest.raises(ConfigError, match="second_judge=clip: only a world with a world CLIP"):
         WorldConfig().override(["second_judge=clip"])
     with pytest.raises(ConfigError, match="second_judge='cnn'"):

@@ -64,6 +64,26 @@ def test_captions_true_of_another_image_are_not_negatives():
     assert facts and all(Scene("star", "red", "striped").names()[h] == v for h, v in facts.items()) and text
 
 
+def test_also_true_is_the_pairwise_definition_on_training_batches():
+    """``also_true`` (per head, vectorised) gives what its definition does pair by pair, on batches of
+    world 3's training captions with characters and non-scenes among them."""
+    from bench.world.clip import NOTHING, also_true, described, nothing_caption
+    from bench.world.negatives import KINDS
+    from bench.world.render import WORLD3
+    from bench.world.train import sample_scenes
+
+    rng = np.random.default_rng(3)
+    for batch in range(4):
+        scenes = [None if rng.random() < 0.15 else s for s in sample_scenes(batch, 96, 0.3, WORLD3)]
+        stated = [nothing_caption(KINDS[k % len(KINDS)], rng)[1] if s is None else described(s, rng)[1]
+                  for k, s in enumerate(scenes)]
+        names = [NOTHING if s is None else s.names() for s in scenes]
+        expected = [[i != j and all(n.get(h) == v for h, v in facts.items()) for j, facts in enumerate(stated)]
+                    for i, n in enumerate(names)]
+        got = also_true(scenes, stated)
+        assert got.tolist() == expected and 0 < int(got.sum()) < got.numel()
+
+
 def test_image_tower_pretraining_learns_the_labels(world_scenes, tmp_path):
     """LiT's first half: the image tower with a linear head per attribute fits the renders' labels
     (summed cross-entropy falls), and a finished run reloads from its checkpoint without training."""
@@ -150,6 +170,22 @@ def test_training_resumes_exactly(world_scenes, tmp_path):
     a = load_file(tmp_path / "whole" / "clip" / "model.safetensors")
     b = load_file(tmp_path / "sliced" / "clip" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fused_optimizer_is_the_same_update(world_scenes, tmp_path):
+    """``fused_adam`` (world 3's default) runs torch's fused AdamW kernel: the same training up to float
+    rounding as the default per-tensor loop it replaces."""
+    images, scenes = world_scenes
+    runs = {}
+    for fused in (True, False):
+        cfg = ClipConfig().override([*MINI_CLIP, f"fused_adam={fused}"])
+        out = train_clip(cfg, images, scenes, tmp_path / str(fused), progress=False)
+        # the checkpoint's full-precision weights (the saved model's are rounded to fp16 values)
+        runs[fused] = out["final_loss"], torch.load(tmp_path / str(fused) / "clip_ckpt.pt", weights_only=True)["model"]
+    (loss_f, w_f), (loss_p, w_p) = runs[True], runs[False]
+    assert abs(loss_f - loss_p) < 1e-4 * abs(loss_p)
+    moved = [k for k in w_p if not torch.equal(w_p[k], w_f[k])]  # not bit-identical: another kernel ...
+    assert moved and all(torch.allclose(w_f[k], w_p[k], rtol=1e-3, atol=1e-4) for k in w_p)  # ... same update
 
 
 def test_locked_image_tower_keeps_its_pretraining_and_resumes_exactly(world_scenes, tmp_path):

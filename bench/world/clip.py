@@ -161,7 +161,12 @@ def also_true(scenes: list[Scene | None], stated: list[dict[str, str]]) -> torch
     ``None`` scene is a non-scene: every non-scene's caption (stating ``NOTHING``) is true of it, and
     no scene's."""
     names = [NOTHING if s is None else s.names() for s in scenes]
-    true = torch.tensor([[all(n.get(h) == v for h, v in facts.items()) for facts in stated] for n in names])
+    true = torch.ones(len(names), len(stated), dtype=torch.bool)
+    for head in {h for facts in stated for h in facts}:  # per head: stated values against the images' (a
+        codes: dict[str, int] = {}  # per-pair loop over the batch cost 17 ms of a 0.2 s training step)
+        image = torch.tensor([codes.setdefault(n[head], len(codes)) if head in n else -1 for n in names])
+        said = torch.tensor([codes.setdefault(facts[head], len(codes)) if head in facts else -2 for facts in stated])
+        true &= (said[None, :] == -2) | (image[:, None] == said[None, :])
     return true & ~torch.eye(len(scenes), dtype=torch.bool)
 
 
@@ -340,7 +345,8 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     # temperature, and the image encoder keeps what its supervised pretraining learnt
     model.zero_grad(set_to_none=True)  # the pretraining's last gradients: no part of the clipped norm
     model.vision_model.requires_grad_(not cfg.lock_image)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
+                            **({"fused": True} if cfg.fused_adam else {}))
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
