@@ -110,3 +110,30 @@ def test_compare_sides_parse_and_bad_ones_are_one_line_errors():
     with pytest.raises(InputError, match="LABEL=WORLD_DIR@RUNS_ROOT"):
         Side.parse("datasets/conceptworld3")
     assert main(["compare", "--side", "x=nowhere@runs"]) == 2
+
+
+def test_a_comparison_is_measured_in_parts_and_merged(tmp_path):
+    """``compare --merge`` keeps the entries an earlier run wrote (other methods or sides), replaces an
+    entry measured again, orders the founding methods first, and refuses one side label on two models."""
+    import json
+
+    from bench.world.__main__ import main
+    from bench.world.compare import kept_results, merge_results
+
+    def entry(method, side, model="m3", ua=0.5):
+        return {"method": method, "side": side, "model": model, "ua": ua}
+
+    kept = [entry("lora_eraser", "3"), entry("fuchi", "3", ua=0.1)]
+    merged = merge_results(kept, [entry("fuchi", "2.1", model="m2"), entry("fuchi", "3", ua=0.9)])
+    assert [(r["method"], r["side"], r["ua"]) for r in merged] == [
+        ("fuchi", "2.1", 0.5), ("fuchi", "3", 0.9), ("lora_eraser", "3", 0.5)]
+    with pytest.raises(InputError, match="side '3' was measured on more than one model"):
+        merge_results(kept, [entry("full_finetune", "3", model="another build")])
+    out = tmp_path / "comparison.json"
+    assert kept_results(out) == []
+    out.write_text(json.dumps(kept))
+    assert kept_results(out) == kept
+    out.write_text("{not json")
+    with pytest.raises(InputError, match="not a comparison's JSON"):
+        kept_results(out)
+    assert main(["compare", "--side", f"3={WORLD}@{tmp_path}", "--merge"]) == 2  # --merge needs --out

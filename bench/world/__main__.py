@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, InputError
 from bench.world.compare import FOUNDING
 from bench.world.config import MINI_OVERRIDES, PRESET_FOLDERS, PRESETS, WorldConfig
 from bench.world.render import VOCABULARIES
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="a built world and the runs root holding its tune/, bench/ and sweep/ folders (repeatable)")
     cmp.add_argument("--methods", default=",".join(FOUNDING))
     cmp.add_argument("--out", default=None, help="write the table (.md) and every number (.json) beside it")
+    cmp.add_argument("--merge", action="store_true",
+                     help="keep the entries already in --out's .json (other methods or sides, measured earlier; "
+                          "one measured again replaces its own) and write the table of them all")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -80,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                              indent=2))
         elif args.cmd == "compare":
             from bench.report import markdown_table
-            from bench.world.compare import Side, compare_side, table
+            from bench.world.compare import Side, compare_side, kept_results, merge_results, table
 
+            if args.merge and not args.out:
+                raise InputError("--merge keeps the entries of --out's .json: give --out")
             sides = [Side.parse(text) for text in args.side]
-            results = [compare_side(side, m) for m in args.methods.split(",") for side in sides]
+            kept = kept_results(Path(args.out).with_suffix(".json")) if args.merge else []
+            results = merge_results(kept, [compare_side(side, m) for m in args.methods.split(",") for side in sides])
             md = markdown_table(table(results))
             print(md)
             if args.out:

@@ -166,13 +166,46 @@ def compare_side(side: Side, method: str, progress: bool = True) -> dict[str, An
     changes = weight_changes(track, method, points)
     at_tuned = [c["pooled"] for c in changes[: len(concepts)]]
     erasing = [c["pooled"] for c in changes[len(concepts):]]
-    return {"side": side.label, "method": method, "knob": knob, "dev": {k: v for k, v in dev.items() if k != "ladder"},
+    from bench.records import model_fingerprint
+
+    return {"side": side.label, "method": method, "world": str(side.world), "model": model_fingerprint(track.model),
+            "knob": knob, "dev": {k: v for k, v in dev.items() if k != "ladder"},
             "test": test_point(side.runs / "bench", method), "sweep": sweep_area(side.runs / "sweep", method),
             "te_change_tuned": {"median": statistics.median(at_tuned), "min": min(at_tuned), "max": max(at_tuned),
                                 "max_matrix": max(c["max"] for c in changes[: len(concepts)])},
             "te_change_erasing": {"median": statistics.median(erasing) if erasing else None,
                                   "erased": f"{len(erasing)}/{len(concepts)}"},
             "per_concept": changes, "smallest_erasing": smallest}
+
+
+def kept_results(path: Path) -> list[dict[str, Any]]:
+    """The entries an earlier ``compare --out`` wrote to ``path`` (none if it does not exist)."""
+    if not path.is_file():
+        return []
+    try:
+        kept = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not a comparison's JSON ({err.__class__.__name__}): move it away or drop --merge") from None
+    if not isinstance(kept, list) or not all(isinstance(r, dict) and {"method", "side"} <= r.keys() for r in kept):
+        raise InputError(f"{path} is not a comparison's JSON (a list of entries with a method and a side)")
+    return kept
+
+
+def merge_results(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``kept`` entries (an earlier ``compare --out``'s) with ``new`` ones, one per (method, side), a new
+    entry replacing its kept one; ordered by method (the founding ones first) and side. A comparison is
+    measured a method or a side at a time this way, each part landing as it finishes. Entries of one
+    side label measured on two different models are refused: they would not be one world."""
+    merged = {(r["method"], r["side"]): r for r in [*kept, *new]}
+    models: dict[str, set[str]] = {}
+    for r in merged.values():
+        models.setdefault(r["side"], set()).add(r.get("model", "unrecorded"))
+    mixed = sorted(label for label, fingerprints in models.items() if len(fingerprints) > 1)
+    if mixed:
+        raise InputError(f"side {mixed[0]!r} was measured on more than one model: measure its methods again on "
+                         "one world (or give the other world another label)")
+    rank = {m: k for k, m in enumerate(FOUNDING)}
+    return [merged[key] for key in sorted(merged, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1]))]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
