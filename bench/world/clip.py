@@ -346,7 +346,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     model.zero_grad(set_to_none=True)  # the pretraining's last gradients: no part of the clipped norm
     model.vision_model.requires_grad_(not cfg.lock_image)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
-                            **({"fused": True} if cfg.fused_adam else {}))
+                            fused=cfg.fused_adam or None)
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])

@@ -451,7 +451,7 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
         models.update(text=text, ema_text=ema_text)
         groups.append({"params": text.parameters(), "lr": cfg.text_lr})
         base_lrs.append(cfg.text_lr)
-    opt = torch.optim.AdamW(groups, weight_decay=0.0, **({"fused": True} if cfg.fused_adam else {}))
+    opt = torch.optim.AdamW(groups, weight_decay=0.0, fused=cfg.fused_adam or None)  # None: torch's default
     noise_sched = DDPMScheduler(**schedule(cfg))
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
