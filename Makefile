@@ -83,18 +83,20 @@ scaleout: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m bench smoke --out runs/smoke
 
-# make world: world 2.1 (the committed default). make world WORLD=3: ConceptWorld 3 (world 3's
-# vocabulary, a world CLIP pretrained first and the UNet trained against its frozen text tower) into
-# datasets/conceptworld3; it becomes the default only once it meets every gate (README).
-WORLD ?= 2
+# make world: ConceptWorld 3 (the default since build b11 met every gate: world 3's vocabulary, a world
+# CLIP pretrained first and the UNet trained against its frozen text tower) into datasets/conceptworld3.
+# make world WORLD=2.1: world 2.1 into datasets/conceptworld (its config unchanged). The folders come
+# from bench.world.config.PRESET_FOLDERS.
+WORLD ?= 3
+WORLD_PRESET = $(if $(filter 2 2.1,$(WORLD)),2.1,3)
 world: $(STAMP)
-	$(PY) -m bench.world build --preset $(if $(filter 3,$(WORLD)),3,2.1)
+	$(PY) -m bench.world build --preset $(WORLD_PRESET)
 
-# Retrain only the two judges of the committed world (its VAE; the model is untouched), then
-# measure the gates again and write them into the world's README and MANIFEST.
+# Retrain only the judges of a committed world (its VAE; the model is untouched; world 3's second judge
+# is its world CLIP, which stays), then measure the gates again and write them into its README and MANIFEST.
 world-judge: $(STAMP)
-	$(PY) -m bench.world judge --world datasets/conceptworld
-	$(PY) -m bench.world evaluate --world datasets/conceptworld --write
+	$(PY) -m bench.world judge --preset $(WORLD_PRESET)
+	$(PY) -m bench.world evaluate --preset $(WORLD_PRESET) --write
 
 world-eval: $(STAMP)
-	$(PY) -m bench.world evaluate --world datasets/conceptworld
+	$(PY) -m bench.world evaluate --preset $(WORLD_PRESET)

@@ -166,8 +166,8 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
 
 def _add_world_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world", default=None,
-                        help="a built ConceptWorld folder (model, concepts.yaml, judges), e.g. datasets/conceptworld3 "
-                             "from make world WORLD=3 (default: the committed world 2.1)")
+                        help="a built ConceptWorld folder (model, concepts.yaml, judges), e.g. datasets/conceptworld "
+                             "for world 2.1 (default: world 3, datasets/conceptworld3)")
 
 
 def _add_executor_args(parser: argparse.ArgumentParser) -> None:

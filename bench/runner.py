@@ -55,8 +55,12 @@ from bench.records import (
     write_cell,
     write_failed_cell,
 )
+from bench.world.config import DEFAULT_PRESET, PRESET_FOLDERS
 
-WORLD = Path(__file__).resolve().parent.parent / "datasets" / "conceptworld"
+ROOT = Path(__file__).resolve().parent.parent
+# the default track's world: ConceptWorld 3 (world_track names its parts; world 2.1 is --world
+# datasets/conceptworld)
+WORLD = ROOT / PRESET_FOLDERS[DEFAULT_PRESET][0]
 GROUPS = ("target", "synonym", "in_domain", "cross_domain", "near_neighbour")
 RETAIN_GROUPS = {"in_domain": "retain_in_domain", "cross_domain": "retain_cross_domain",
                  "near_neighbour": "near_neighbours"}
@@ -78,7 +82,7 @@ class Track:
     model: str = str(WORLD / "model")
     concept_set: str = str(WORLD / "concepts.yaml")
     judge: str = str(WORLD / "judge")
-    second_judge: str | None = str(WORLD / "judge_vit")  # a second opinion (None: none)
+    second_judge: str | None = str(WORLD / "clip")  # a second opinion (None: none): world 3's world CLIP
     sampler: SamplerSpec = WORLD_SAMPLER
     images: str = "render"
     judge_weights: str | None = None
@@ -91,7 +95,7 @@ class Track:
 def world_track(folder: str | Path) -> Track:
     """The track of a built ConceptWorld folder (``make world`` output: ``model/``, ``concepts.yaml``,
     ``judge/`` and a second opinion: from judge 2.2 ``judge_vit/``, or, in a world 3 built without it
-    (``WorldConfig.second_judge``), the world CLIP ``clip/``); world 2.1 is the default."""
+    (``WorldConfig.second_judge``), the world CLIP ``clip/``); world 3 is the default (``WORLD``)."""
     folder = Path(folder)
     missing = [n for n in ("model", "concepts.yaml", "judge") if not (folder / n).exists()]
     if missing:

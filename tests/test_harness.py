@@ -60,7 +60,7 @@ def test_cell_folder_describes_itself(one_run):
     assert {r["model"] for r in rows} == {"original", "edited"}
     assert {r["group"] for r in rows} >= {"target", "in_domain", "cross_domain", "near_neighbour"}
     # the judge's reject verdicts and the second judge's opinion are recorded with every image
-    assert spec["second_judge"].startswith("conceptworld-judge-vit@")
+    assert spec["second_judge"].startswith("conceptworld-clip@")  # world 3's second judge: its world CLIP
     assert all(isinstance(r["rejected"], bool) and not (r["rejected"] and r["detected"]) for r in rows)
     assert all(set(r["second_judge"]) >= {"scene", "object", "style"} for r in rows)
     assert 0 <= metrics["reject_rate"]["value"] <= 1 and metrics["reject_definition"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -265,10 +266,12 @@ def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
 def test_presets_name_every_world(tmp_path, capsys):
     """``build --preset 3`` is world 3 (``make world WORLD=3`` calls it): the overrides come from one
     list, ``--set`` goes on top of them, and an unknown preset is refused by the parser."""
+    from bench.runner import WORLD
     from bench.world.__main__ import main
-    from bench.world.config import PRESET_FOLDERS, PRESETS
+    from bench.world.config import DEFAULT_PRESET, PRESET_FOLDERS, PRESETS
 
     assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
+    assert DEFAULT_PRESET == "3" and WORLD.name == Path(PRESET_FOLDERS["3"][0]).name  # make bench's world
     cfg = WorldConfig().override(PRESETS["3"])
     assert (cfg.vocab, cfg.text_encoder, cfg.unet_head_width, cfg.second_judge) == ("3", "frozen-clip", 32, "clip")
     assert cfg.fused_adam and not WorldConfig().fused_adam  # world 2.1's diffusion stage draws the floats it did
@@ -281,9 +284,10 @@ def test_presets_name_every_world(tmp_path, capsys):
 
     if shutil.which("make"):
         root = Path(__file__).resolve().parents[1]
-        for world, preset in (("3", "--preset 3"), ("2", "--preset 2.1")):
-            dry = subprocess.run(["make", "-n", "world", f"WORLD={world}"], cwd=root, capture_output=True, text=True)
-            assert f"-m bench.world build {preset}" in dry.stdout
+        for world, preset in ((None, "--preset 3"), ("3", "--preset 3"), ("2", "--preset 2.1"), ("2.1", "--preset 2.1")):
+            dry = subprocess.run(["make", "-n", "world", "world-eval", *([f"WORLD={world}"] if world else [])], cwd=root,
+                                 capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "WORLD"})
+            assert f"-m bench.world build {preset}" in dry.stdout and f"-m bench.world evaluate {preset}" in dry.stdout
     with pytest.raises(SystemExit):
         main(["build", "--preset", "4", "--out", str(tmp_path)])
     assert main(["build", "--preset", "3", "--set", "unet_head_width=48", "--out", str(tmp_path)]) == 2

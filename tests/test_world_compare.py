@@ -15,7 +15,7 @@ WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
 def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
     from bench.runner import Track, world_track
 
-    track = world_track(WORLD)
+    track = world_track(WORLD.parent / "conceptworld3")  # the default track is world 3's
     default = Track()
     assert (Path(track.model), Path(track.concept_set), Path(track.judge), Path(track.second_judge)) == (
         Path(default.model), Path(default.concept_set), Path(default.judge), Path(default.second_judge))

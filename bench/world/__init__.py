@@ -1,3 +1,1 @@
 """ConceptWorld: a small world the benchmark owns (renderer, captions, SD-format model, judge)."""
-
-WORLD_DIR = "datasets/conceptworld"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, InputError
 from bench.world.compare import FOUNDING
-from bench.world.config import MINI_OVERRIDES, PRESET_FOLDERS, PRESETS, WorldConfig
+from bench.world.config import DEFAULT_PRESET, MINI_OVERRIDES, PRESET_FOLDERS, PRESETS, WorldConfig
 from bench.world.render import VOCABULARIES
 
 
@@ -17,9 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.world")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the world (resumable) and write it to --out")
-    b.add_argument("--preset", default="2.1", choices=list(PRESETS),
+    b.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="which world: its WorldConfig overrides (config.PRESETS) and default folders")
-    b.add_argument("--out", default=None, help="the world folder (default: the preset's, e.g. datasets/conceptworld)")
+    b.add_argument("--out", default=None, help="the world folder (default: the preset's, e.g. datasets/conceptworld3)")
     b.add_argument("--work", default=None, help="checkpoints and intermediate files, not committed (default: the "
                                                 "preset's, e.g. work/conceptworld)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--mini", action="store_true", help="a miniature world (tests)")
     b.add_argument("--no-eval", action="store_true")
     j = sub.add_parser("judge", help="retrain the two judges of a built world (its VAE; the model is untouched)")
-    j.add_argument("--world", default="datasets/conceptworld")
+    j.add_argument("--world", default=None, help="the built world (default: the preset's folder)")
     j.add_argument("--out", default=None, help="write the judges here instead of into --world")
-    j.add_argument("--preset", default="2.1", choices=list(PRESETS), help="the world's preset (config.PRESETS)")
+    j.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="the world's preset (config.PRESETS)")
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a WorldConfig field (after the preset's)")
     c = sub.add_parser("clip", help="pretrain the world CLIP alone (ConceptWorld 3, stage 1; resumable) and "
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--vae", default=None, help="a VAE folder (a build's work/vae): a vae_share of the training images "
                                                "go through its round trip, as in `make world`")
     e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
-    e.add_argument("--world", default="datasets/conceptworld")
+    e.add_argument("--world", default=None, help="the built world (default: --preset's folder)")
+    e.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="whose folder --world defaults to")
     e.add_argument("--seeds", type=int, default=64)
     e.add_argument("--composed", type=int, default=32)
     e.add_argument("--steps", type=int, default=None)
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="keep the entries already in --out's .json (other methods or sides, measured earlier; "
                           "one measured again replaces its own) and write the table of them all")
     args = p.parse_args(argv)
+    if getattr(args, "world", "") is None:
+        args.world = PRESET_FOLDERS[args.preset][0]
     try:
         if args.cmd == "build":
             from bench.world.build import build
