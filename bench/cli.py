@@ -28,7 +28,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             "summary": doc[0] if doc else "",
             "variants": cls.variants,
             "defaults": cls.Config().to_dict(),
-            "strength": [{"field": k.field, "low": k.low, "high": k.high, "help": k.help} for k in cls.strength],
+            "strength": [{"field": k.field, "low": k.low, "high": k.high, "help": k.help,
+                          "ranges": {name: list(r) for name, r in k.ranges.items()}} for k in cls.strength],
             "tune_choices": {f: list(v) for f, v in cls.tune_choices.items()},
         }
     if args.json:
@@ -40,7 +41,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             print(f"  variant {name}@{variant}: {json.dumps(overrides)}")
         print("  defaults: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in row["defaults"].items()))
         for k in row["strength"]:
-            print(f"  strength knob {k['field']}: {k['low']:g}..{k['high']:g} (log) — {k['help']}")
+            own = "".join(f"; on {name}: {lo:g}..{hi:g}" for name, (lo, hi) in k["ranges"].items())
+            print(f"  strength knob {k['field']}: {k['low']:g}..{k['high']:g} (log{own}) — {k['help']}")
         for f, values in row["tune_choices"].items():
             print(f"  tuned over {f}: {', '.join(json.dumps(v) for v in values)} (one ladder each)")
     return 0

@@ -55,16 +55,18 @@ def parse_ranges(texts: list[str] | None) -> dict[str, tuple[float, float]]:
 def sweep_plan(bench: Bench, points: int, knob: str | None = None,
                ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[str, list[Any]]]:
     """Per method spec: the swept field and its values (validated, so a bad point fails before any work).
-    ``ranges`` replaces a method's declared range (another model's transition lies elsewhere:
-    the declared ranges are where world 2.1's is)."""
+    Each knob sweeps its range on the track's concept set (``Knob.on``: world 3 declares its own);
+    ``ranges`` replaces it (another model's transition lies elsewhere)."""
+    from bench.concepts import load_concept_set
     from bench.method import build_method, get_method
 
+    concept_set = load_concept_set(bench.track.concept_set).name
     ranges = ranges or {}
     if stray := sorted(set(ranges) - set(bench.methods)):
         raise ConfigError(f"--range names {stray}, which this sweep does not run (methods: {list(bench.methods)})")
     plan = {}
     for spec in bench.methods:
-        k = get_method(spec.partition("@")[0]).knob(knob)
+        k = get_method(spec.partition("@")[0]).knob(knob).on(concept_set)
         if spec in ranges:
             k = replace(k, low=ranges[spec][0], high=ranges[spec][1])  # Knob checks 0 < low < high
         values = k.sweep(points)

@@ -43,7 +43,9 @@ class Fuchi(AscentEraser):
     name = "fuchi"
     version = "1"
     Config = FuchiConfig
-    strength = (Knob("lr", 1e-3, 1.6e-2, help="Adam learning rate of the gradient ascent"),
+    # world 3's dev ladder: UA 0.23 at 5e-4, 0.94 at 2e-3 (reports/tuned/conceptworld3.json)
+    strength = (Knob("lr", 1e-3, 1.6e-2, help="Adam learning rate of the gradient ascent",
+                     ranges={"conceptworld3": (1.25e-4, 2e-3)}),
                 Knob("epochs", 1, 16, integer=True, help="passes over the few-shot images"))
     variants = {"paper_era": {"trainable": "paper_era"}}
 

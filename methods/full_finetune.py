@@ -26,7 +26,8 @@ class FullFinetune(AscentEraser):
     name = "full_finetune"
     version = "1"
     Config = FullFinetuneConfig
-    strength = (Knob("lr", 5e-5, 8e-4, help="Adam learning rate of the gradient ascent (every parameter)"),
+    strength = (Knob("lr", 5e-5, 8e-4, help="Adam learning rate of the gradient ascent (every parameter)",
+                     ranges={"conceptworld3": (2.5e-5, 4e-4)}),
                 Knob("epochs", 1, 16, integer=True, help="passes over the few-shot images"))
 
     def edited_parameters(self, pipe: Any) -> list[str]:

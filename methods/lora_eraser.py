@@ -85,7 +85,9 @@ class LoraEraser(Eraser):
     name = "lora_eraser"
     version = "1"
     Config = LoraEraserConfig
-    strength = (Knob("lr", 1e-3, 1.6e-2, help="learning rate of the LoRA weights (the ascent after textual inversion)"),)
+    # world 3's dev ladder: UA 0.02 at 1e-3, 0.96 at 4e-3 (reports/tuned/conceptworld3.json)
+    strength = (Knob("lr", 1e-3, 1.6e-2, help="learning rate of the LoRA weights (the ascent after textual inversion)",
+                     ranges={"conceptworld3": (5e-4, 8e-3)}),)
 
     def target_modules(self, pipe: Any) -> list[str]:
         """Text-encoder Linear modules (names inside the text encoder) that get LoRA."""

@@ -22,10 +22,11 @@ def test_every_method_declares_a_strength_knob_with_a_valid_default_sweep():
         assert cls.strength, f"{name} declares no strength knob"
         for knob in cls.strength:
             assert knob.field in cls.Config.__dataclass_fields__, (name, knob.field)
-            values = knob.sweep(5)
-            assert len(values) >= 5 and values == sorted(values)
-            for v in values:
-                build_method(name, {knob.field: v})  # every point is a valid config
+            for concept_set in (None, *knob.ranges):  # the default range and each world's own
+                values = knob.on(concept_set).sweep(5)
+                assert len(values) >= 5 and values == sorted(values)
+                for v in values:
+                    build_method(name, {knob.field: v})  # every point is a valid config
 
 
 def test_ladders_step_by_at_most_the_ratio_and_cover_the_range():
@@ -57,6 +58,33 @@ def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
     assert [s["overrides"]["lr"] for s in scores] == sorted(seen) and "<= 2x" in how
     with pytest.raises(ConfigError, match="finer than decades"):
         TuneSpec(ratio=10)
+
+
+def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
+    """World 3's transitions lie lower than world 2.1's: ``Knob.ranges`` gives its concept set its own
+    range, which the tuning ladder and the trade-off sweep both walk; other sets keep the default."""
+    from pathlib import Path
+
+    from bench.curves import sweep_plan
+    from bench.runner import world_track
+    from bench.tune import TuneSpec, _ladder_search
+
+    knob = get_method("fuchi").knob()
+    assert knob.on("conceptworld3").ladder(2.0) == [0.000125, 0.00025, 0.0005, 0.001, 0.002]
+    assert knob.on("conceptworld") is knob and knob.on(None) is knob and knob.on("conceptworld3").ranges == {}
+    seen = []
+
+    def score(point):
+        seen.append(point["lr"])
+        return {"overrides": point, "H": -abs(np.log(point["lr"] / 1e-3)), "UA": 0.0, "retain": 0.0}
+
+    _, how = _ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"], "conceptworld3")
+    assert seen == [0.000125, 0.00025, 0.0005, 0.001, 0.002] and "0.000125..0.002" in how  # best inside: no rung more
+    world21 = world_track(Path(__file__).resolve().parents[1] / "datasets" / "conceptworld")
+    plans = [sweep_plan(Bench(track=t, methods=["fuchi"], concepts=["circle"]), 5)["fuchi"] for t in (Track(), world21)]
+    assert plans == [("lr", [0.000125, 0.00025, 0.0005, 0.001, 0.002]), ("lr", [0.001, 0.002, 0.004, 0.008, 0.016])]
+    with pytest.raises(ConfigError, match=r"lr \(conceptworld3 range\): need 0 < low < high"):
+        Knob("lr", 1e-3, 1e-2, ranges={"conceptworld3": (1e-2, 1e-3)})
 
 
 def test_tuning_walks_one_ladder_per_declared_choice():
@@ -139,10 +167,10 @@ def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path
     out = tmp_path / "sweep"
     manifest = run_sweep(bench, out, points=2, progress=False)
     entry = manifest["methods"]["fuchi"]
-    assert entry["knob"] == "lr" and [p["value"] for p in entry["points"]] == [0.001, 0.016]
+    assert entry["knob"] == "lr" and [p["value"] for p in entry["points"]] == [0.000125, 0.002]  # world 3's range
     assert entry["base"] == {"epochs": 1} and json.loads((out / MANIFEST).read_text()) == manifest
     points, front = curve_tables(out)
-    assert list(points["value"]) == [0.001, 0.016] and len(front) == 1
+    assert list(points["value"]) == [0.000125, 0.002] and len(front) == 1
     assert points[["ua_ci_low", "retain_ci_low"]].notna().all().all()
     assert (points["ua_ci_low"] <= points["ua"]).all() and (points["ua"] <= points["ua_ci_high"]).all()
     assert 0 <= front["frontier_area"].iloc[0] <= 1
