@@ -26,6 +26,7 @@ class FullFinetune(AscentEraser):
     name = "full_finetune"
     version = "1"
     Config = FullFinetuneConfig
+    # world 3's dev ladder: UA 0.06 at 5e-5, 0.85 at 4e-4 (reports/tuned/conceptworld3.json)
     strength = (Knob("lr", 5e-5, 8e-4, help="Adam learning rate of the gradient ascent (every parameter)",
                      ranges={"conceptworld3": (2.5e-5, 4e-4)}),
                 Knob("epochs", 1, 16, integer=True, help="passes over the few-shot images"))
