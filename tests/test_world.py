@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from bench.concepts import load_concept_set, parse_concept_set
-from bench.errors import ConfigError
+from bench.errors import ConfigError, InputError
 from bench.world.captions import CHARACTER_PARAPHRASES, PARAPHRASE_TEMPLATES, caption_for, concept_set_dict
 from bench.world.config import MINI_OVERRIDES, WorldConfig
 from bench.world.render import CHARACTERS, HEADS, Scene, render_batch, render_scene, sample_scene, to_tensor
@@ -288,6 +288,21 @@ def test_presets_name_every_world(tmp_path, capsys):
             dry = subprocess.run(["make", "-n", "world", "world-eval", *([f"WORLD={world}"] if world else [])], cwd=root,
                                  capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "WORLD"})
             assert f"-m bench.world build {preset}" in dry.stdout and f"-m bench.world evaluate {preset}" in dry.stdout
+    # `judge` retrains the judges of the preset a world was built with (its MANIFEST.json), never another's
+    from bench.world.__main__ import _judged_preset
+    from bench.world.config import preset_of
+
+    root = Path(__file__).resolve().parents[1] / "datasets"
+    for folder, preset in (("conceptworld", "2.1"), ("conceptworld3", "3")):
+        assert preset_of(json.loads((root / folder / "MANIFEST.json").read_text())["config"]) == preset
+        assert _judged_preset(str(root / folder), None) == _judged_preset(str(root / folder), preset) == preset
+    assert _judged_preset(None, None) == DEFAULT_PRESET and _judged_preset(None, "2.1") == "2.1"
+    with pytest.raises(InputError, match="built with preset 2.1, not --preset 3"):
+        _judged_preset(str(root / "conceptworld"), "3")
+    assert preset_of({"vocab": "3"}) is None  # half of world 3's overrides is no preset
+    assert main(["judge", "--world", str(tmp_path)]) == 2 and "give --preset" in capsys.readouterr().err
+    (tmp_path / "MANIFEST.json").write_text("[1, 2]")
+    assert main(["judge", "--world", str(tmp_path)]) == 2 and "is not a world manifest" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["build", "--preset", "4", "--out", str(tmp_path)])
     assert main(["build", "--preset", "3", "--set", "unet_head_width=48", "--out", str(tmp_path)]) == 2

@@ -9,8 +9,25 @@ from pathlib import Path
 
 from bench.errors import BenchError, InputError
 from bench.world.compare import FOUNDING
-from bench.world.config import DEFAULT_PRESET, MINI_OVERRIDES, PRESET_FOLDERS, PRESETS, WorldConfig
+from bench.world.config import DEFAULT_PRESET, MINI_OVERRIDES, PRESET_FOLDERS, PRESETS, WorldConfig, preset_of
 from bench.world.render import VOCABULARIES
+
+
+def _judged_preset(world: str | None, preset: str | None) -> str:
+    """The preset whose judges ``judge`` retrains: the one the world's MANIFEST.json records (a world
+    2.1 folder never gets world 3's judge heads), or ``preset``, which must agree with it."""
+    if world is None:
+        return preset or DEFAULT_PRESET
+    manifest = Path(world) / "MANIFEST.json"
+    try:
+        recorded = preset_of(json.loads(manifest.read_text()).get("config", {})) if manifest.is_file() else None
+    except (ValueError, AttributeError) as err:
+        raise InputError(f"{manifest} is not a world manifest ({err})") from None
+    if recorded is None and preset is None:
+        raise InputError(f"{world}: no MANIFEST.json config names its preset; give --preset ({', '.join(PRESETS)})")
+    if recorded is not None and preset is not None and preset != recorded:
+        raise InputError(f"{world} was built with preset {recorded}, not --preset {preset}")
+    return preset or recorded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     j = sub.add_parser("judge", help="retrain the two judges of a built world (its VAE; the model is untouched)")
     j.add_argument("--world", default=None, help="the built world (default: the preset's folder)")
     j.add_argument("--out", default=None, help="write the judges here instead of into --world")
-    j.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="the world's preset (config.PRESETS)")
+    j.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="the world's preset (config.PRESETS; default: the one its MANIFEST.json records, or "
+                        f"{DEFAULT_PRESET} without --world)")
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a WorldConfig field (after the preset's)")
     c = sub.add_parser("clip", help="pretrain the world CLIP alone (ConceptWorld 3, stage 1; resumable) and "
@@ -61,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="keep the entries already in --out's .json (other methods or sides, measured earlier; "
                           "one measured again replaces its own) and write the table of them all")
     args = p.parse_args(argv)
-    if getattr(args, "world", "") is None:
-        args.world = PRESET_FOLDERS[args.preset][0]
     try:
+        if args.cmd == "judge":
+            args.preset = _judged_preset(args.world, args.preset)
+        if getattr(args, "world", "") is None:
+            args.world = PRESET_FOLDERS[args.preset][0]
         if args.cmd == "build":
             from bench.world.build import build
 

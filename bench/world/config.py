@@ -285,6 +285,18 @@ PRESET_FOLDERS: dict[str, tuple[str, str]] = {"2.1": ("datasets/conceptworld", "
 # the world `make bench` measures on (bench.runner.WORLD) and `make world` builds: world 3 since build
 # b11 met every gate; world 2.1 stays in its folder (`--world datasets/conceptworld`, `make world WORLD=2.1`)
 DEFAULT_PRESET = "3"
+
+
+def preset_of(config: dict[str, Any]) -> str | None:
+    """The preset whose overrides a built world's recorded config carries (its MANIFEST.json
+    ``config``; a field it does not record has ``WorldConfig``'s default), or None when none does."""
+    keys = sorted({kv.split("=", 1)[0] for overrides in PRESETS.values() for kv in overrides})
+    default = WorldConfig()
+    for preset, overrides in PRESETS.items():
+        cfg = WorldConfig().override(overrides)  # override() sets the fields of the config it is given
+        if all(config.get(k, getattr(default, k)) == getattr(cfg, k) for k in keys):
+            return preset
+    return None
 # a miniature world 3: the mini world with a mini world CLIP as its frozen text encoder
 MINI_FROZEN_CLIP = [*MINI_OVERRIDES, *PRESETS["3"], "unet_head_width=8", "clip_scenes=256", "clip_eval=64",
                     *(f"clip.{kv}" for kv in MINI_CLIP)]
