@@ -89,7 +89,8 @@ smoke: $(STAMP)
 # make world WORLD=2.1: world 2.1 into datasets/conceptworld (its config unchanged). The folders come
 # from bench.world.config.PRESET_FOLDERS.
 WORLD ?= 3
-WORLD_PRESET = $(if $(filter 2 2.1,$(WORLD)),2.1,3)
+# WORLD=2 is 2.1; any other name reaches --preset, which refuses one that is not a preset
+WORLD_PRESET = $(if $(filter 2,$(WORLD)),2.1,$(WORLD))
 world: $(STAMP)
 	$(PY) -m bench.world build --preset $(WORLD_PRESET)
 

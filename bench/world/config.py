@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -237,14 +238,16 @@ class WorldConfig:
 
 
 def apply_overrides(cfg: Any, pairs: list[str]) -> Any:
-    """Set ``key=value`` pairs on the dataclass ``cfg``, each parsed as its field's current type."""
+    """A copy of the dataclass ``cfg`` with ``key=value`` pairs set, each parsed as its field's current
+    type (``cfg`` itself is left as it was)."""
+    cfg = copy.deepcopy(cfg)
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         inner, dot, rest = key.partition(".")
         if sep and dot and inner in fields and dataclasses.is_dataclass(getattr(cfg, inner)):
             try:
-                apply_overrides(getattr(cfg, inner), [f"{rest}={raw}"])
+                setattr(cfg, inner, apply_overrides(getattr(cfg, inner), [f"{rest}={raw}"]))
             except ConfigError as err:
                 raise ConfigError(str(err).replace(f"{rest}=", f"{key}=", 1)) from None
             continue
@@ -293,7 +296,7 @@ def preset_of(config: dict[str, Any]) -> str | None:
     keys = sorted({kv.split("=", 1)[0] for overrides in PRESETS.values() for kv in overrides})
     default = WorldConfig()
     for preset, overrides in PRESETS.items():
-        cfg = WorldConfig().override(overrides)  # override() sets the fields of the config it is given
+        cfg = default.override(overrides)
         if all(config.get(k, getattr(default, k)) == getattr(cfg, k) for k in keys):
             return preset
     return None
