@@ -112,7 +112,10 @@ class ConceptAblation(Eraser):
     version = "1"
     Config = ConceptAblationConfig
     quick = {"steps": 10}
-    strength = (Knob("lr", 2.5e-5, 4e-4, help="base learning rate (x batch size with scale_lr)"),
+    # world 3's dev ladder (reports/tuned/conceptworld3.json): UA 0.52 at 2.5e-5, 1.00 from 5e-5; retain
+    # 0.45 at 1e-4, 0.13 at 2e-4
+    strength = (Knob("lr", 2.5e-5, 4e-4, help="base learning rate (x batch size with scale_lr)",
+                     ranges={"conceptworld3": (6.25e-6, 2e-4)}),
                 Knob("steps", 25, 400, integer=True, help="optimiser steps (each draws batch_size anchor images)"))
 
     def edited_parameters(self, pipe: Any) -> list[str]:
