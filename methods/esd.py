@@ -122,7 +122,7 @@ class Esd(Eraser):
     erasure_check = {"lr": 1e-3}
     # world 3's dev ladders (reports/tuned/conceptworld3.json): ESD-x erases 4 % at 3.125e-5, 85 % at 2.5e-4
     # and keeps 0.82 of retain at 2e-3 (0.28 at 4e-3); ESD-u erases 21 % at 3.125e-5, 35 % at 2.5e-4 and
-    # keeps 0.08 at 1e-3. One range holds both variants' transitions.
+    # keeps 0.08 at 1e-3. The variants share this knob, so one range (ESD-u's low end still erases 21 %).
     strength = (Knob("lr", 2.5e-4, 4e-3, help="Adam learning rate", ranges={"conceptworld3": (3.125e-5, 2e-3)}),
                 Knob("negative_guidance", 0.5, 8.0, help="eta: how far the target is pushed away from the concept"),
                 Knob("iterations", 50, 800, integer=True, help="optimiser steps (one x_t each)"))

@@ -300,6 +300,8 @@ def preset_of(config: dict[str, Any]) -> str | None:
         if all(config.get(k, getattr(default, k)) == getattr(cfg, k) for k in keys):
             return preset
     return None
+
+
 # a miniature world 3: the mini world with a mini world CLIP as its frozen text encoder
 MINI_FROZEN_CLIP = [*MINI_OVERRIDES, *PRESETS["3"], "unet_head_width=8", "clip_scenes=256", "clip_eval=64",
                     *(f"clip.{kv}" for kv in MINI_CLIP)]
