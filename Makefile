@@ -78,7 +78,7 @@ perf: $(STAMP)
 # Ray's overhead on this machine: the ConceptWorld grid (attacks off) with --executor local, then
 # --executor ray --workers 2, side by side (runs/scaleout/scaleout.json)
 scaleout: $(STAMP)
-	$(PY) -m bench.scaleout --methods $(METHODS) --out runs/scaleout
+	$(PY) -m bench.devtools.scaleout --methods $(METHODS) --out runs/scaleout
 
 # Every method on a tiny *random* pipeline: the real code path end to end, a mechanics check.
 smoke: $(STAMP)
@@ -87,7 +87,7 @@ smoke: $(STAMP)
 # make world: ConceptWorld 3 (the default since build b11 met every gate: world 3's vocabulary, a world
 # CLIP pretrained first and the UNet trained against its frozen text tower) into datasets/conceptworld3.
 # make world WORLD=2.1: world 2.1 into datasets/conceptworld (its config unchanged). The folders come
-# from bench.world.config.PRESET_FOLDERS.
+# from bench.worldgen.config.PRESET_FOLDERS.
 WORLD ?= 3
 # WORLD=2 is 2.1; any other name reaches --preset, which refuses one that is not a preset
 WORLD_PRESET = $(if $(filter 2,$(WORLD)),2.1,$(WORLD))

@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.concepts import Concept
-from bench.config import MethodConfig
-from bench.method import Eraser, Knob
-from bench.pipeline import pipeline_device
+from bench.api.config import MethodConfig
+from bench.api.method import Eraser, Knob
+from bench.core.concepts import Concept
+from bench.model.pipeline import pipeline_device
 
 _LAYER = re.compile(r"^text_encoder\.(?:text_model\.)?encoder\.layers\.(\d+)\.")
 _FINAL_NORM = re.compile(r"^text_encoder\.(?:text_model\.)?final_layer_norm\.")
@@ -132,7 +132,7 @@ class AdvUnlearn(Eraser):
                 Knob("iterations", 250, 2000, integer=True, help="unlearning iterations (the first `warmup` without attack)"))
 
     def edited_parameters(self, pipe: Any) -> list[str]:
-        from bench.edit import pipeline_parameters
+        from bench.api.edit import pipeline_parameters
 
         cfg = self.config
         keep = []
@@ -153,7 +153,7 @@ class AdvUnlearn(Eraser):
     def _attack(self, pipe: Any, unet: Any, prompt: str, x: torch.Tensor, t: torch.Tensor, e_p: torch.Tensor,
                 previous: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
         """Prefix embeddings that make the edited model predict the original's ``e_p`` at each ``x``."""
-        from bench.training import encode_with_prefix
+        from bench.model.text import encode_with_prefix
 
         cfg = self.config
         table = pipe.text_encoder.get_input_embeddings().weight
@@ -177,7 +177,7 @@ class AdvUnlearn(Eraser):
     def _retain_loss(self, pipe: Any, unet: Any, x: torch.Tensor, t: torch.Tensor, prompts: list[str],
                      frozen_cond: torch.Tensor) -> torch.Tensor:
         """MSE between the edited and the original encoder's predictions on retain prompts."""
-        from bench.training import encode_prompts
+        from bench.model.training import encode_prompts
 
         with torch.no_grad():
             want = unet(x, t, frozen_cond).float()
@@ -188,7 +188,7 @@ class AdvUnlearn(Eraser):
         """One iteration's ``x_t`` from the original model, in one batch: the update's (concept), the
         retain batch's (at the update's step for ``reg``, a step of their own for ``iter``) and, when
         attacking, one per attack step (concept, each at its own step)."""
-        from bench.sampling import guided_latents
+        from bench.model.sampling import guided_latents
 
         cfg = self.config
         first = int(torch.randint(0, cfg.steps, (1,), generator=gen))
@@ -206,12 +206,12 @@ class AdvUnlearn(Eraser):
         return x.to(conds.device), ts.to(conds.device)
 
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.sampling import unet_predict
-        from bench.training import (
+        from bench.model.sampling import unet_predict
+        from bench.model.text import encode_with_prefix
+        from bench.model.training import (
             Stopwatch,
             count_params,
             encode_prompts,
-            encode_with_prefix,
             only_trainable,
             optimiser_step,
             restored_on_failure,

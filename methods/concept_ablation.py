@@ -53,10 +53,10 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from bench.concepts import Concept
-from bench.config import MethodConfig
-from bench.method import Eraser, Knob
-from bench.pipeline import pipeline_device
+from bench.api.config import MethodConfig
+from bench.api.method import Eraser, Knob
+from bench.core.concepts import Concept
+from bench.model.pipeline import pipeline_device
 
 _GROUPS = {
     "cross-attn": lambda n: "attn2.to_k" in n or "attn2.to_v" in n,
@@ -119,7 +119,7 @@ class ConceptAblation(Eraser):
                 Knob("steps", 25, 400, integer=True, help="optimiser steps (each draws batch_size anchor images)"))
 
     def edited_parameters(self, pipe: Any) -> list[str]:
-        from bench.edit import pipeline_parameters
+        from bench.api.edit import pipeline_parameters
 
         keep = _GROUPS[self.config.parameter_group]
         return sorted(n for n in pipeline_parameters(pipe, ("unet",)) if keep(n))
@@ -134,9 +134,9 @@ class ConceptAblation(Eraser):
     def _anchor_latents(self, pipe: Any, prompts: list[str], n: int, rng: random.Random,
                         gen: torch.Generator) -> torch.Tensor:
         """``n`` anchor images from the original model (prompts cycled), flipped, VAE-encoded (sampled)."""
-        from bench.generation import generate
-        from bench.protocol import SamplerSpec
-        from bench.training import encode_latents
+        from bench.core.protocol import SamplerSpec
+        from bench.model.generation import generate
+        from bench.model.training import encode_latents
 
         cfg = self.config
         side = cfg.resolution or None
@@ -154,8 +154,8 @@ class ConceptAblation(Eraser):
         return encode_latents(pipe, pixels, gen, sample=True)
 
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.sampling import unet_predict
-        from bench.training import (
+        from bench.model.sampling import unet_predict
+        from bench.model.training import (
             Stopwatch,
             count_params,
             encode_prompts,

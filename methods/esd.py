@@ -56,10 +56,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.concepts import Concept
-from bench.config import MethodConfig
-from bench.method import Eraser, Knob
-from bench.pipeline import pipeline_device
+from bench.api.config import MethodConfig
+from bench.api.method import Eraser, Knob
+from bench.core.concepts import Concept
+from bench.model.pipeline import pipeline_device
 
 _MODULES = ("Linear", "Conv2d", "LoRACompatibleLinear", "LoRACompatibleConv")
 
@@ -136,8 +136,8 @@ class Esd(Eraser):
         return sorted(names)
 
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.sampling import guided_latents, unet_predict
-        from bench.training import (
+        from bench.model.sampling import guided_latents, unet_predict
+        from bench.model.training import (
             Stopwatch,
             count_params,
             encode_prompts,

@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bench.edit import pipeline_parameters
-from bench.method import Knob
-from bench.training import AscentConfig, AscentEraser
+from bench.api.edit import pipeline_parameters
+from bench.api.method import Knob
+from bench.model.ascent import AscentConfig, AscentEraser
 
 _MLP = re.compile(r"layers\.(\d+)\.mlp\.(fc1|fc2)\.")
 _ATTN = re.compile(r"layers\.(\d+)\.self_attn\.(q_proj|k_proj|v_proj|out_proj)\.")

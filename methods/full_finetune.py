@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.edit import pipeline_parameters
-from bench.method import Knob
-from bench.training import AscentConfig, AscentEraser
+from bench.api.edit import pipeline_parameters
+from bench.api.method import Knob
+from bench.model.ascent import AscentConfig, AscentEraser
 
 
 @dataclass(frozen=True)

@@ -31,22 +31,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.concepts import Concept
-from bench.edit import Edit
-from bench.method import Eraser, Knob
-from bench.pipeline import pipeline_device
-from bench.training import (
-    FewShotConfig,
+from bench.api.edit import Edit
+from bench.api.method import Eraser, Knob
+from bench.core.concepts import Concept
+from bench.model.ascent import FewShotConfig, few_shot_latents
+from bench.model.pipeline import pipeline_device
+from bench.model.text import learn_token_embedding, single_token_id, token_override
+from bench.model.training import (
     Stopwatch,
     denoising_loss,
     encode_prompts,
-    few_shot_latents,
-    learn_token_embedding,
     noise_scheduler,
     only_trainable,
     prompt_batch,
-    single_token_id,
-    token_override,
     training_precision,
 )
 

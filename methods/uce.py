@@ -44,10 +44,10 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from bench.concepts import Concept
-from bench.config import MethodConfig
-from bench.method import Eraser, Knob
-from bench.pipeline import pipeline_device
+from bench.api.config import MethodConfig
+from bench.api.method import Eraser, Knob
+from bench.core.concepts import Concept
+from bench.model.pipeline import pipeline_device
 
 _TARGET = re.compile(r"^unet\..*attn2\.to_[kv]\.weight$")
 # the authors' prompt expansion (uce_sd_erase.py L155-190), our wording of their two template sets
@@ -96,7 +96,7 @@ class Uce(Eraser):
     tune_choices = {"expand_prompts": (False, True)}  # bench tune walks the erase_scale ladder for each
 
     def edited_parameters(self, pipe: Any) -> list[str]:
-        from bench.edit import pipeline_parameters
+        from bench.api.edit import pipeline_parameters
 
         return sorted(n for n in pipeline_parameters(pipe, ("unet",)) if _TARGET.match(n))
 
@@ -111,14 +111,14 @@ class Uce(Eraser):
 
     @torch.no_grad()
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.edit import pipeline_parameters
-        from bench.training import Stopwatch, count_params, snapshot
+        from bench.api.edit import pipeline_parameters
+        from bench.model.training import Stopwatch, count_params, snapshot
 
         cfg = self.config
         every = pipeline_parameters(pipe)
         params = {n: every[n] for n in self.edited_parameters(pipe)}
         if not params:
-            from bench.errors import InputError
+            from bench.core.errors import InputError
 
             raise InputError("uce edits UNet cross-attention (attn2.to_k/to_v); this pipeline has none")
         originals = snapshot(params)

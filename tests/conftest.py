@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.tiny import build_tiny_pipeline
+from bench.model.tiny import build_tiny_pipeline
 
 
 @pytest.fixture
@@ -35,6 +35,6 @@ def concept_images(tmp_path_factory) -> Path:
 
 
 def state(pipe) -> dict[str, torch.Tensor]:
-    from bench.edit import pipeline_parameters
+    from bench.api.edit import pipeline_parameters
 
     return {k: v.detach().clone() for k, v in pipeline_parameters(pipe).items()}

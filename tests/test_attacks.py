@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.attacks.base import attack_registry, build_attack
-from bench.concepts import Concept
-from bench.errors import ConfigError
-from bench.generation import generate
-from bench.images import load_images
-from bench.protocol import SamplerSpec
-from bench.tiny import build_tiny_pipeline
+from bench.api.attack import attack_registry, build_attack
+from bench.core.concepts import Concept
+from bench.core.errors import ConfigError
+from bench.core.images import load_images
+from bench.core.protocol import SamplerSpec
+from bench.model.generation import generate
+from bench.model.tiny import build_tiny_pipeline
 from tests.conftest import state
 
 FAST = {"inversion": {"steps": 5}, "prefix": {"iterations": 3}}
@@ -39,7 +39,7 @@ def test_attack_contract(name, concept_images):
 
 
 def test_learned_tokens_change_the_conditioning(concept_images):
-    from bench.training import encode_prompts
+    from bench.model.training import encode_prompts
 
     pipe = build_tiny_pipeline(seed=0)
     images = load_images(concept_images)
@@ -68,10 +68,10 @@ def test_attack_registry_and_configs():
 ])
 def test_inversion_recovers_concepts_from_the_original_world(concept_name):
     """The attack has teeth: on the *original* ConceptWorld model it brings the concept back."""
-    from bench.concepts import load_concept_set
-    from bench.pipeline import load_pipeline
-    from bench.protocol import EvalProtocol
-    from bench.runner import Track, few_shot_images, load_judge, run_attack
+    from bench.core.concepts import load_concept_set
+    from bench.core.protocol import EvalProtocol
+    from bench.model.pipeline import load_pipeline
+    from bench.run.cell import Track, few_shot_images, load_judge, run_attack
 
     track, protocol = Track(), EvalProtocol()
     cs = load_concept_set(track.concept_set)
@@ -86,8 +86,8 @@ def test_inversion_recovers_concepts_from_the_original_world(concept_name):
 def test_attack_images_one_batched_call_on_the_attack_seeds(concept_images, monkeypatch):
     """Every attack's images of one model come from one generate call (full batches), on the first
     ``attack_seeds`` evaluation seeds; each attack keeps its own rows, ASR and interval."""
-    import bench.runner as runner
-    from bench.protocol import EvalProtocol
+    import bench.run.cell as runner
+    from bench.core.protocol import EvalProtocol
 
     class Judge:  # sees the concept in every other image
         ref = "fake"
@@ -120,7 +120,7 @@ def test_attack_images_one_batched_call_on_the_attack_seeds(concept_images, monk
 
 def test_text_prompts_generate_the_same_through_their_embeddings(tiny_pipe):
     """Batching a text attack with learned ones encodes its prompts as the pipeline does."""
-    from bench.training import encode_prompts
+    from bench.model.training import encode_prompts
 
     prompts, seeds = ["a photo of a cat", "a cat, seen from afar"], [0, 1]
     plain = generate(tiny_pipe, prompts, seeds, SamplerSpec(steps=2))
@@ -130,7 +130,7 @@ def test_text_prompts_generate_the_same_through_their_embeddings(tiny_pipe):
 
 
 def test_attack_seeds_validated():
-    from bench.protocol import EvalProtocol
+    from bench.core.protocol import EvalProtocol
 
     with pytest.raises(ConfigError, match="attack_seeds must be >= 1"):
         EvalProtocol(attack_seeds=0)

@@ -4,10 +4,10 @@ from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
 
-from bench.config import MethodConfig, parse_overrides
-from bench.errors import ConfigError
-from bench.method import ENTRY_POINT_GROUP, Eraser, build_method, get_method, method_registry
-from bench.registry import Registry
+from bench.api.config import MethodConfig, parse_overrides
+from bench.api.method import ENTRY_POINT_GROUP, Eraser, build_method, get_method, method_registry
+from bench.api.registry import Registry
+from bench.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ def test_builtin_methods_are_registered():
 
 def test_leaderboard_specs_name_each_row_once():
     """A method whose defaults are one of its variants is reported by its variants; `--methods all`."""
-    from bench.cli import _bench_from_args, build_parser
-    from bench.method import leaderboard_specs
+    from bench.api.method import leaderboard_specs
+    from bench.cli.main import _bench_from_args, build_parser
 
     specs = leaderboard_specs()
     assert {"esd@x", "esd@u", "fuchi", "uce", "concept_ablation", "advunlearn"} <= set(specs)
@@ -81,8 +81,8 @@ def test_leaderboard_specs_name_each_row_once():
 
 _PLUGIN = '''
 from dataclasses import dataclass
-from bench.config import MethodConfig
-from bench.method import Eraser
+from bench.api.config import MethodConfig
+from bench.api.method import Eraser
 
 @dataclass(frozen=True)
 class NullConfig(MethodConfig):

@@ -8,12 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.concepts import parse_concept_set
-from bench.errors import ConfigError
-from bench.method import Knob, build_method, get_method, method_registry
-from bench.metrics import ClusterTable, frontier_area, hierarchical_draws, pareto_front
-from bench.protocol import EvalProtocol
-from bench.runner import Bench, Track
+from bench.api.method import Knob, build_method, get_method, method_registry
+from bench.core.concepts import parse_concept_set
+from bench.core.errors import ConfigError
+from bench.core.protocol import EvalProtocol
+from bench.metrics.formulas import ClusterTable, frontier_area, hierarchical_draws, pareto_front
+from bench.run.cell import Bench, Track
 
 
 def test_every_method_declares_a_strength_knob_with_a_valid_default_sweep():
@@ -45,7 +45,7 @@ def test_ladders_step_by_at_most_the_ratio_and_cover_the_range():
 
 def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
     """A score that peaks beyond the declared range: the search walks on, recording every rung."""
-    from bench.tune import TuneSpec, _ladder_search
+    from bench.run.tune import TuneSpec, _ladder_search
 
     seen = []
 
@@ -65,9 +65,9 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
     range, which the tuning ladder and the trade-off sweep both walk; other sets keep the default."""
     from pathlib import Path
 
-    from bench.curves import sweep_plan
-    from bench.runner import world_track
-    from bench.tune import TuneSpec, _ladder_search
+    from bench.report.curves import sweep_plan
+    from bench.run.cell import world_track
+    from bench.run.tune import TuneSpec, _ladder_search
 
     knob = get_method("fuchi").knob()
     assert knob.on("conceptworld3").ladder(2.0) == [0.000125, 0.00025, 0.0005, 0.001, 0.002]
@@ -90,7 +90,7 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
 def test_tuning_walks_one_ladder_per_declared_choice():
     """UCE declares expand_prompts as a tuning choice: a ladder with it off, then one with it on, every
     point recorded with the choice it was made with; a choice fixed by the caller is not varied."""
-    from bench.tune import TuneSpec, _choice_ladders
+    from bench.run.tune import TuneSpec, _choice_ladders
 
     seen = []
 
@@ -158,8 +158,8 @@ def test_composed_prompts_are_validated():
 
 
 def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path):
-    from bench.curves import MANIFEST, curve_tables, run_sweep
-    from bench.report import build_report
+    from bench.report.build import build_report
+    from bench.report.curves import MANIFEST, curve_tables, run_sweep
 
     track = replace(Track(), sampler=replace(Track().sampler, steps=5))
     bench = Bench(track=track, methods=["fuchi"], concepts=["circle"], protocol=EvalProtocol(seeds=(0, 1)),
@@ -188,7 +188,7 @@ def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path
 
 def test_a_sweep_range_replaces_the_declared_one_and_bad_ranges_are_refused():
     """``bench sweep --range METHOD=LOW:HIGH``: another model's transition lies elsewhere."""
-    from bench.curves import parse_ranges, sweep_plan
+    from bench.report.curves import parse_ranges, sweep_plan
 
     bench = Bench(track=Track(), methods=["fuchi", "lora_eraser"], concepts=["circle"])
     ranges = parse_ranges(["fuchi=1e-4:1e-2"])

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.protocol import EvalProtocol
-from bench.report import load_cells
-from bench.runner import Bench, Track, run_bench
+from bench.core.protocol import EvalProtocol
+from bench.report.build import load_cells
+from bench.run.cell import Bench, Track, run_bench
 
 # wall-clock and memory readings differ between any two runs; every other number must not
 VOLATILE = ("seconds", "memory")
@@ -69,7 +69,7 @@ def ray_cluster():
 
 
 def test_ray_grid_equals_local_grid(local_grid, ray_cluster, tiny_model_dir, tmp_path):
-    from bench.executors import RayExecutor
+    from bench.run.executors import RayExecutor
 
     executor = RayExecutor(workers=2, threads=1)
     try:
@@ -84,7 +84,7 @@ def test_ray_grid_equals_local_grid(local_grid, ray_cluster, tiny_model_dir, tmp
 
 def test_worker_killed_mid_cell_loses_nothing(local_grid, ray_cluster, tiny_model_dir, tmp_path):
     """SIGKILL to an actor while it measures a cell: Ray restarts it and retries that cell."""
-    from bench.executors import RayExecutor
+    from bench.run.executors import RayExecutor
 
     executor = RayExecutor(workers=2, threads=1)
     executor.actors(_bench(tiny_model_dir).track)
@@ -113,7 +113,7 @@ def test_worker_killed_mid_cell_loses_nothing(local_grid, ray_cluster, tiny_mode
 
 
 def test_ray_missing_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
-    from bench.cli import main
+    from bench.cli.main import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     code = main(["run", "--methods", "fuchi", "--concepts", "circle", "--attacks", "none", "--executor", "ray",
@@ -124,15 +124,15 @@ def test_ray_missing_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
 
 
 def test_ray_flags_need_the_ray_executor(capsys, tmp_path):
-    from bench.cli import main
+    from bench.cli.main import main
 
     code = main(["run", "--methods", "fuchi", "--concepts", "circle", "--workers", "2", "--out", str(tmp_path)])
     assert code == 2 and "--executor ray" in capsys.readouterr().err
 
 
 def test_more_workers_than_the_cluster_holds_is_refused(ray_cluster, tiny_model_dir):
-    from bench.errors import ConfigError
-    from bench.executors import RayExecutor
+    from bench.core.errors import ConfigError
+    from bench.run.executors import RayExecutor
 
     executor = RayExecutor(workers=3, threads=1)  # the test cluster has 2 CPUs
     try:
@@ -144,10 +144,10 @@ def test_more_workers_than_the_cluster_holds_is_refused(ray_cluster, tiny_model_
 
 def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path, monkeypatch):
     """The executor given to ``run_sweep``/``tune`` runs every cell they need (what --executor does)."""
-    import bench.tune as tune_module
-    from bench.curves import run_sweep
-    from bench.executors import LocalExecutor
-    from bench.tune import TuneSpec, tune
+    import bench.run.tune as tune_module
+    from bench.report.curves import run_sweep
+    from bench.run.executors import LocalExecutor
+    from bench.run.tune import TuneSpec, tune
 
     class Recording(LocalExecutor):
         def __init__(self) -> None:
@@ -166,7 +166,7 @@ def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path
 
     monkeypatch.setattr(tune_module, "tuned_path", lambda track: tmp_path / "tuned.json")
     executor = Recording()
-    chosen = tune(bench.track, "uce", ["ring"], tmp_path / "tune", bench.protocol,
+    chosen = tune(bench.track, "uce", ["ring"], tmp_path / "tune", bench.core.protocol,
                   TuneSpec(grid={"erase_scale": [0.5, 1.0]}), executor)
     assert [j.spec.method_config["erase_scale"] for j in executor.jobs] == [0.5, 1.0]
     assert len(chosen["grid"]) == 2 and (tmp_path / "tuned.json").is_file()

@@ -1,6 +1,6 @@
 """Every method runs one step on randomly initialised SD v1.5- and v2.1-size pipelines (slow: minutes
 per method on a CPU, up to ~20 GB of memory; `make test-slow`). The README's cost table reports the
-peak memory these runs print (`python -m bench.fullsize --arch sd15 --method M`)."""
+peak memory these runs print (`python -m bench.devtools.fullsize --arch sd15 --method M`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from bench.fullsize import ARCHS, ONE_STEP
-from bench.method import method_registry
-from bench.smoke import method_specs
+from bench.api.method import method_registry
+from bench.devtools.fullsize import ARCHS, ONE_STEP
+from bench.devtools.smoke import method_specs
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_every_method_has_a_one_step_budget():
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("spec", [s for s in method_specs() if s != "esd"])
 def test_one_step_at_full_size(arch, spec):
-    out = subprocess.run([sys.executable, "-m", "bench.fullsize", "--arch", arch, "--method", spec],
+    out = subprocess.run([sys.executable, "-m", "bench.devtools.fullsize", "--arch", arch, "--method", spec],
                          capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-2000:]
     rec = json.loads(out.stdout.strip().splitlines()[-1])

@@ -13,12 +13,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.errors import ConfigError, InputError
-from bench.judges.base import REJECT_LABEL
-from bench.protocol import EvalProtocol
-from bench.records import CELL_FILES, is_complete
-from bench.report import build_report
-from bench.runner import Bench, Track, run_bench
+from bench.api.judge import REJECT_LABEL
+from bench.core.errors import ConfigError, InputError
+from bench.core.protocol import EvalProtocol
+from bench.core.records import CELL_FILES, is_complete
+from bench.report.build import build_report
+from bench.run.cell import Bench, Track, run_bench
 
 FAST_TRACK = replace(Track(), sampler=replace(Track().sampler, steps=5))
 FAST = EvalProtocol(seeds=(0, 1))
@@ -52,7 +52,7 @@ def test_cell_folder_describes_itself(one_run):
     assert metrics["seconds_per_concept"] > 0 and metrics["trainable_params"] > 0
     assert "method_label" not in metrics  # labels are derived at report time (tests/test_labels.py)
     # every number the cell holds is declared in the metric registry, whose version it records
-    from bench.metric_registry import REGISTRY_VERSION, undeclared
+    from bench.metrics.registry import REGISTRY_VERSION, undeclared
 
     assert undeclared(list(metrics)) == [] and metrics["metrics_registry"] == REGISTRY_VERSION
     assert "clip_score_retain" not in metrics  # the ConceptWorld judge has no text encoder: no CLIP score

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.erase import erase_to_folder
-from bench.errors import ConfigError, InputError
-from bench.images import load_images
+from bench.core.errors import ConfigError, InputError
+from bench.core.images import load_images
+from bench.run.erase import erase_to_folder
 
 
 def _erase(tmp_path, **kw):

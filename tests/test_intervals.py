@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.metrics import ClusterTable, bootstrap_ci, composite, hierarchical_bootstrap, tied_ranks
+from bench.metrics.formulas import ClusterTable, bootstrap_ci, composite, hierarchical_bootstrap, tied_ranks
 
 
 def _between_concepts_only(k: int = 40) -> tuple[ClusterTable, list[bool], list[int]]:
@@ -65,7 +65,7 @@ def test_a_collapsed_prompt_scores_near_zero_diversity():
     """Every seed of one prompt giving the same image: diversity 0, against the original's spread."""
     import torch
 
-    from bench.metrics import collapse_ratio, seed_diversity
+    from bench.metrics.formulas import collapse_ratio, seed_diversity
 
     g = torch.Generator().manual_seed(0)
     prompts = ["a star"] * 8 + ["a moon"] * 8

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.judges.base import REJECT_LABEL, SCENE_HEAD
-from bench.metrics import DISAGREEMENT_FLAG, agreement
-from bench.runner import ImageRow, cell_metrics
-from bench.world.negatives import KINDS, render_negatives
+from bench.api.judge import REJECT_LABEL, SCENE_HEAD
+from bench.metrics.formulas import DISAGREEMENT_FLAG, agreement
+from bench.run.cell import ImageRow, cell_metrics
 from bench.world.render import HEADS, Scene, jitter_texture, render_batch, render_scene, to_tensor
+from bench.worldgen.negatives import KINDS, render_negatives
 
 WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
 needs_world = pytest.mark.skipif(not (WORLD / "judge_vit" / "judge.safetensors").is_file(),
@@ -55,8 +55,8 @@ def test_holes_show_the_background_through_the_dark_texture_only():
 def test_judge_training_scenes_with_holes_keep_their_labels():
     """``judge_set``'s holed share changes textured scenes' pixels only: same labels, solid scenes
     untouched; with ``n_unclear`` the style head's none class appears, and nowhere else."""
-    from bench.world.judge_build import Drawn, judge_set
     from bench.world.render import WORLD3
+    from bench.worldgen.judge_build import Drawn, judge_set
 
     args = dict(seed=3, n=24, n_negatives=4, character_prob=0.0, vocab=WORLD3)
     plain_x, plain_y = judge_set(**args)
@@ -73,8 +73,8 @@ def test_judge_training_scenes_with_holes_keep_their_labels():
 def test_large_judge_scenes_keep_their_labels_and_stay_in_the_frame():
     """``judge_set``'s large share draws the same scenes bigger (every label kept), centred so that
     no shape leaves the frame: the image border stays background."""
-    from bench.world.judge_build import LARGE, Drawn, _large, judge_set
     from bench.world.render import sample_scene
+    from bench.worldgen.judge_build import LARGE, Drawn, _large, judge_set
 
     args = dict(seed=5, n=16, n_negatives=0, character_prob=0.0)
     plain_x, plain_y = judge_set(**args)
@@ -134,8 +134,8 @@ def test_agreement_on_a_constructed_disagreement():
 
 
 def test_cell_scores_each_head_where_its_numbers_read_it():
-    from bench.concepts import Concept
-    from bench.runner import ImageRow, scored_heads
+    from bench.core.concepts import Concept
+    from bench.run.cell import ImageRow, scored_heads
 
     star = Concept(name="star", type="object", split="test", extra={"head": "object", "label": "star"})
     red = Concept(name="red", type="colour", split="dev", extra={"head": "colour", "label": "red"})
@@ -175,7 +175,7 @@ def test_reject_head_rejects_non_scenes_and_accepts_fresh_renders(world_judges, 
 
 @needs_world
 def test_detect_is_never_true_on_a_rejected_image(world_judges):
-    from bench.concepts import Concept
+    from bench.core.concepts import Concept
 
     judge = world_judges[0]
     neg, _ = render_negatives(99, 64)
@@ -207,11 +207,11 @@ def test_imagenet_judge_rejects_blank_frames_and_keeps_photographs():
 
 def test_judges_are_found_through_a_registry():
     """Names resolve through one registry (no if/elif); anything else is a ConceptWorld judge folder."""
-    from bench.concepts import load_concept_set
-    from bench.errors import ConfigError
-    from bench.judges.base import build_judge, judge_registry
+    from bench.api.judge import build_judge, judge_registry
+    from bench.core.concepts import load_concept_set
+    from bench.core.errors import ConfigError
     from bench.judges.imagenet import ImageNetJudge
-    from bench.runner import Track
+    from bench.run.cell import Track
 
     assert {"imagenet", "imagenet-restricted", "resnet50", "resnet50-restricted", "clip"} <= set(judge_registry())
     track = Track()
@@ -237,7 +237,7 @@ def test_clip_score_is_part_of_the_interface():
 def test_collapse_on_rendered_scenes_with_the_world_judge():
     """Eight different renders of 'a star' against eight copies of one: the copies score 0 diversity."""
     from bench.judges.world import WorldConceptJudge
-    from bench.metrics import collapse_ratio
+    from bench.metrics.formulas import collapse_ratio
 
     judge = WorldConceptJudge(WORLD / "judge")
     arr, _ = render_batch(7, 8, shape="star")
@@ -252,8 +252,8 @@ def test_collapse_on_rendered_scenes_with_the_world_judge():
 def test_selective_alignment_on_rendered_composed_scenes(world_judges):
     """Renders of each composed prompt of the concept set (the scene the prompt names): the world judge
     sees the other named attributes on nearly all; named wrongly, it sees them on almost none."""
-    from bench.concepts import load_concept_set
-    from bench.runner import COMPOSED, ImageRow, selective_alignment
+    from bench.core.concepts import load_concept_set
+    from bench.run.cell import COMPOSED, ImageRow, selective_alignment
 
     cs = load_concept_set(WORLD / "concepts.yaml")
     render_key = {"object": "shape", "colour": "colour", "style": "style"}
@@ -285,7 +285,7 @@ def test_selective_alignment_on_rendered_composed_scenes(world_judges):
 
 
 def test_a_judge_that_cannot_check_attributes_answers_none():
-    from bench.judges.base import Judge
+    from bench.api.judge import Judge
 
     class Blind(Judge):
         id, version = "blind", "1"
@@ -331,8 +331,8 @@ def test_unclear_scenes_label_the_style_none_and_are_deterministic():
 
 def test_judge_heads_add_none_to_the_open_heads_only():
     from bench.world.judge import judge_heads
-    from bench.world.quality import vocabulary_of
     from bench.world.render import WORLD2, WORLD3
+    from bench.worldgen.quality import vocabulary_of
 
     heads = judge_heads(WORLD3)
     assert heads["style"] == (*WORLD3.heads["style"], REJECT_LABEL)
@@ -374,7 +374,7 @@ def test_open_heads_answer_none_on_unclear_scenes_and_name_fresh_renders(world_j
 
 
 def test_report_shows_each_judges_ua_and_retain():
-    from bench.report import judges_table
+    from bench.report.build import judges_table
 
     def cell(label, concept, ua_hits, second_hits):
         rows = []
@@ -406,7 +406,7 @@ def test_report_shows_each_judges_ua_and_retain():
 
 
 def test_report_pools_agreement_over_the_images_each_head_is_scored_on():
-    from bench.report import agreement_table, pooled_agreement
+    from bench.report.build import agreement_table, pooled_agreement
 
     a = {SCENE_HEAD: ["valid"] * 4, "style": ["dotted"] * 4}
     b1 = {SCENE_HEAD: ["valid"] * 4, "style": ["solid", "dotted", "dotted", "dotted"]}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from bench.io import write_json
-from bench.labels import cell_label, method_label, tuned_for_spec
-from bench.method import build_method
-from bench.records import sha256_json
+from bench.api.method import build_method
+from bench.core.io import write_json
+from bench.core.records import sha256_json
+from bench.report.labels import cell_label, method_label, tuned_for_spec
 
 
 def _spec(config: dict, concept_set: str = "conceptworld@2.1") -> dict:
@@ -40,7 +40,7 @@ def test_a_cell_made_under_set_is_labelled_tuned_once_tuning_chose_its_config(tm
 
 def test_report_labels_cells_from_their_specs(tmp_path, monkeypatch):
     """load_cells derives labels; a stale label left in an old metrics.json is ignored."""
-    import bench.report as report
+    import bench.report.build as report
 
     folder = tmp_path / "runs" / "cells" / "abc"
     folder.mkdir(parents=True)

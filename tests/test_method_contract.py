@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.concepts import Concept
-from bench.edit import Edit
-from bench.images import load_images
-from bench.method import build_method, get_method
-from bench.smoke import method_specs
-from bench.tiny import build_tiny_pipeline
-from bench.training import FewShotConfig, concept_loss, few_shot_latents
+from bench.api.edit import Edit
+from bench.api.method import build_method, get_method
+from bench.core.concepts import Concept
+from bench.core.images import load_images
+from bench.devtools.smoke import method_specs
+from bench.model.ascent import FewShotConfig, few_shot_latents
+from bench.model.tiny import build_tiny_pipeline
+from bench.model.training import concept_loss
 from tests.conftest import state
 
 SPECS = method_specs()
@@ -90,8 +91,8 @@ def test_concept_loss_goes_up(spec, images):
 
 @pytest.fixture(scope="module")
 def world():
-    from bench.concepts import load_concept_set
-    from bench.runner import Track, load_judge
+    from bench.core.concepts import load_concept_set
+    from bench.run.cell import Track, load_judge
 
     track = Track()
     cs = load_concept_set(track.concept_set)
@@ -102,8 +103,8 @@ def world():
 def test_erase_lowers_the_judges_detection_on_conceptworld(spec, world):
     """Methods whose objective is not a denoising loss of the concept: the ConceptWorld judge sees
     "star" in fewer of 8 images of "a picture of a star" after the erase (their declared config)."""
-    from bench.generation import generate
-    from bench.pipeline import load_pipeline
+    from bench.model.generation import generate
+    from bench.model.pipeline import load_pipeline
 
     track, cs, judge = world
     pipe = load_pipeline(track.model, device="cpu")
@@ -184,7 +185,7 @@ def test_lora_edit_merge_reproduces_the_peft_forward():
 def test_baselines_declare_the_authors_trainable_sets():
     """ESD x/u split the UNet's Linear/Conv2d at cross-attention; UCE and Concept Ablation edit the
     cross-attention keys and values; AdvUnlearn the text encoder's layers (no embeddings)."""
-    from bench.edit import pipeline_parameters
+    from bench.api.edit import pipeline_parameters
 
     pipe = build_tiny_pipeline(seed=0)
     unet = set(pipeline_parameters(pipe, ("unet",)))
@@ -208,8 +209,8 @@ def test_baselines_declare_the_authors_trainable_sets():
 
 def test_concept_set_declares_anchor_and_preservation():
     """A method's preservation list never names what the concept's own evaluation retains."""
-    from bench.concepts import load_concept_set
-    from bench.runner import Track
+    from bench.core.concepts import load_concept_set
+    from bench.run.cell import Track
 
     cs = load_concept_set(Track().concept_set)
     for c in cs.concepts:
@@ -222,8 +223,8 @@ def test_concept_set_declares_anchor_and_preservation():
 
 
 def test_concept_set_anchor_and_preserve_declared_in_yaml():
-    from bench.concepts import parse_concept_set
-    from bench.errors import ConfigError
+    from bench.core.concepts import parse_concept_set
+    from bench.core.errors import ConfigError
 
     data = {"name": "s", "version": "1", "concepts": [
         {"name": "star", "anchor": "shape", "preserve": ["a red shape"]},

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bench.metric_registry import RECORD_FIELDS, Metric, display, lookup, metrics, register_metric, undeclared
-from bench.regress import TOLERANCES, compare
+from bench.metrics.registry import (
+    RECORD_FIELDS,
+    Metric,
+    display,
+    lookup,
+    metrics,
+    register_metric,
+    undeclared,
+)
+from bench.run.regress import TOLERANCES, compare
 
 
 def test_templated_and_original_keys_resolve_to_one_declaration():

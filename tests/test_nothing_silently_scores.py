@@ -23,20 +23,20 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.records
-import bench.runner
-from bench.cli import main
-from bench.concepts import Concept
-from bench.errors import ConfigError, InputError, NonFiniteError, RecordError, RunLockedError
-from bench.guards import check_finite, image_warnings
-from bench.images import load_images, read_image
-from bench.judges.base import Judge, scene_labels
-from bench.lock import LOCK_NAME, acquire, release
-from bench.method import build_method
-from bench.protocol import EvalProtocol, SamplerSpec
-from bench.records import cell_status, is_complete, verify_cells
-from bench.report import build_report
-from bench.runner import Bench, Track, run_bench
+import bench.core.records
+import bench.run.cell
+from bench.api.judge import Judge, scene_labels
+from bench.api.method import build_method
+from bench.cli.main import main
+from bench.core.concepts import Concept
+from bench.core.errors import ConfigError, InputError, NonFiniteError, RecordError, RunLockedError
+from bench.core.images import load_images, read_image
+from bench.core.lock import LOCK_NAME, acquire, release
+from bench.core.protocol import EvalProtocol, SamplerSpec
+from bench.core.records import cell_status, is_complete, verify_cells
+from bench.model.guards import check_finite, image_warnings
+from bench.report.build import build_report
+from bench.run.cell import Bench, Track, run_bench
 from tests.conftest import state
 
 # -- 1. sampler and config values: non-finite or out of range is refused before work --------------
@@ -136,7 +136,7 @@ def test_truncated_image_is_one_clear_error(tmp_path):
 
 
 def test_long_concept_name_is_refused_by_erase(tmp_path, tiny_model_dir, concept_images):
-    from bench.erase import erase_to_folder
+    from bench.run.erase import erase_to_folder
 
     name = "golf ball " * 300
     with pytest.raises(InputError, match=r"concept 'golf ball .* prompt .* is \d+ tokens, over the text "
@@ -174,11 +174,11 @@ def test_long_synonym_and_attack_prompt_are_refused_by_run(tmp_path):
 
 
 def test_run_report_defaults_to_the_run_folder(tmp_path, monkeypatch):
-    import bench.report
+    import bench.report.build
 
     written = []
-    monkeypatch.setattr(bench.runner, "run_bench", lambda b, out, progress=True, executor=None: [])
-    monkeypatch.setattr(bench.report, "build_report",
+    monkeypatch.setattr(bench.run.cell, "run_bench", lambda b, out, progress=True, executor=None: [])
+    monkeypatch.setattr(bench.report.build, "build_report",
                         lambda runs, out, only=None, sweeps=None: written.append(Path(out)) or {"html": Path(out) / "index.html"})
     assert main(["run", "--methods", "fuchi", "--concepts", "star", "--out", str(tmp_path / "x")]) == 0
     assert main(["run", "--methods", "fuchi", "--out", str(tmp_path / "y"), "--report", str(tmp_path / "r")]) == 0
@@ -200,7 +200,7 @@ def test_diverging_erase_is_caught_and_restores_the_model(tiny_pipe, concept_ima
 
 @pytest.mark.parametrize(("module", "stage"), [("unet.conv_out", "latents"), ("vae.post_quant_conv", "decoded images")])
 def test_generation_refuses_non_finite(tiny_pipe, module, stage):
-    from bench.generation import generate
+    from bench.model.generation import generate
 
     with torch.no_grad():
         comp, name = module.split(".", 1)
@@ -218,7 +218,7 @@ def test_check_finite_names_the_stage():
 
 
 def test_degenerate_images_are_flagged():
-    from bench.runner import ImageRow
+    from bench.run.cell import ImageRow
 
     rows = [ImageRow("target", None, p, s) for p in ("a cat", "a kitty") for s in (0, 1)]
     rows.append(ImageRow("in_domain", None, "a dog", 0))
@@ -287,7 +287,7 @@ def _grid_bench(tiny_model_dir, root: Path, **kw) -> Bench:
 
 @pytest.fixture
 def fake_judge(monkeypatch):
-    monkeypatch.setattr(bench.runner, "load_judge", lambda track, cs, spec=None: FakeJudge())
+    monkeypatch.setattr(bench.run.cell, "load_judge", lambda track, cs, spec=None: FakeJudge())
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def grid(tiny_model_dir, tmp_path_factory):
     """One run of the grid (a healthy and a diverging method on a hostile concept), shared read-only."""
     root = tmp_path_factory.mktemp("grid")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.runner, "load_judge", lambda track, cs, spec=None: FakeJudge())
+        mp.setattr(bench.run.cell, "load_judge", lambda track, cs, spec=None: FakeJudge())
         out = root / "runs"
         return out, run_bench(_grid_bench(tiny_model_dir, root), out, progress=False)
 
@@ -311,7 +311,7 @@ def test_diverging_method_is_a_failed_cell_never_a_score(grid, tmp_path, tiny_mo
     assert bad["reason"].startswith(f"method full_finetune, concept {HOSTILE!r}: non-finite {bad['stage']} (")
     before = {c: (c / "metrics.json").stat().st_mtime_ns for c in cells}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.runner, "load_judge", lambda track, cs, spec=None: FakeJudge())
+        mp.setattr(bench.run.cell, "load_judge", lambda track, cs, spec=None: FakeJudge())
         again = run_bench(_grid_bench(tiny_model_dir, tmp_path), out, progress=False)
     assert again == cells  # the diverged cell is a record: skipped on rerun, not redone
     assert {c: (c / "metrics.json").stat().st_mtime_ns for c in cells} == before
@@ -343,7 +343,7 @@ def test_hostile_names_render_as_text(grid, tmp_path):
 
 
 def test_degenerate_cell_gets_a_warning_column(grid, tmp_path):
-    from bench.records import RunSpec, write_cell
+    from bench.core.records import RunSpec, write_cell
 
     out, cells = grid
     ok = next(c for c in cells if cell_status(json.loads((c / "metrics.json").read_text())) == "ok")
@@ -372,7 +372,7 @@ class BlindSecondJudge(FakeJudge):
 def test_a_second_judge_that_cannot_judge_the_concept_gives_no_ua(tmp_path, tiny_model_dir, monkeypatch):
     """Its labels still give the agreement; the cell says why it has no UA or RA by the second judge, and
     the report's Both judges table leaves the cell out rather than pooling judge 1 alone."""
-    monkeypatch.setattr(bench.runner, "load_judge",
+    monkeypatch.setattr(bench.run.cell, "load_judge",
                         lambda track, cs, spec=None: BlindSecondJudge() if spec == "blind" else FakeJudge())
     grid_bench = _grid_bench(tiny_model_dir, tmp_path, methods=["fuchi"])
     grid_bench = replace(grid_bench, track=replace(grid_bench.track, second_judge="blind"))
@@ -444,19 +444,19 @@ def test_failed_write_leaves_no_partial_cell_and_rerun_completes(grid, tmp_path,
     shutil.copytree(grid[0], out)
     missing = next(c for c in grid[1] if cell_status(json.loads((c / "metrics.json").read_text())) != "ok")
     shutil.rmtree(out / "cells" / missing.name)  # the grid lacks one cell: the next run writes it
-    real = bench.records.write_json
+    real = bench.core.records.write_json
 
     def disk_full(path, data):
         if Path(path).name == "metrics.json":  # the cell writer fails mid-way: disk full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(bench.records, "write_json", disk_full)
+    monkeypatch.setattr(bench.core.records, "write_json", disk_full)
     with pytest.raises(RecordError, match=r"could not write cell \w+ \(full_finetune, concept .*\) under .*: "
                                           r"No space left on device; no partial cell was kept, rerun to complete"):
         run_bench(_grid_bench(tiny_model_dir, tmp_path), out, progress=False)
     assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(c.name for c in grid[1] if c != missing)
-    monkeypatch.setattr(bench.records, "write_json", real)
+    monkeypatch.setattr(bench.core.records, "write_json", real)
     cells = run_bench(_grid_bench(tiny_model_dir, tmp_path), out, progress=False)
     assert [c.name for c in cells] == [c.name for c in grid[1]] and all(is_complete(c) for c in cells)
     assert all(not p for p in verify_cells(out).values())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.protocol import EvalProtocol
-from bench.report import build_report
-from bench.runner import Bench, Track, run_bench
+from bench.core.protocol import EvalProtocol
+from bench.report.build import build_report
+from bench.run.cell import Bench, Track, run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from bench.errors import ConfigError, RecordError
-from bench.metrics import bootstrap_ci, composite, summary
-from bench.protocol import EvalProtocol
-from bench.records import CELL_FILES, RunSpec, clean_partial, is_complete, scan_cells, write_cell
+from bench.core.errors import ConfigError, RecordError
+from bench.core.protocol import EvalProtocol
+from bench.core.records import CELL_FILES, RunSpec, clean_partial, is_complete, scan_cells, write_cell
+from bench.metrics.formulas import bootstrap_ci, composite, summary
 
 
 def _spec(**kw):

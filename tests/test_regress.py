@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.regress import GOLDENS, compare, run_regress
+from bench.run.regress import GOLDENS, compare, run_regress
 
 
 def test_compare_names_method_and_metric():

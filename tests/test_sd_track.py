@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench.concepts import Concept, load_concept_set
-from bench.errors import InputError
-from bench.protocol import EvalProtocol, SamplerSpec
-from bench.report import build_report
-from bench.runner import SD_CONCEPT_SETS, Bench, plan_bench, run_bench, sd_track
+from bench.core.concepts import Concept, load_concept_set
+from bench.core.errors import InputError
+from bench.core.protocol import EvalProtocol, SamplerSpec
+from bench.report.build import build_report
+from bench.run.cell import SD_CONCEPT_SETS, Bench, plan_bench, run_bench, sd_track
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
                                              "head_width": 16},
@@ -106,7 +106,7 @@ def test_resnet50_judge_loads_local_safetensors_weights(tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from bench.errors import InputError
+    from bench.core.errors import InputError
     from bench.judges.imagenet import ImageNetJudge
 
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def tiny_hf_clip(tmp_path_factory):
     """A tiny transformers CLIPModel folder (both towers, safetensors, tokenizer files), built in code."""
     from transformers import CLIPConfig, CLIPModel
 
-    from bench.tokenizer import cached_clip_tokenizer
+    from bench.model.tokenizer import cached_clip_tokenizer
 
     folder = tmp_path_factory.mktemp("hf-clip") / "tiny-clip"
     tokenizer = cached_clip_tokenizer()

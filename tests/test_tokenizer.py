@@ -1,6 +1,6 @@
 import torch
 
-from bench.tokenizer import REFERENCE_IDS, VOCAB_SIZE, build_clip_tokenizer, cached_clip_tokenizer
+from bench.model.tokenizer import REFERENCE_IDS, VOCAB_SIZE, build_clip_tokenizer, cached_clip_tokenizer
 
 
 def test_rebuilt_clip_tokenizer_matches_sd_ids(tmp_path):

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.concepts import Concept
-from bench.images import load_images
-from bench.method import build_method
-from bench.tiny import build_tiny_pipeline
-from bench.training import denoising_loss, noise_scheduler
+from bench.api.method import build_method
+from bench.core.concepts import Concept
+from bench.core.images import load_images
+from bench.model.tiny import build_tiny_pipeline
+from bench.model.training import denoising_loss, noise_scheduler
 from tests.conftest import state
 
 

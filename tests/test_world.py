@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from bench.concepts import load_concept_set, parse_concept_set
-from bench.errors import ConfigError, InputError
+from bench.core.concepts import load_concept_set, parse_concept_set
+from bench.core.errors import ConfigError, InputError
 from bench.world.captions import CHARACTER_PARAPHRASES, PARAPHRASE_TEMPLATES, caption_for, concept_set_dict
-from bench.world.config import MINI_OVERRIDES, WorldConfig
 from bench.world.render import CHARACTERS, HEADS, Scene, render_batch, render_scene, sample_scene, to_tensor
+from bench.worldgen.config import MINI_OVERRIDES, WorldConfig
 
 WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
 needs_world = pytest.mark.skipif(not (WORLD / "model" / "model_index.json").is_file(), reason="world not built")
@@ -32,7 +32,7 @@ def test_renderer_is_deterministic():
 
 
 def test_parallel_rendering_gives_the_same_set():
-    from bench.world.train import render_set
+    from bench.worldgen.train import render_set
 
     one, scenes_one = render_set(3, 40, 0.15, "serial", workers=1)
     two, scenes_two = render_set(3, 40, 0.15, "parallel", workers=2)
@@ -138,8 +138,8 @@ def test_manifest_hashes_every_committed_file():
 
 @needs_world
 def test_committed_pipeline_generates_deterministically():
-    from bench.protocol import WORLD_SAMPLER
-    from bench.world.quality import generate, load_pipeline
+    from bench.core.protocol import WORLD_SAMPLER
+    from bench.worldgen.quality import generate, load_pipeline
 
     pipe = load_pipeline(WORLD / "model")
     a = generate(pipe, "a picture of a red star", [0, 1], WORLD_SAMPLER)
@@ -168,9 +168,9 @@ def test_judge_recognises_fresh_renders():
 
 @pytest.mark.slow
 def test_miniature_world_builds_end_to_end(tmp_path):
-    from bench.world.build import build
     from bench.world.judge import WorldJudge
-    from bench.world.quality import load_pipeline
+    from bench.worldgen.build import build
+    from bench.worldgen.quality import load_pipeline
 
     cfg = WorldConfig().override(MINI_OVERRIDES)
     res = build(tmp_path / "out", tmp_path / "work", cfg)
@@ -189,8 +189,8 @@ def test_unet_heads_have_the_width_the_config_names():
     """diffusers reads ``attention_head_dim`` as a head count: world 2.1 keeps its 32 heads per block
     (and its weights), world 3's preset gives heads of width 32, and a width that does not divide
     every block's channels is a one-line error."""
-    from bench.world.config import PRESETS
-    from bench.world.train import make_unet, unet_heads
+    from bench.worldgen.config import PRESETS
+    from bench.worldgen.train import make_unet, unet_heads
 
     world2 = WorldConfig()
     assert unet_heads(world2) == 32
@@ -227,7 +227,7 @@ def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
     finished are kept and the rest of its lane does not run."""
     import os
 
-    from bench.world.train import Stages
+    from bench.worldgen.train import Stages
 
     cfg = WorldConfig().override(["parallel_stages=true", "seed=5"])
     threads = torch.get_num_threads()
@@ -266,9 +266,9 @@ def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
 def test_presets_name_every_world(tmp_path, capsys):
     """``build --preset 3`` is world 3 (``make world WORLD=3`` calls it): the overrides come from one
     list, ``--set`` goes on top of them, and an unknown preset is refused by the parser."""
-    from bench.runner import WORLD
-    from bench.world.__main__ import main
-    from bench.world.config import DEFAULT_PRESET, PRESET_FOLDERS, PRESETS
+    from bench.cli.world import main
+    from bench.run.cell import WORLD
+    from bench.worldgen.config import DEFAULT_PRESET, PRESET_FOLDERS, PRESETS
 
     assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
     assert DEFAULT_PRESET == "3" and WORLD.name == Path(PRESET_FOLDERS["3"][0]).name  # make bench's world
@@ -289,8 +289,8 @@ def test_presets_name_every_world(tmp_path, capsys):
                                  capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "WORLD"})
             assert f"-m bench.world build {preset}" in dry.stdout and f"-m bench.world evaluate {preset}" in dry.stdout
     # `judge` retrains the judges of the preset a world was built with (its MANIFEST.json), never another's
-    from bench.world.__main__ import _judged_preset
-    from bench.world.config import preset_of
+    from bench.cli.world import _judged_preset
+    from bench.worldgen.config import preset_of
 
     root = Path(__file__).resolve().parents[1] / "datasets"
     for folder, preset in (("conceptworld", "2.1"), ("conceptworld3", "3")):

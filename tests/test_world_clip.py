@@ -9,17 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.world.captions import COLOUR_SYNONYMS, NOUN, OBJECT_SYNONYMS, STYLE_SYNONYMS
-from bench.world.clip import (
-    MINI_CLIP,
-    STYLE_PHRASES,
-    ClipConfig,
-    clip_caption,
-    contrastive_loss,
-    make_clip,
-    train_clip,
-    zero_shot,
-)
+from bench.world.clip import zero_shot
 from bench.world.render import NONE_CHARACTER, render_batch
+from bench.worldgen.clip_train import STYLE_PHRASES, clip_caption, contrastive_loss, make_clip, train_clip
+from bench.worldgen.config import MINI_CLIP, ClipConfig
 
 
 def test_duplicate_captions_are_not_negatives():
@@ -42,8 +35,8 @@ def test_duplicate_captions_are_not_negatives():
 def test_captions_true_of_another_image_are_not_negatives():
     """"a star" is as true of the other star in a batch as of its own: that pair leaves the softmax;
     a caption naming something the image lacks stays a negative."""
-    from bench.world.clip import also_true, described
     from bench.world.render import Scene
+    from bench.worldgen.clip_train import also_true, described
 
     scenes = [Scene("star", "red", "solid"), Scene("star", "blue", "dotted"), Scene("moon", "red", "solid")]
     stated = [{"object": "star"}, {"object": "star", "colour": "blue"}, {"colour": "red"}]
@@ -67,10 +60,10 @@ def test_captions_true_of_another_image_are_not_negatives():
 def test_also_true_is_the_pairwise_definition_on_training_batches():
     """``also_true`` (per head, vectorised) gives what its definition does pair by pair, on batches of
     world 3's training captions with characters and non-scenes among them."""
-    from bench.world.clip import NOTHING, also_true, described, nothing_caption
-    from bench.world.negatives import KINDS
     from bench.world.render import WORLD3
-    from bench.world.train import sample_scenes
+    from bench.worldgen.clip_train import NOTHING, also_true, described, nothing_caption
+    from bench.worldgen.negatives import KINDS
+    from bench.worldgen.train import sample_scenes
 
     rng = np.random.default_rng(3)
     for batch in range(4):
@@ -87,8 +80,8 @@ def test_also_true_is_the_pairwise_definition_on_training_batches():
 def test_image_tower_pretraining_learns_the_labels(world_scenes, tmp_path):
     """LiT's first half: the image tower with a linear head per attribute fits the renders' labels
     (summed cross-entropy falls), and a finished run reloads from its checkpoint without training."""
-    from bench.world.clip import pretrain_image_tower
     from bench.world.render import WORLD2
+    from bench.worldgen.clip_train import pretrain_image_tower
 
     images, scenes = world_scenes
     cfg = ClipConfig().override([*MINI_CLIP, "image_steps=40", "vision_hidden=32", "vision_heads=2", "vision_ff=64",
@@ -216,7 +209,8 @@ def test_a_locked_tower_is_run_once_over_the_pool(world_scenes):
     the tower on each batch."""
     import torch.nn.functional as F
 
-    from bench.world.clip import NonScenes, _locked_features, _views, image_embeddings, make_clip
+    from bench.world.clip import image_embeddings
+    from bench.worldgen.clip_train import NonScenes, _locked_features, _views, make_clip
 
     images, _ = world_scenes
     negatives = NonScenes(torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)), ["noise"] * 5)
@@ -234,9 +228,9 @@ def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
     """The trained folder is what ``--clip-model FOLDER`` loads; zero-shot accuracy is per head."""
     from transformers import CLIPModel
 
-    from bench.concepts import load_concept_set
+    from bench.core.concepts import load_concept_set
     from bench.judges.clip import ClipJudge
-    from bench.runner import Track
+    from bench.run.cell import Track
 
     images, scenes = world_scenes
     train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
@@ -250,8 +244,8 @@ def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
 
 
 def test_world_config_sets_the_clip_by_dotted_keys():
-    from bench.errors import ConfigError
-    from bench.world.config import MINI_FROZEN_CLIP, WorldConfig
+    from bench.core.errors import ConfigError
+    from bench.worldgen.config import MINI_FROZEN_CLIP, WorldConfig
 
     cfg = WorldConfig().override(["text_encoder=frozen-clip", "clip.steps=7", "clip.text_hidden=32"])
     assert cfg.clip.steps == 7 and cfg.cond_dim == 32 and WorldConfig().cond_dim == WorldConfig().text_hidden
@@ -272,8 +266,8 @@ def test_text_tower_is_the_clip_text_model_unchanged(world_scenes, tmp_path):
     text weights bit for bit, stored as fp16 values, and the same hidden states."""
     from transformers import CLIPModel, CLIPTextModel
 
-    from bench.tokenizer import build_clip_tokenizer
-    from bench.world.clip import save_text_tower
+    from bench.model.tokenizer import build_clip_tokenizer
+    from bench.worldgen.clip_train import save_text_tower
 
     images, scenes = world_scenes
     train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
@@ -293,8 +287,8 @@ def test_text_tower_is_the_clip_text_model_unchanged(world_scenes, tmp_path):
 def test_frozen_states_are_the_encoders_per_caption(tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from bench.tokenizer import build_clip_tokenizer
-    from bench.world.train import _FrozenStates, _Tokens
+    from bench.model.tokenizer import build_clip_tokenizer
+    from bench.worldgen.train import _FrozenStates, _Tokens
 
     torch.manual_seed(0)
     enc = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -322,10 +316,10 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     world CLIP's text tower bit for bit (the UNet trained against it frozen), the CLIP shipped too."""
     from transformers import CLIPModel
 
-    from bench.world.build import build
     from bench.world.clip import load_world_clip
-    from bench.world.config import MINI_FROZEN_CLIP, WorldConfig
-    from bench.world.quality import load_pipeline
+    from bench.worldgen.build import build
+    from bench.worldgen.config import MINI_FROZEN_CLIP, WorldConfig
+    from bench.worldgen.quality import load_pipeline
 
     cfg = WorldConfig().override(MINI_FROZEN_CLIP)
     res = build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)
@@ -334,7 +328,7 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     assert list(res["stages"]["judge"]) == ["seconds", "judge"] and not (tmp_path / "out" / "judge_vit").exists()
     from pathlib import Path
 
-    from bench.runner import world_track
+    from bench.run.cell import world_track
 
     assert Path(world_track(tmp_path / "out").second_judge) == tmp_path / "out" / "clip"
     assert set(res["stages"]["clip"]["zero_shot"]) == {"object", "colour", "style", "character"}
@@ -365,8 +359,9 @@ def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, tmp
     the tower on disk, and a changed or missing tower is a one-line error, never a random tower."""
     from safetensors.torch import load_file, save_file
 
-    from bench.errors import ConfigError
-    from bench.world.clip import IMAGE_TOWER, load_world_clip, save_text_tower, ship_world_clip
+    from bench.core.errors import ConfigError
+    from bench.world.clip import IMAGE_TOWER, load_world_clip
+    from bench.worldgen.clip_train import save_text_tower, ship_world_clip
 
     images, scenes = world_scenes
     train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
@@ -400,8 +395,8 @@ def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
     import shutil
     from pathlib import Path
 
-    from bench.world.quality import vocabulary_of, world_clip_quality
     from bench.world.render import WORLD2
+    from bench.worldgen.quality import vocabulary_of, world_clip_quality
 
     world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
     images, scenes = world_scenes
@@ -425,8 +420,8 @@ def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
 def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
     from pathlib import Path
 
-    from bench.world.quality import judges_on_generated
     from bench.world.render import HEADS
+    from bench.worldgen.quality import judges_on_generated
 
     world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
     images, _ = world_scenes
@@ -450,10 +445,10 @@ def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
     labels on the world's heads (comparable with the CNN's), reject, detect, composed checks, CLIP score."""
     from pathlib import Path
 
-    from bench.concepts import load_concept_set
-    from bench.judges.base import REJECT_LABEL, SCENE_HEAD, build_judge
+    from bench.api.judge import REJECT_LABEL, SCENE_HEAD, build_judge
+    from bench.core.concepts import load_concept_set
     from bench.judges.world import WorldClipJudge, WorldConceptJudge
-    from bench.metrics import agreement
+    from bench.metrics.formulas import agreement
 
     world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
     images, scenes = world_scenes
@@ -487,8 +482,8 @@ def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
 def test_joint_world_initialises_as_world_2_1_did():
     """World 2.1's joint build draws unet, text encoder, then their EMA copies from the seed: the
     frozen-CLIP refactor keeps that order, so world 2.1 rebuilds with the same initial weights."""
-    from bench.world.config import MINI_FROZEN_CLIP, MINI_OVERRIDES, WorldConfig
-    from bench.world.train import _init_models, make_text_encoder, make_unet
+    from bench.worldgen.config import MINI_FROZEN_CLIP, MINI_OVERRIDES, WorldConfig
+    from bench.worldgen.train import _init_models, make_text_encoder, make_unet
 
     cfg = WorldConfig().override(MINI_OVERRIDES)
     torch.manual_seed(0)
@@ -505,10 +500,10 @@ def test_joint_world_initialises_as_world_2_1_did():
 def test_training_views_are_robust_like_the_judges():
     """Jittered and holed textures, large shapes and VAE round trips change pixels, never what the
     scene is; with none of them, the views are the plain renders of the same seed."""
-    from bench.world.clip import training_views
-    from bench.world.config import MINI_OVERRIDES, WorldConfig
     from bench.world.render import vocabulary
-    from bench.world.train import make_vae, render_set
+    from bench.worldgen.clip_train import training_views
+    from bench.worldgen.config import MINI_OVERRIDES, WorldConfig
+    from bench.worldgen.train import make_vae, render_set
 
     vocab = vocabulary("3")
     plain = ClipConfig().override(["jitter=0", "vae_share=0", "holes=0", "large=0"])
@@ -542,9 +537,9 @@ def test_non_scenes_teach_the_clip_to_reject_zero_shot(world_scenes, tmp_path):
     differs from one without them; and the judge of such a CLIP rejects zero-shot (rule 4)."""
     from bench.judges.clip import REJECT_PROMPTS
     from bench.judges.world import WorldClipJudge
-    from bench.world.clip import NOTHING, NOTHING_CAPTIONS, NonScenes, also_true, negative_views
-    from bench.world.negatives import KINDS
     from bench.world.render import WORLD2, Scene, to_tensor
+    from bench.worldgen.clip_train import NOTHING, NOTHING_CAPTIONS, NonScenes, also_true, negative_views
+    from bench.worldgen.negatives import KINDS
 
     images, scenes = world_scenes
     cfg = ClipConfig().override([*MINI_CLIP, "negatives=0.25"])

@@ -1,4 +1,4 @@
-"""Running the benchmark on another built world (--world) and comparing two worlds (bench.world.compare)."""
+"""Running the benchmark on another built world (--world) and comparing two worlds (bench.worldgen.compare)."""
 
 from pathlib import Path
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from bench.errors import ConfigError, InputError
+from bench.core.errors import ConfigError, InputError
 
 WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
 
 
 def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
-    from bench.runner import Track, world_track
+    from bench.run.cell import Track, world_track
 
     track = world_track(WORLD.parent / "conceptworld3")  # the default track is world 3's
     default = Track()
@@ -33,7 +33,7 @@ def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
 
 
 def test_world_flag_reaches_every_grid_command_and_not_the_sd_track(tmp_path):
-    from bench.cli import _bench_from_args, build_parser
+    from bench.cli.main import _bench_from_args, build_parser
 
     for cmd in (["run", "--methods", "fuchi"], ["tune", "--method", "fuchi"], ["sweep", "--methods", "fuchi"]):
         args = build_parser().parse_args([*cmd, "--world", str(WORLD)])
@@ -50,9 +50,9 @@ def test_world_flag_reaches_every_grid_command_and_not_the_sd_track(tmp_path):
 def test_world3_concepts_are_illustrated_with_world3_scenes(tmp_path):
     """Few-shot renders of a world-3 concept draw from world 3's vocabulary (its six styles), and the
     world-3 concept set has its own name, so its tuned configs never overwrite world 2.1's."""
-    from bench.concepts import load_concept_set
-    from bench.protocol import EvalProtocol
-    from bench.runner import Track, _world_vocabulary, few_shot_images
+    from bench.core.concepts import load_concept_set
+    from bench.core.protocol import EvalProtocol
+    from bench.run.cell import Track, _world_vocabulary, few_shot_images
     from bench.world.captions import concept_set_dict
     from bench.world.render import WORLD2, WORLD3
 
@@ -80,7 +80,7 @@ class _Pipe:
 
 
 def test_relative_change_measures_only_the_text_encoders_matrices():
-    from bench.edit import Edit
+    from bench.api.edit import Edit
 
     pipe = _Pipe()
     w0, w1 = pipe.text_encoder[0].weight.detach().clone(), pipe.text_encoder[1].weight.detach().clone()
@@ -102,8 +102,8 @@ def test_relative_change_measures_only_the_text_encoders_matrices():
 
 
 def test_compare_sides_parse_and_bad_ones_are_one_line_errors():
-    from bench.world.__main__ import main
-    from bench.world.compare import Side
+    from bench.cli.world import main
+    from bench.worldgen.compare import Side
 
     side = Side.parse("3=datasets/conceptworld3@runs/w3")
     assert (side.label, side.world, side.runs) == ("3", Path("datasets/conceptworld3"), Path("runs/w3"))
@@ -117,8 +117,8 @@ def test_a_comparison_is_measured_in_parts_and_merged(tmp_path):
     entry measured again, orders the founding methods first, and refuses one side label on two models."""
     import json
 
-    from bench.world.__main__ import main
-    from bench.world.compare import kept_results, merge_results
+    from bench.cli.world import main
+    from bench.worldgen.compare import kept_results, merge_results
 
     def entry(method, side, model="m3", ua=0.5):
         return {"method": method, "side": side, "model": model, "ua": ua}

@@ -15,17 +15,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.attacks.base import Attack, AttackOutcome
-from bench.concepts import Concept
-from bench.config import MethodConfig
-from bench.pipeline import pipeline_device
-from bench.training import (
-    Stopwatch,
-    encode_latents,
-    encode_with_token,
-    images_to_tensor,
-    learn_token_embedding,
-)
+from bench.api.attack import Attack, AttackOutcome
+from bench.api.config import MethodConfig
+from bench.core.concepts import Concept
+from bench.model.pipeline import pipeline_device
+from bench.model.text import encode_with_token, learn_token_embedding
+from bench.model.training import Stopwatch, encode_latents, images_to_tensor
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class Inversion(Attack):
     Config = InversionConfig
 
     def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
-        from bench.pipeline import default_resolution
+        from bench.model.pipeline import default_resolution
 
         cfg: InversionConfig = self.config
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)

@@ -9,9 +9,9 @@ from typing import Any
 
 from PIL import Image
 
-from bench.attacks.base import Attack, AttackOutcome
-from bench.concepts import Concept
-from bench.config import MethodConfig
+from bench.api.attack import Attack, AttackOutcome
+from bench.api.config import MethodConfig
+from bench.core.concepts import Concept
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.attacks.base import Attack, AttackOutcome
-from bench.concepts import Concept
-from bench.config import MethodConfig
-from bench.pipeline import pipeline_device
-from bench.training import (
+from bench.api.attack import Attack, AttackOutcome
+from bench.api.config import MethodConfig
+from bench.core.concepts import Concept
+from bench.model.pipeline import pipeline_device
+from bench.model.text import encode_with_prefix
+from bench.model.training import (
     Stopwatch,
     denoising_loss,
     encode_latents,
-    encode_with_prefix,
     images_to_tensor,
     noise_scheduler,
     only_trainable,
@@ -51,7 +51,7 @@ class Prefix(Attack):
     Config = PrefixConfig
 
     def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
-        from bench.pipeline import default_resolution
+        from bench.model.pipeline import default_resolution
 
         cfg: PrefixConfig = self.config
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)

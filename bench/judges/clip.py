@@ -21,9 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.concepts import Concept, ConceptSet
-from bench.errors import ConfigError, InputError
-from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.api.judge import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.core.concepts import Concept, ConceptSet
+from bench.core.errors import ConfigError, InputError
+from bench.model.text import pooled_embedding
 
 PROMPT = {"object": "a photo of a {}", "style": "a painting in the style of {}", "character": "a picture of {}",
           "colour": "a {} object"}
@@ -210,7 +211,7 @@ class _TransformersClip(_Towers):
         import open_clip
         from transformers import CLIPModel, CLIPTokenizer
 
-        from bench.records import model_fingerprint
+        from bench.core.records import model_fingerprint
 
         config = folder / "config.json"
         try:
@@ -227,7 +228,7 @@ class _TransformersClip(_Towers):
         if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
             self.tokenizer = CLIPTokenizer.from_pretrained(folder)
         else:
-            from bench.tokenizer import cached_clip_tokenizer
+            from bench.model.tokenizer import cached_clip_tokenizer
 
             self.tokenizer = cached_clip_tokenizer()
         vision = self.model.config.vision_config
@@ -249,6 +250,3 @@ class _TransformersClip(_Towers):
         return pooled_embedding(self.model.get_image_features(pixel_values=x))
 
 
-def pooled_embedding(out: Any) -> torch.Tensor:
-    """transformers < 5 returns the projected embedding; 5.x an output whose ``pooler_output`` it is."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.concepts import Concept, ConceptSet
-from bench.errors import ConfigError, InputError
-from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.api.judge import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.core.concepts import Concept, ConceptSet
+from bench.core.errors import ConfigError, InputError
 
 # Reject thresholds of the ImageNet judges. Measured on the packaged EfficientNet-Lite0: scikit-image's
 # photographs give top-1 0.09-0.88, uniform frames 0.04-0.43 (tests/test_judges.py checks both sides).

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from bench.concepts import Concept
-from bench.errors import ConfigError
-from bench.judges.base import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.api.judge import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.core.concepts import Concept
+from bench.core.errors import ConfigError
 from bench.judges.clip import REJECT_PROMPTS
 
 

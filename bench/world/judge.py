@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from bench.errors import ConfigError, InputError
+from bench.core.errors import ConfigError, InputError
 from bench.world.render import WORLD2, Vocabulary
 from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 

@@ -4,7 +4,7 @@ A generator asked for "a red shape" averages over the textures it saw: faint, ha
 blended ones. A judge trained only on clean styles must still pick one there, and two judges built
 differently pick differently: on world 3's build b3 the CNN and the ViT agreed on the style of the
 model's images whose prompt names no style 67 % of the time. So the style head has one more class,
-``none`` ("no concept of this type present", ``bench.judges.base.REJECT_LABEL``), learnt from the
+``none`` ("no concept of this type present", ``bench.api.judge.REJECT_LABEL``), learnt from the
 scenes below, in which every other head keeps the scene's true label (the character head's own
 "none", "no character", already is that answer for characters).
 
@@ -35,7 +35,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from bench.judges.base import REJECT_LABEL
+from bench.api.judge import REJECT_LABEL
 from bench.world.render import (
     SIZE,
     WORLD2,

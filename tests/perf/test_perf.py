@@ -13,16 +13,12 @@ import time
 import pytest
 import torch
 
-from bench.method import build_method
-from bench.protocol import WORLD_SAMPLER
-from bench.runner import Track, few_shot_images
-from bench.training import (
-    denoising_loss,
-    encode_prompts,
-    few_shot_latents,
-    noise_scheduler,
-    token_override,
-)
+from bench.api.method import build_method
+from bench.core.protocol import WORLD_SAMPLER
+from bench.model.ascent import few_shot_latents
+from bench.model.text import token_override
+from bench.model.training import denoising_loss, encode_prompts, noise_scheduler
+from bench.run.cell import Track, few_shot_images
 from tests.perf.conftest import RATIOS
 
 pytestmark = pytest.mark.perf
@@ -31,9 +27,9 @@ ROUNDS = 3
 
 @pytest.fixture(scope="module")
 def world():
-    from bench.concepts import load_concept_set
-    from bench.pipeline import load_pipeline
-    from bench.protocol import EvalProtocol
+    from bench.core.concepts import load_concept_set
+    from bench.core.protocol import EvalProtocol
+    from bench.model.pipeline import load_pipeline
 
     track = Track()
     pipe = load_pipeline(track.model, device="cpu")
@@ -143,7 +139,7 @@ def _bare_denoise(pipe, prompts, seeds, steps, guidance):
 
 
 def test_generation_vs_bare_denoising(world, benchmark):
-    from bench.generation import generate
+    from bench.model.generation import generate
 
     pipe = world[0]
     n = 64
@@ -159,7 +155,7 @@ def test_generation_vs_bare_denoising(world, benchmark):
 # -- attacks (the robustness axis) ---------------------------------------------------------------
 def _bare_token_loop(pipe, latents, prompts, placeholder, steps, batch, lr, init):
     """Textual inversion with nothing around it: a hooked vector, AdamW, the denoising loss."""
-    from bench.training import single_token_id
+    from bench.model.text import single_token_id
 
     for p in pipe.unet.parameters():
         p.requires_grad_(False)
@@ -181,7 +177,7 @@ def _bare_token_loop(pipe, latents, prompts, placeholder, steps, batch, lr, init
 
 def _bare_prefix_loop(pipe, latents, prompts, steps, batch, lr, k):
     """The prefix optimisation with nothing around it."""
-    from bench.training import encode_with_prefix
+    from bench.model.text import encode_with_prefix
 
     for p in pipe.unet.parameters():
         p.requires_grad_(False)
@@ -204,8 +200,8 @@ def _bare_prefix_loop(pipe, latents, prompts, steps, batch, lr, k):
 @pytest.mark.parametrize("name", ["inversion", "prefix"])
 def test_attack_vs_bare_loop(name, world, benchmark):
     """(c) an attack's optimisation (its ``seconds``) over the same optimiser steps on the same model."""
-    from bench.attacks.base import build_attack
-    from bench.training import encode_latents, images_to_tensor
+    from bench.api.attack import build_attack
+    from bench.model.training import encode_latents, images_to_tensor
 
     pipe, concept, images = world
     attack = build_attack(name)
@@ -233,10 +229,10 @@ def test_attack_vs_bare_loop(name, world, benchmark):
 def test_attack_generation_vs_bare_denoising(world):
     """(d) images/s of the attacks' generation (every attack's images of one model, one batched call)
     over a bare batched denoising loop of as many images."""
-    from bench.attacks.base import build_attack
-    from bench.concepts import load_concept_set
-    from bench.protocol import EvalProtocol
-    from bench.runner import _GENERATION, Track, load_judge, run_attacks
+    from bench.api.attack import build_attack
+    from bench.core.concepts import load_concept_set
+    from bench.core.protocol import EvalProtocol
+    from bench.run.cell import _GENERATION, Track, load_judge, run_attacks
 
     pipe, concept, images = world
     track, p = Track(), EvalProtocol()

@@ -1,0 +1,115 @@
+"""The judge interface: does an image show a concept, is there anything to judge at all, and
+image features for KID/FID."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from bench.core.concepts import Concept
+
+REJECT_LABEL = "none"  # a head's label on a rejected image: no concept of this type present
+SCENE_HEAD = "scene"  # the head that carries the reject verdict in ``labels`` ("valid" / "none")
+
+
+class Judge(ABC):
+    """Images are float tensors N x 3 x H x W in [0, 1] on the CPU.
+
+    Every judge can **reject** an image ("no valid scene / no concept of this type present"):
+    ``detect`` is never true on a rejected image, so a rejected image counts as "concept not seen"
+    for UA and as a miss for retain accuracy. ``reject_definition`` says what rejection means for
+    this judge; reports print it.
+    """
+
+    id: str
+    version: str
+    reject_definition: str = ""
+
+    @property
+    def ref(self) -> str:
+        """What run specs record: ``id@version``."""
+        return f"{self.id}@{self.version}"
+
+    @abstractmethod
+    def detect(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
+        """Bool tensor N: the judge sees ``concept`` in each image (never on a rejected one)."""
+
+    @abstractmethod
+    def reject(self, images: torch.Tensor) -> torch.Tensor:
+        """Bool tensor N: nothing to judge in each image (see ``reject_definition``)."""
+
+    @abstractmethod
+    def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
+        """The judge's answer per head (attribute, class space) and image; ``SCENE_HEAD`` holds
+        "valid" or ``REJECT_LABEL``, and every other head holds ``REJECT_LABEL`` on a rejected image.
+        Two judges agree on a head of an image when their labels are equal."""
+
+    @abstractmethod
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """N x D features for distribution distances (KID/FID)."""
+
+    def describe(self, images: torch.Tensor) -> list[dict[str, Any]]:
+        """Per-image judge outputs written to ``per_image.jsonl`` (override for richer output)."""
+        return [{} for _ in range(len(images))]
+
+    def sees(self, images: torch.Tensor, attributes: list[dict[str, str]]) -> torch.Tensor | None:
+        """Bool tensor N: the judge sees every attribute named for each image (``{head: label}``, from
+        a composed prompt) and does not reject the image; None when this judge cannot check such
+        attributes (selective alignment is then not recorded, never recorded as 0)."""
+        return None
+
+    def clip_score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor | None:
+        """Per-image image-text similarity with ``prompts`` (CLIP score), or None: a judge without
+        a text encoder gives none, and the cell records no CLIP score (never a 0)."""
+        return None
+
+
+def scene_labels(rejected: torch.Tensor) -> list[str]:
+    return [REJECT_LABEL if r else "valid" for r in rejected.tolist()]
+
+
+# -- the registry of judges ------------------------------------------------------------------------
+ENTRY_POINT_GROUP = "erasebench.judges"
+# name -> "module:factory"; a factory takes (name, track, concept set) and returns a Judge. A judge
+# spec that is not a name here is a ConceptWorld judge folder.
+_BUILTIN = {
+    "imagenet": "bench.judges.imagenet:build",
+    "imagenet-restricted": "bench.judges.imagenet:build",
+    "resnet50": "bench.judges.imagenet:build",
+    "resnet50-restricted": "bench.judges.imagenet:build",
+    "clip": "bench.judges.clip:build",
+}
+_REGISTRY: Any = None
+
+
+def judge_registry(refresh: bool = False) -> Any:
+    """Judge factories by name (built in, then the ``erasebench.judges`` entry points)."""
+    from bench.api.registry import Registry
+
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        reg: Registry = Registry("judge")
+        for name, target in _BUILTIN.items():
+            reg.register(name, target, origin=target.split(":")[0].replace(".", "/") + ".py")
+        reg.load_entry_points(ENTRY_POINT_GROUP)
+        _REGISTRY = reg
+    return _REGISTRY
+
+
+def build_judge(spec: str, track: Any, concept_set: Any) -> Judge:
+    """The judge ``spec`` names: a registered name, or else a ConceptWorld judge folder (the CNN or
+    ViT judge, or world 3's CLIP folder)."""
+    from pathlib import Path
+
+    reg = judge_registry()
+    if spec in reg:
+        return reg.get(spec)(spec, track, concept_set)
+    if not Path(spec).exists() and "/" not in spec and "\\" not in spec:
+        reg.get(spec)  # a bare word that is no judge: "unknown judge ...; did you mean ...?"
+    from bench.judges.world import WorldClipJudge, WorldConceptJudge
+
+    if (Path(spec) / "world_clip.json").is_file():  # ConceptWorld 3's CLIP: the zero-shot second opinion
+        return WorldClipJudge(spec)
+    return WorldConceptJudge(spec)

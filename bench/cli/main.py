@@ -1,0 +1,432 @@
+"""Command line: ``python -m bench <command>``. Flags become plain data; errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.core.errors import BenchError
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from bench.api.method import get_method, leaderboard_specs, method_registry
+
+    if args.specs:
+        print(",".join(leaderboard_specs()))
+        return 0
+    rows: dict[str, Any] = {}
+    for name in method_registry().names():
+        cls = get_method(name)
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        rows[name] = {
+            "version": cls.version,
+            "summary": doc[0] if doc else "",
+            "variants": cls.variants,
+            "defaults": cls.Config().to_dict(),
+            "strength": [{"field": k.field, "low": k.low, "high": k.high, "help": k.help,
+                          "ranges": {name: list(r) for name, r in k.ranges.items()}} for k in cls.strength],
+            "tune_choices": {f: list(v) for f, v in cls.tune_choices.items()},
+        }
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for name, row in rows.items():
+        print(f"{name} (v{row['version']}): {row['summary']}")
+        for variant, overrides in row["variants"].items():
+            print(f"  variant {name}@{variant}: {json.dumps(overrides)}")
+        print("  defaults: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in row["defaults"].items()))
+        for k in row["strength"]:
+            own = "".join(f"; on {name}: {lo:g}..{hi:g}" for name, (lo, hi) in k["ranges"].items())
+            print(f"  strength knob {k['field']}: {k['low']:g}..{k['high']:g} (log{own}) — {k['help']}")
+        for f, values in row["tune_choices"].items():
+            print(f"  tuned over {f}: {', '.join(json.dumps(v) for v in values)} (one ladder each)")
+    return 0
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from bench.api.config import parse_overrides
+    from bench.run.erase import erase_to_folder
+
+    record = erase_to_folder(
+        method_spec=args.method, overrides=parse_overrides(args.set or []), model=args.model,
+        concept_name=args.concept, concept_type=args.concept_type, images=args.images, out=Path(args.out),
+        seed=args.seed, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+        truncate_prompts=args.truncate_prompts,
+    )
+    for note in record["images"].get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    for cut in record.get("prompt_truncations", []):
+        print(f"note: {cut['where']} cut from {cut['tokens']} to {cut['kept']} tokens (--truncate-prompts)",
+              file=sys.stderr)
+    print(f"erased {args.concept!r} with {args.method} in {record['seconds']:.2f} s: "
+          f"{record['trainable_params']:,} trainable parameters, edit {record['storage_bytes']:,} bytes -> {args.out}")
+    return 0
+
+
+def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``"0-7"`` or ``"0,1,5"``."""
+    from bench.core.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        if "-" in text and "," not in text:
+            a, b = text.split("-", 1)
+            return tuple(range(int(a), int(b) + 1))
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: use a range like 0-7 or a list like 0,1,2") from None
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _bench_from_args(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from bench.api.config import parse_overrides
+    from bench.core.errors import ConfigError
+    from bench.core.protocol import EvalProtocol
+    from bench.run.cell import Bench, Track, world_track
+
+    if getattr(args, "track", "conceptworld") == "sd":
+        from bench.run.cell import sd_track
+
+        if not args.model:
+            raise ConfigError("--track sd needs --model PATH_OR_ID (a Stable Diffusion v1.x/v2.x pipeline)")
+        if getattr(args, "world", None):
+            raise ConfigError("--world names a ConceptWorld folder; it does not go with --track sd")
+        track = sd_track(args.model, concepts=args.concept_set or "imagenette", judge=args.judge)
+    else:
+        track = world_track(args.world) if getattr(args, "world", None) else Track()
+        for key in ("model", "concept_set", "judge"):
+            if getattr(args, key, None):
+                track = replace(track, **{key: getattr(args, key)})
+    for key in ("images", "judge_weights", "clip_model", "clip_checkpoint", "device", "dtype"):
+        if getattr(args, key, None):
+            track = replace(track, **{key: getattr(args, key)})
+    if getattr(args, "second_judge", None):
+        track = replace(track, second_judge=None if args.second_judge == "none" else args.second_judge)
+    sampler = track.sampler
+    if args.steps is not None:
+        sampler = replace(sampler, steps=args.steps)
+    if args.guidance is not None:
+        sampler = replace(sampler, guidance=args.guidance)
+    track = replace(track, sampler=sampler)
+    protocol = EvalProtocol()
+    seeds = _parse_seeds(args.seeds)
+    if seeds is not None:
+        protocol = replace(protocol, seeds=seeds)
+    if getattr(args, "attack_seeds", None) is not None:
+        protocol = replace(protocol, attack_seeds=args.attack_seeds)
+    methods = _split(args.methods) or []
+    if methods == ["all"]:
+        from bench.api.method import leaderboard_specs
+
+        methods = leaderboard_specs()
+    attacks = [] if getattr(args, "attacks", "none") in (None, "none", "") else _split(args.attacks)
+    attack_overrides: dict[str, dict] = {}
+    overrides: dict[str, dict] = {}
+    if not getattr(args, "untuned", True):
+        from bench.run.tune import load_tuned
+
+        for spec, chosen in load_tuned(track).items():
+            if spec in methods:
+                overrides[spec] = dict(chosen)
+    for key, value in parse_overrides(args.set or []).items():
+        if "." not in key:
+            raise ConfigError(f"--set {key}=...: name the method, e.g. --set fuchi.lr=2e-5")
+        method, field = key.split(".", 1)
+        if method in attacks:
+            attack_overrides.setdefault(method, {})[field] = value
+            continue
+        if method not in methods:
+            raise ConfigError(f"--set {key}: {method!r} is not among --methods {methods} or --attacks {attacks}")
+        overrides.setdefault(method, {})[field] = value
+    return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
+                 method_overrides=overrides, attacks=tuple(attacks),
+                 attack_overrides=attack_overrides, truncate_prompts=getattr(args, "truncate_prompts", False))
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """The executor ``--executor`` names, closed (a Ray instance it started, stopped) at the end."""
+    from bench.run.executors import build_executor
+
+    executor = build_executor(args.executor, args.address, args.workers, args.worker_threads)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def _add_world_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--world", default=None,
+                        help="a built ConceptWorld folder (model, concepts.yaml, judges), e.g. datasets/conceptworld "
+                             "for world 2.1 (default: world 3, datasets/conceptworld3)")
+
+
+def _add_executor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where cells run: local (this process, one pipeline) or ray (actors that each load "
+                             "the pipeline once, one per GPU or per --worker-threads CPUs; pip install -e '.[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: auto or HOST:PORT of a running cluster (default: start Ray here)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --executor ray: actors (default: the cluster's GPUs, else its CPUs / --worker-threads)")
+    parser.add_argument("--worker-threads", dest="worker_threads", type=int, default=None,
+                        help="with --executor ray on CPUs: torch threads per actor (default: CPUs / --workers)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.report.build import build_report
+    from bench.run.cell import plan_bench, run_bench
+
+    bench = _bench_from_args(args)
+    if args.dry_run:
+        grid = plan_bench(bench)
+        t = bench.track
+        print(f"model {t.model} | concept set {t.concept_set} | judge {t.judge} | images {t.images}")
+        print(f"sampler {json.dumps(t.sampler.to_dict())} | device {t.device} dtype {t.dtype}")
+        print(f"protocol {json.dumps(bench.core.protocol.to_dict())}")
+        for cell in grid:
+            print(f"  {cell['method']:<20} {cell['concept']:<20} {cell['prompts']:>3} prompts "
+                  f"{cell['images']:>5} images {json.dumps(cell['groups'])}")
+        total = sum(c["images"] for c in grid)
+        print(f"{len(grid)} cells, {total} edited images (+ the original model's, generated once)")
+        return 0
+    out = Path(args.out)
+    with _executor(args) as executor:
+        cells = run_bench(bench, out, executor=executor)
+    # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
+    paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
+                         sweeps=Path(args.sweeps) if args.sweeps else None)
+    if paths.get("summary"):
+        print(paths["summary"])
+    print(f"report: {paths['html']} (beside it: leaderboard.md, leaderboard.csv, overall.csv)")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from bench.run.tune import TuneSpec, parse_grid, tune, tuned_path
+
+    args.methods = args.method
+    bench = _bench_from_args(args)
+    spec = TuneSpec(grid=parse_grid(args.grid) if args.grid else None, knob=args.knob, ratio=args.ratio,
+                    fixed=bench.method_overrides.get(args.method, {}))
+    with _executor(args) as executor:
+        chosen = tune(bench.track, args.method, bench.core.concepts, Path(args.out), bench.core.protocol, spec, executor)
+    for row in chosen["grid"]:
+        print(f"{json.dumps(row['overrides']):<40} H={row['H']:.3f} UA={row['UA']:.3f} retain={row['retain']:.3f}")
+    print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {tuned_path(bench.track)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report.build import build_report
+
+    paths = build_report(Path(args.runs), Path(args.out) if args.out else Path(args.runs) / "report",
+                         sweeps=Path(args.sweeps) if args.sweeps else None)
+    print(f"report: {paths['html']}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.report.build import markdown_table
+    from bench.report.curves import curve_tables, frontier_display, parse_ranges, points_display, run_sweep
+
+    bench = _bench_from_args(args)
+    out = Path(args.out)
+    with _executor(args) as executor:
+        run_sweep(bench, out, args.points, args.knob, executor=executor,  # Knob.sweep refuses fewer than 2 points
+                  ranges=parse_ranges(args.range))
+    points, front = curve_tables(out)
+    if len(points):
+        print(markdown_table(points_display(points)))
+        print(markdown_table(frontier_display(front)))
+    print(f"sweep cells and manifest: {out}; the leaderboard draws them with --sweeps {out}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bench.core.errors import InputError
+    from bench.core.records import cell_name, verify_cells
+
+    runs = Path(args.runs)
+    if not (runs / "cells").is_dir():
+        raise InputError(f"no run folder at {runs} (no cells/ inside)")
+    results = verify_cells(runs)
+    bad = {d: p for d, p in results.items() if p}
+    for folder, problems in results.items():
+        print(f"{'ok' if not problems else 'FAILED'}  cell {cell_name(folder)}" + (f": {'; '.join(problems)}" if problems else ""))
+    leftovers = [d for d in (runs / "cells").iterdir() if ".tmp-" in d.name]
+    if leftovers:
+        print(f"{len(leftovers)} temp folder(s) of an interrupted run (the next bench run removes them)")
+    print(f"verify: {len(results) - len(bad)} of {len(results)} cells match their checksums"
+          + (f"; {len(bad)} edited, truncated or incomplete: delete them to recompute" if bad else ""))
+    return 1 if bad else 0
+
+
+def _cmd_regress(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.run.regress import GOLDENS, run_regress
+
+    t0 = time.perf_counter()
+    problems = run_regress(update=args.update)
+    took = time.perf_counter() - t0
+    if args.update:
+        print(f"goldens written to {GOLDENS} ({took:.0f} s)")
+        return 0
+    for line in problems:
+        print(f"REGRESSION: {line}", file=sys.stderr)
+    print(f"regress: {'FAILED' if problems else 'ok'} in {took:.0f} s")
+    return 1 if problems else 0
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from bench.devtools.smoke import run_smoke
+
+    run_smoke(Path(args.out), seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description="Concept-erasure benchmark for diffusion models")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("methods", help="list registered methods with their default hyper-parameters")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    m.add_argument("--specs", action="store_true",
+                   help="print the leaderboard's method specs, comma-separated (what --methods all runs)")
+    m.set_defaults(func=_cmd_methods)
+
+    e = sub.add_parser("erase", help="erase one concept and write the edit and its record")
+    e.add_argument("--method", required=True, help="method name, optionally @variant (e.g. fuchi@paper_era)")
+    e.add_argument("--model", required=True, help="Stable-Diffusion-format folder or hub id")
+    e.add_argument("--concept", required=True, help="the concept's name as written in prompts")
+    e.add_argument("--concept-type", default="object", choices=["object", "style", "character", "colour"])
+    e.add_argument("--images", required=True, help="folder with a few images of the concept")
+    e.add_argument("--out", required=True, help="output folder for edit.safetensors and erase.json")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--dtype", default="auto", help="float32 (CPU default), float16 or bfloat16")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing record in --out")
+    e.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
+                   help="cut prompts over the tokenizer's limit and record it (default: refuse them)")
+    e.set_defaults(func=_cmd_erase)
+
+    r = sub.add_parser("run", help="run the benchmark grid (resumable) and build the report")
+    r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
+                   help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
+    r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    _add_world_arg(r)
+    r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
+    r.add_argument("--concept-set", dest="concept_set", default=None,
+                   help="concept-set YAML (with --track sd also: imagenette, styles, characters)")
+    r.add_argument("--judge", default=None,
+                   help="judge folder, imagenet, imagenet-restricted, resnet50[-restricted] or clip")
+    r.add_argument("--second-judge", dest="second_judge", default=None,
+                   help="a second judge, built differently, whose agreement per head each cell records (same "
+                        "forms as --judge; default on ConceptWorld: its ViT judge), or none")
+    r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
+    r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
+    r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
+    r.add_argument("--guidance", type=float, default=None)
+    r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
+    r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
+    r.add_argument("--report", default=None,
+                   help="where the leaderboard is written (default: OUT/report; make bench names reports)")
+    r.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
+                   help="cut prompts over the tokenizer's limit and record it in each cell (default: refuse them)")
+    r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
+    r.add_argument("--sweeps", default=None, help="a sweep run folder whose curves the report draws (runs/sweep)")
+    r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
+    r.add_argument("--attacks", default="paraphrase,inversion,prefix",
+                   help="robustness attacks against every erased model (comma-separated), or none")
+    r.add_argument("--attack-seeds", dest="attack_seeds", type=int, default=None,
+                   help="attack images use the first N evaluation seeds (default: 4)")
+    r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
+                   help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
+    r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")
+    r.add_argument("--clip-model", dest="clip_model", default=None, help="for --judge clip: an open_clip model name (with --clip-checkpoint), "
+                        "or a transformers CLIPModel folder (e.g. clip-vit-large-patch14 saved locally)")
+    r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file (not with a CLIPModel folder)")
+    r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
+    _add_executor_args(r)
+    r.set_defaults(func=_cmd_run)
+
+    t = sub.add_parser("tune", help="choose a method's strength on dev concepts (log steps of <= 2x; records every point)")
+    t.add_argument("--method", required=True)
+    t.add_argument("--grid", action="append", default=None, metavar="KEY=V1,V2",
+                   help="explicit values to try (repeatable; default: the method's strength knob as a ladder)")
+    t.add_argument("--knob", default=None, help="the strength knob to walk (default: the method's first; see bench methods)")
+    t.add_argument("--ratio", type=float, default=2.0, help="largest step between neighbouring rungs (in (1, 2])")
+    t.add_argument("--concepts", default=None, help="dev concepts (default: all dev concepts)")
+    _add_world_arg(t)
+    t.add_argument("--seeds", default="0-3")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--guidance", type=float, default=None)
+    t.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides")
+    t.add_argument("--out", default="runs/tune")
+    _add_executor_args(t)
+    t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None,
+                   track="conceptworld")
+
+    sw = sub.add_parser("sweep", help="sweep each method's strength knob on test concepts (trade-off curves)")
+    sw.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
+                    help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
+    sw.add_argument("--points", type=int, default=5, help="log-spaced points over each knob's declared range")
+    sw.add_argument("--knob", default=None, help="the knob to sweep (default: each method's first; bench methods)")
+    sw.add_argument("--range", action="append", metavar="METHOD=LOW:HIGH",
+                    help="sweep METHOD's knob over LOW..HIGH instead of its declared range (repeatable; another "
+                         "model's transition lies elsewhere), e.g. fuchi=1e-4:1e-2")
+    sw.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    _add_world_arg(sw)
+    sw.add_argument("--seeds", default=None, help="evaluation seeds (default: the protocol's 0-7)")
+    sw.add_argument("--attacks", default="none", help="attacks at every point (default none)")
+    sw.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides for every point")
+    sw.add_argument("--untuned", action="store_true",
+                    help="hold the other fields at the defaults, not at the dev-tuned config")
+    sw.add_argument("--out", default="runs/sweep", help="run folder of the sweep cells and its manifest")
+    sw.add_argument("--steps", type=int, default=None)
+    sw.add_argument("--guidance", type=float, default=None)
+    _add_executor_args(sw)
+    sw.set_defaults(func=_cmd_sweep, model=None, concept_set=None, judge=None, images=None, track="conceptworld")
+
+    rp = sub.add_parser("report", help="rebuild the leaderboard from run folders")
+    rp.add_argument("--sweeps", default=None, help="a sweep run folder: adds trade-off curves (runs/sweep)")
+    rp.add_argument("--runs", default="runs/bench")
+    rp.add_argument("--out", default=None, help="where the leaderboard is written (default: RUNS/report)")
+    rp.set_defaults(func=_cmd_report)
+
+    v = sub.add_parser("verify", help="check every cell of a run folder against its recorded sha256")
+    v.add_argument("--runs", default="runs/bench")
+    v.set_defaults(func=_cmd_verify)
+
+    g = sub.add_parser("regress", help="quick configuration from scratch vs committed goldens")
+    g.add_argument("--update", action="store_true", help="rewrite the goldens (make goldens)")
+    g.set_defaults(func=_cmd_regress)
+
+    s = sub.add_parser("smoke", help="every method on a tiny random pipeline (mechanics check)")
+    s.add_argument("--out", default="runs/smoke")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_smoke)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,165 @@
+"""CLI: ``python -m bench.world build --out DIR`` rebuilds the world; ``evaluate --world DIR`` measures it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.core.errors import BenchError, InputError
+from bench.world.render import VOCABULARIES
+from bench.worldgen.compare import FOUNDING
+from bench.worldgen.config import (
+    DEFAULT_PRESET,
+    MINI_OVERRIDES,
+    PRESET_FOLDERS,
+    PRESETS,
+    WorldConfig,
+    preset_of,
+)
+
+
+def _judged_preset(world: str | None, preset: str | None) -> str:
+    """The preset whose judges ``judge`` retrains: the one the world's MANIFEST.json records (a world
+    2.1 folder never gets world 3's judge heads), or ``preset``, which must agree with it."""
+    if world is None:
+        return preset or DEFAULT_PRESET
+    manifest = Path(world) / "MANIFEST.json"
+    try:
+        recorded = preset_of(json.loads(manifest.read_text()).get("config", {})) if manifest.is_file() else None
+    except (ValueError, AttributeError) as err:
+        raise InputError(f"{manifest} is not a world manifest ({err})") from None
+    if recorded is None and preset is None:
+        raise InputError(f"{world}: no MANIFEST.json config names its preset; give --preset ({', '.join(PRESETS)})")
+    if recorded is not None and preset is not None and preset != recorded:
+        raise InputError(f"{world} was built with preset {recorded}, not --preset {preset}")
+    return preset or recorded
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.world")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the world (resumable) and write it to --out")
+    b.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                   help="which world: its WorldConfig overrides (config.PRESETS) and default folders")
+    b.add_argument("--out", default=None, help="the world folder (default: the preset's, e.g. datasets/conceptworld3)")
+    b.add_argument("--work", default=None, help="checkpoints and intermediate files, not committed (default: the "
+                                                "preset's, e.g. work/conceptworld)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a WorldConfig field (after the preset's)")
+    b.add_argument("--mini", action="store_true", help="a miniature world (tests)")
+    b.add_argument("--no-eval", action="store_true")
+    j = sub.add_parser("judge", help="retrain the two judges of a built world (its VAE; the model is untouched)")
+    j.add_argument("--world", default=None, help="the built world (default: the preset's folder)")
+    j.add_argument("--out", default=None, help="write the judges here instead of into --world")
+    j.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="the world's preset (config.PRESETS; default: the one its MANIFEST.json records, or "
+                        f"{DEFAULT_PRESET} without --world)")
+    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a WorldConfig field (after the preset's)")
+    c = sub.add_parser("clip", help="pretrain the world CLIP alone (ConceptWorld 3, stage 1; resumable) and "
+                                    "print its zero-shot accuracy per attribute on fresh renders")
+    c.add_argument("--work", default="work/world-clip", help="scenes, checkpoints and the trained CLIPModel folder")
+    c.add_argument("--scenes", type=int, default=60_000, help="rendered training scenes")
+    c.add_argument("--eval-scenes", dest="eval_scenes", type=int, default=2_000)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ClipConfig field")
+    c.add_argument("--mini", action="store_true", help="a miniature CLIP (tests)")
+    c.add_argument("--vocab", default="2", choices=sorted(VOCABULARIES), help="the world whose scenes it learns (render.VOCABULARIES)")
+    c.add_argument("--vae", default=None, help="a VAE folder (a build's work/vae): a vae_share of the training images "
+                                               "go through its round trip, as in `make world`")
+    e = sub.add_parser("evaluate", help="measure the quality gates of a built world")
+    e.add_argument("--world", default=None, help="the built world (default: --preset's folder)")
+    e.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="whose folder --world defaults to")
+    e.add_argument("--seeds", type=int, default=64)
+    e.add_argument("--composed", type=int, default=32)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--guidance", type=float, default=None)
+    e.add_argument("--json", default=None, help="write the full result here")
+    e.add_argument("--write", action="store_true",
+                   help="write the measured quality into the world's README and MANIFEST (after retraining its judges)")
+    cmp = sub.add_parser("compare", help="two worlds side by side for the founding methods (bench.worldgen.compare)")
+    cmp.add_argument("--side", action="append", required=True, metavar="LABEL=WORLD@RUNS",
+                     help="a built world and the runs root holding its tune/, bench/ and sweep/ folders (repeatable)")
+    cmp.add_argument("--methods", default=",".join(FOUNDING))
+    cmp.add_argument("--out", default=None, help="write the table (.md) and every number (.json) beside it")
+    cmp.add_argument("--merge", action="store_true",
+                     help="keep the entries already in --out's .json (other methods or sides, measured earlier; "
+                          "one measured again replaces its own) and write the table of them all")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "judge":
+            args.preset = _judged_preset(args.world, args.preset)
+        if getattr(args, "world", "") is None:
+            args.world = PRESET_FOLDERS[args.preset][0]
+        if args.cmd == "build":
+            from bench.worldgen.build import build
+
+            cfg = WorldConfig().override(PRESETS[args.preset] + (MINI_OVERRIDES if args.mini else []) + args.set)
+            out, work = PRESET_FOLDERS[args.preset]
+            res = build(args.out or out, args.work or work, cfg, evaluate=not args.no_eval)
+            if res["quality"]:
+                print(json.dumps(res["quality"]["summary"], indent=2))
+        elif args.cmd == "clip":
+            from bench.world.render import vocabulary
+            from bench.worldgen.clip_train import pretrain
+            from bench.worldgen.config import MINI_CLIP, ClipConfig
+
+            cfg = ClipConfig().override((MINI_CLIP if args.mini else []) + args.set)
+            vae = None
+            if args.vae:
+                from diffusers import AutoencoderKL
+
+                vae = AutoencoderKL.from_pretrained(args.vae, use_safetensors=True).eval()
+            print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes, vocabulary(args.vocab), vae),
+                             indent=2))
+        elif args.cmd == "compare":
+            from bench.report.build import markdown_table
+            from bench.worldgen.compare import Side, compare_side, kept_results, merge_results, table
+
+            if args.merge and not args.out:
+                raise InputError("--merge keeps the entries of --out's .json: give --out")
+            sides = [Side.parse(text) for text in args.side]
+            kept = kept_results(Path(args.out).with_suffix(".json")) if args.merge else []
+            results = merge_results(kept, [compare_side(side, m) for m in args.methods.split(",") for side in sides])
+            md = markdown_table(table(results))
+            print(md)
+            if args.out:
+                out = Path(args.out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.with_suffix(".md").write_text(md + "\n")
+                out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        elif args.cmd == "judge":
+            from bench.worldgen.judge_build import retrain_judges
+
+            cfg = WorldConfig().override(PRESETS[args.preset] + args.set)
+            info = retrain_judges(Path(args.world), cfg, Path(args.out) if args.out else None)
+            print(json.dumps(info, indent=2))
+        else:
+            from dataclasses import replace
+
+            from bench.core.protocol import WORLD_SAMPLER
+            from bench.worldgen.quality import evaluate
+
+            sampler = WORLD_SAMPLER
+            if args.steps is not None:
+                sampler = replace(sampler, steps=args.steps)
+            if args.guidance is not None:
+                sampler = replace(sampler, guidance=args.guidance)
+            res = evaluate(Path(args.world), seeds=args.seeds, composed=args.composed, sampler=sampler)
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=2))
+            if args.write:
+                from bench.worldgen.build import refresh_manifest
+
+                refresh_manifest(Path(args.world), res)
+            print(json.dumps(res["summary"], indent=2))
+            print(f"throughput {res['throughput_images_per_s']:.1f} images/s")
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # python -m bench.cli.world (python -m bench.world is the usual spelling)
+    sys.exit(main())
