@@ -71,7 +71,8 @@ def test_inversion_recovers_concepts_from_the_original_world(concept_name):
     from bench.core.concepts import load_concept_set
     from bench.core.protocol import EvalProtocol
     from bench.model.pipeline import load_pipeline
-    from bench.run.cell import Track, few_shot_images, load_judge, run_attack
+    from bench.run.attacking import run_attack
+    from bench.run.plan import Track, few_shot_images, load_judge
 
     track, protocol = Track(), EvalProtocol()
     cs = load_concept_set(track.concept_set)
@@ -115,7 +116,7 @@ def test_attack_images_one_batched_call_on_the_attack_seeds(concept_images, monk
         assert len(rows) == n and len(res[name]["images"]) == n
         assert sorted({s for _, s, _ in rows}) == [5, 6, 7]
         assert res[name]["asr"]["n"] == n
-    assert res[runner._GENERATION]["images"] == sum(expected.values())
+    assert res[runner.GENERATION_ENTRY]["images"] == sum(expected.values())
 
 
 def test_text_prompts_generate_the_same_through_their_embeddings(tiny_pipe):

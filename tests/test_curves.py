@@ -13,7 +13,7 @@ from bench.core.concepts import parse_concept_set
 from bench.core.errors import ConfigError
 from bench.core.protocol import EvalProtocol
 from bench.metrics.formulas import ClusterTable, frontier_area, hierarchical_draws, pareto_front
-from bench.run.cell import Bench, Track
+from bench.run.plan import Bench, Track
 
 
 def test_every_method_declares_a_strength_knob_with_a_valid_default_sweep():
@@ -66,7 +66,7 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
     from pathlib import Path
 
     from bench.report.curves import sweep_plan
-    from bench.run.cell import world_track
+    from bench.run.plan import world_track
     from bench.run.tune import TuneSpec, _ladder_search
 
     knob = get_method("fuchi").knob()

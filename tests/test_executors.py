@@ -17,7 +17,8 @@ import torch
 
 from bench.core.protocol import EvalProtocol
 from bench.report.build import load_cells
-from bench.run.cell import Bench, Track, run_bench
+from bench.run.grid import run_bench
+from bench.run.plan import Bench, Track
 
 # wall-clock and memory readings differ between any two runs; every other number must not
 VOLATILE = ("seconds", "memory")
@@ -166,7 +167,7 @@ def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path
 
     monkeypatch.setattr(tune_module, "tuned_path", lambda track: tmp_path / "tuned.json")
     executor = Recording()
-    chosen = tune(bench.track, "uce", ["ring"], tmp_path / "tune", bench.core.protocol,
+    chosen = tune(bench.track, "uce", ["ring"], tmp_path / "tune", bench.protocol,
                   TuneSpec(grid={"erase_scale": [0.5, 1.0]}), executor)
     assert [j.spec.method_config["erase_scale"] for j in executor.jobs] == [0.5, 1.0]
     assert len(chosen["grid"]) == 2 and (tmp_path / "tuned.json").is_file()

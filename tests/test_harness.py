@@ -18,7 +18,8 @@ from bench.core.errors import ConfigError, InputError
 from bench.core.protocol import EvalProtocol
 from bench.core.records import CELL_FILES, is_complete
 from bench.report.build import build_report
-from bench.run.cell import Bench, Track, run_bench
+from bench.run.grid import run_bench
+from bench.run.plan import Bench, Track
 
 FAST_TRACK = replace(Track(), sampler=replace(Track().sampler, steps=5))
 FAST = EvalProtocol(seeds=(0, 1))

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from bench.api.judge import REJECT_LABEL, SCENE_HEAD
+from bench.core.plan import ImageRow
+from bench.metrics.cell import cell_metrics
 from bench.metrics.formulas import DISAGREEMENT_FLAG, agreement
-from bench.run.cell import ImageRow, cell_metrics
 from bench.world.render import HEADS, Scene, jitter_texture, render_batch, render_scene, to_tensor
 from bench.worldgen.negatives import KINDS, render_negatives
 
@@ -135,7 +136,8 @@ def test_agreement_on_a_constructed_disagreement():
 
 def test_cell_scores_each_head_where_its_numbers_read_it():
     from bench.core.concepts import Concept
-    from bench.run.cell import ImageRow, scored_heads
+    from bench.core.plan import ImageRow
+    from bench.metrics.cell import scored_heads
 
     star = Concept(name="star", type="object", split="test", extra={"head": "object", "label": "star"})
     red = Concept(name="red", type="colour", split="dev", extra={"head": "colour", "label": "red"})
@@ -211,7 +213,7 @@ def test_judges_are_found_through_a_registry():
     from bench.core.concepts import load_concept_set
     from bench.core.errors import ConfigError
     from bench.judges.imagenet import ImageNetJudge
-    from bench.run.cell import Track
+    from bench.run.plan import Track
 
     assert {"imagenet", "imagenet-restricted", "resnet50", "resnet50-restricted", "clip"} <= set(judge_registry())
     track = Track()
@@ -253,7 +255,8 @@ def test_selective_alignment_on_rendered_composed_scenes(world_judges):
     """Renders of each composed prompt of the concept set (the scene the prompt names): the world judge
     sees the other named attributes on nearly all; named wrongly, it sees them on almost none."""
     from bench.core.concepts import load_concept_set
-    from bench.run.cell import COMPOSED, ImageRow, selective_alignment
+    from bench.core.plan import COMPOSED, ImageRow
+    from bench.metrics.cell import selective_alignment
 
     cs = load_concept_set(WORLD / "concepts.yaml")
     render_key = {"object": "shape", "colour": "colour", "style": "style"}

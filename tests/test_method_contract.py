@@ -92,7 +92,7 @@ def test_concept_loss_goes_up(spec, images):
 @pytest.fixture(scope="module")
 def world():
     from bench.core.concepts import load_concept_set
-    from bench.run.cell import Track, load_judge
+    from bench.run.plan import Track, load_judge
 
     track = Track()
     cs = load_concept_set(track.concept_set)
@@ -210,7 +210,7 @@ def test_baselines_declare_the_authors_trainable_sets():
 def test_concept_set_declares_anchor_and_preservation():
     """A method's preservation list never names what the concept's own evaluation retains."""
     from bench.core.concepts import load_concept_set
-    from bench.run.cell import Track
+    from bench.run.plan import Track
 
     cs = load_concept_set(Track().concept_set)
     for c in cs.concepts:

@@ -36,7 +36,8 @@ from bench.core.protocol import EvalProtocol, SamplerSpec
 from bench.core.records import cell_status, is_complete, verify_cells
 from bench.model.guards import check_finite, image_warnings
 from bench.report.build import build_report
-from bench.run.cell import Bench, Track, run_bench
+from bench.run.grid import run_bench
+from bench.run.plan import Bench, Track
 from tests.conftest import state
 
 # -- 1. sampler and config values: non-finite or out of range is refused before work --------------
@@ -218,7 +219,7 @@ def test_check_finite_names_the_stage():
 
 
 def test_degenerate_images_are_flagged():
-    from bench.run.cell import ImageRow
+    from bench.core.plan import ImageRow
 
     rows = [ImageRow("target", None, p, s) for p in ("a cat", "a kitty") for s in (0, 1)]
     rows.append(ImageRow("in_domain", None, "a dog", 0))

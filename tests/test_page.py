@@ -14,7 +14,8 @@ import pytest
 
 from bench.core.protocol import EvalProtocol
 from bench.report.build import build_report
-from bench.run.cell import Bench, Track, run_bench
+from bench.run.grid import run_bench
+from bench.run.plan import Bench, Track
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

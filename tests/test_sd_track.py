@@ -13,7 +13,8 @@ from bench.core.concepts import Concept, load_concept_set
 from bench.core.errors import InputError
 from bench.core.protocol import EvalProtocol, SamplerSpec
 from bench.report.build import build_report
-from bench.run.cell import SD_CONCEPT_SETS, Bench, plan_bench, run_bench, sd_track
+from bench.run.grid import run_bench
+from bench.run.plan import SD_CONCEPT_SETS, Bench, plan_bench, sd_track
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
                                              "head_width": 16},

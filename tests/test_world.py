@@ -267,8 +267,9 @@ def test_presets_name_every_world(tmp_path, capsys):
     """``build --preset 3`` is world 3 (``make world WORLD=3`` calls it): the overrides come from one
     list, ``--set`` goes on top of them, and an unknown preset is refused by the parser."""
     from bench.cli.world import main
-    from bench.run.cell import WORLD
-    from bench.worldgen.config import DEFAULT_PRESET, PRESET_FOLDERS, PRESETS
+    from bench.run.plan import WORLD
+    from bench.world.presets import DEFAULT_PRESET, PRESET_FOLDERS
+    from bench.worldgen.config import PRESETS
 
     assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
     assert DEFAULT_PRESET == "3" and WORLD.name == Path(PRESET_FOLDERS["3"][0]).name  # make bench's world

@@ -230,7 +230,7 @@ def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
 
     from bench.core.concepts import load_concept_set
     from bench.judges.clip import ClipJudge
-    from bench.run.cell import Track
+    from bench.run.plan import Track
 
     images, scenes = world_scenes
     train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
@@ -328,7 +328,7 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     assert list(res["stages"]["judge"]) == ["seconds", "judge"] and not (tmp_path / "out" / "judge_vit").exists()
     from pathlib import Path
 
-    from bench.run.cell import world_track
+    from bench.run.plan import world_track
 
     assert Path(world_track(tmp_path / "out").second_judge) == tmp_path / "out" / "clip"
     assert set(res["stages"]["clip"]["zero_shot"]) == {"object", "colour", "style", "character"}

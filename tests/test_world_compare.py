@@ -13,7 +13,7 @@ WORLD = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
 
 
 def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
-    from bench.run.cell import Track, world_track
+    from bench.run.plan import Track, world_track
 
     track = world_track(WORLD.parent / "conceptworld3")  # the default track is world 3's
     default = Track()
@@ -52,15 +52,16 @@ def test_world3_concepts_are_illustrated_with_world3_scenes(tmp_path):
     world-3 concept set has its own name, so its tuned configs never overwrite world 2.1's."""
     from bench.core.concepts import load_concept_set
     from bench.core.protocol import EvalProtocol
-    from bench.run.cell import Track, _world_vocabulary, few_shot_images
+    from bench.run.plan import Track, few_shot_images
     from bench.world.captions import concept_set_dict
     from bench.world.render import WORLD2, WORLD3
+    from bench.world.sources import world_vocabulary
 
     path = tmp_path / "concepts.yaml"
     path.write_text(yaml.safe_dump(concept_set_dict(WORLD3), sort_keys=False))
     assert load_concept_set(path).name == "conceptworld3"
     assert load_concept_set(WORLD / "concepts.yaml").name == "conceptworld"
-    assert _world_vocabulary(str(path)) is WORLD3 and _world_vocabulary(str(WORLD / "concepts.yaml")) is WORLD2
+    assert world_vocabulary(str(path)) is WORLD3 and world_vocabulary(str(WORLD / "concepts.yaml")) is WORLD2
     track = Track(concept_set=str(path))
     heart = load_concept_set(path).get("heart")
     images, record = few_shot_images(track, heart, EvalProtocol(few_shot_images=2))

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from bench.api.registry import Registry, load_target
 from bench.core.concepts import Concept
 
 REJECT_LABEL = "none"  # a head's label on a rejected image: no concept of this type present
@@ -81,13 +82,13 @@ _BUILTIN = {
     "resnet50-restricted": "bench.judges.imagenet:build",
     "clip": "bench.judges.clip:build",
 }
+# a spec that names no registered judge is a ConceptWorld judge folder: this factory reads it
+FOLDER_JUDGE = "bench.judges.world:from_folder"
 _REGISTRY: Any = None
 
 
 def judge_registry(refresh: bool = False) -> Any:
     """Judge factories by name (built in, then the ``erasebench.judges`` entry points)."""
-    from bench.api.registry import Registry
-
     global _REGISTRY
     if _REGISTRY is None or refresh:
         reg: Registry = Registry("judge")
@@ -108,8 +109,4 @@ def build_judge(spec: str, track: Any, concept_set: Any) -> Judge:
         return reg.get(spec)(spec, track, concept_set)
     if not Path(spec).exists() and "/" not in spec and "\\" not in spec:
         reg.get(spec)  # a bare word that is no judge: "unknown judge ...; did you mean ...?"
-    from bench.judges.world import WorldClipJudge, WorldConceptJudge
-
-    if (Path(spec) / "world_clip.json").is_file():  # ConceptWorld 3's CLIP: the zero-shot second opinion
-        return WorldClipJudge(spec)
-    return WorldConceptJudge(spec)
+    return load_target(FOLDER_JUDGE, "judge")(spec, track, concept_set)

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from bench.core.errors import ConfigError
 
@@ -52,11 +52,7 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}{suggestion} (known: {known})")
         entry = self._entries[name]
         if isinstance(entry, str):
-            module_name, attr = entry.split(":", 1)
-            try:
-                obj = getattr(importlib.import_module(module_name), attr)
-            except (ImportError, AttributeError) as e:
-                raise ConfigError(f"{self.kind} {name!r} could not be loaded from {entry!r}: {e}") from e
+            obj = load_target(entry, f"{self.kind} {name!r}")
             self._entries[name] = obj
             return obj
         return entry
@@ -72,6 +68,15 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def load_target(target: str, what: str) -> Any:
+    """The object a lazy ``"package.module:attr"`` entry names; a one-line ``ConfigError`` if it cannot load."""
+    module_name, attr = target.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{what} could not be loaded from {target!r}: {e}") from e
 
 
 def package_registry(kind: str, package: str, attr: str, group: str, skip: tuple[str, ...] = ()) -> Registry:

@@ -93,10 +93,10 @@ def _bench_from_args(args: argparse.Namespace):
     from bench.api.config import parse_overrides
     from bench.core.errors import ConfigError
     from bench.core.protocol import EvalProtocol
-    from bench.run.cell import Bench, Track, world_track
+    from bench.run.plan import Bench, Track, world_track
 
     if getattr(args, "track", "conceptworld") == "sd":
-        from bench.run.cell import sd_track
+        from bench.run.plan import sd_track
 
         if not args.model:
             raise ConfigError("--track sd needs --model PATH_OR_ID (a Stable Diffusion v1.x/v2.x pipeline)")
@@ -186,7 +186,8 @@ def _add_executor_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.report.build import build_report
-    from bench.run.cell import plan_bench, run_bench
+    from bench.run.grid import run_bench
+    from bench.run.plan import plan_bench
 
     bench = _bench_from_args(args)
     if args.dry_run:
@@ -194,7 +195,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         t = bench.track
         print(f"model {t.model} | concept set {t.concept_set} | judge {t.judge} | images {t.images}")
         print(f"sampler {json.dumps(t.sampler.to_dict())} | device {t.device} dtype {t.dtype}")
-        print(f"protocol {json.dumps(bench.core.protocol.to_dict())}")
+        print(f"protocol {json.dumps(bench.protocol.to_dict())}")
         for cell in grid:
             print(f"  {cell['method']:<20} {cell['concept']:<20} {cell['prompts']:>3} prompts "
                   f"{cell['images']:>5} images {json.dumps(cell['groups'])}")
@@ -221,7 +222,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     spec = TuneSpec(grid=parse_grid(args.grid) if args.grid else None, knob=args.knob, ratio=args.ratio,
                     fixed=bench.method_overrides.get(args.method, {}))
     with _executor(args) as executor:
-        chosen = tune(bench.track, args.method, bench.core.concepts, Path(args.out), bench.core.protocol, spec, executor)
+        chosen = tune(bench.track, args.method, bench.concepts, Path(args.out), bench.protocol, spec, executor)
     for row in chosen["grid"]:
         print(f"{json.dumps(row['overrides']):<40} H={row['H']:.3f} UA={row['UA']:.3f} retain={row['retain']:.3f}")
     print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {tuned_path(bench.track)}")

@@ -8,16 +8,10 @@ import sys
 from pathlib import Path
 
 from bench.core.errors import BenchError, InputError
+from bench.world.presets import DEFAULT_PRESET, PRESET_FOLDERS
 from bench.world.render import VOCABULARIES
 from bench.worldgen.compare import FOUNDING
-from bench.worldgen.config import (
-    DEFAULT_PRESET,
-    MINI_OVERRIDES,
-    PRESET_FOLDERS,
-    PRESETS,
-    WorldConfig,
-    preset_of,
-)
+from bench.worldgen.config import MINI_OVERRIDES, PRESETS, WorldConfig, preset_of
 
 
 def _judged_preset(world: str | None, preset: str | None) -> str:

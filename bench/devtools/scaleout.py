@@ -37,8 +37,8 @@ def _numbers(folder: Path, verdicts_only: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from bench.cli.main import _bench_from_args
     from bench.core.io import write_json
-    from bench.run.cell import run_bench
     from bench.run.executors import RayExecutor
+    from bench.run.grid import run_bench
 
     ap = argparse.ArgumentParser(prog="python -m bench.devtools.scaleout", description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default="fuchi,lora_eraser,full_finetune")

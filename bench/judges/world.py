@@ -254,3 +254,11 @@ class WorldClipJudge(Judge):
         from bench.world.clip import image_embeddings, text_embeddings
 
         return 100 * (image_embeddings(self.model, images) * text_embeddings(self.model, prompts)).sum(-1).clamp(min=0)
+
+
+def from_folder(spec: str, track: Any = None, concept_set: Any = None) -> Judge:
+    """The judge in a ConceptWorld folder: world 3's CLIP (a folder with ``world_clip.json``), the
+    zero-shot second opinion, or else the world's CNN or ViT concept judge."""
+    if (Path(spec) / "world_clip.json").is_file():
+        return WorldClipJudge(spec)
+    return WorldConceptJudge(spec)

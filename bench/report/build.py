@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.io import ensure_writable_dir
+from bench.core.plan import COMPOSED, GROUPS, RETAIN_GROUPS
 from bench.core.records import cell_status, scan_cells
 from bench.metrics.formulas import (
     COMPOSITE_FORMULA,
@@ -29,7 +30,6 @@ from bench.metrics.formulas import (
 )
 from bench.metrics.registry import display, lookup, metrics
 from bench.report.text import csv_safe, file_stem, html_text, md_code, md_text
-from bench.run.cell import COMPOSED, GROUPS, RETAIN_GROUPS
 
 ACCURACIES = [(k, display(k)) for k in ("ua", "ua_synonyms", "retain_in_domain", "retain_cross_domain",
                                         "near_neighbours")]

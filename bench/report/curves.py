@@ -28,7 +28,7 @@ from bench.metrics.formulas import (
     percentile_interval,
 )
 from bench.metrics.registry import display
-from bench.run.cell import Bench
+from bench.run.plan import Bench
 
 SA = "selective_alignment"
 
@@ -81,7 +81,7 @@ def run_sweep(bench: Bench, out: Path, points: int = DEFAULT_POINTS, knob: str |
               ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """Run every sweep point of every method (resumable: complete cells are reused) and record the
     manifest after each point, so an interrupted sweep keeps what it measured."""
-    from bench.run.cell import run_bench
+    from bench.run.grid import run_bench
 
     if bench.attacks and progress:
         print(f"sweep with attacks {list(bench.attacks)}: every point pays for them")

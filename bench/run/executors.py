@@ -39,7 +39,8 @@ from typing import Any
 
 from bench.api.judge import Judge
 from bench.core.errors import BenchError, ConfigError, InputError
-from bench.run.cell import CellJob, CellWorker, Grid, Track
+from bench.run.plan import Track
+from bench.run.worker import CellJob, CellWorker, Grid
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install -e '.[ray]'"

@@ -17,7 +17,8 @@ from bench.core.paths import ROOT
 from bench.core.protocol import EvalProtocol
 from bench.metrics.registry import lookup
 from bench.report.build import load_cells
-from bench.run.cell import Bench, Track, run_bench
+from bench.run.grid import run_bench
+from bench.run.plan import Bench, Track
 
 GOLDENS = ROOT / "reports" / "goldens" / "regress.json"
 QUICK_CONCEPTS = ["circle", "striped"]

@@ -22,7 +22,8 @@ from bench.core.protocol import EvalProtocol
 from bench.metrics.registry import metrics
 from bench.report.build import load_cells, overall_table
 from bench.report.labels import read_tuned, tuned_file
-from bench.run.cell import Bench, Track, run_bench
+from bench.run.grid import run_bench
+from bench.run.plan import Bench, Track
 
 
 def tuned_path(track: Track) -> Path:

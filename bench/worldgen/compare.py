@@ -127,7 +127,7 @@ def weight_changes(track: Any, method: str, points: list[tuple[dict[str, Any], s
     from bench.core.concepts import load_concept_set
     from bench.core.protocol import EvalProtocol
     from bench.model.pipeline import load_pipeline
-    from bench.run.cell import few_shot_images
+    from bench.run.plan import few_shot_images
 
     protocol = EvalProtocol()
     pipe = load_pipeline(track.model, device="cpu", dtype="float32")
@@ -147,7 +147,7 @@ def weight_changes(track: Any, method: str, points: list[tuple[dict[str, Any], s
 def compare_side(side: Side, method: str, progress: bool = True) -> dict[str, Any]:
     """Every number of one (side, method) entry of the comparison."""
     from bench.api.method import get_method
-    from bench.run.cell import world_track
+    from bench.run.plan import world_track
 
     track = world_track(side.world)
     dev = dev_point(track, method)

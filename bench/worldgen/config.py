@@ -282,12 +282,6 @@ PRESETS: dict[str, list[str]] = {
     "3": ["vocab=3", "text_encoder=frozen-clip", "unet_head_width=32", "second_judge=clip", "fused_adam=true",
           "unet_steps=2800"],
 }
-# where each preset's build writes (out, work) unless told otherwise
-PRESET_FOLDERS: dict[str, tuple[str, str]] = {"2.1": ("datasets/conceptworld", "work/conceptworld"),
-                                              "3": ("datasets/conceptworld3", "work/conceptworld3")}
-# the world `make bench` measures on (bench.run.cell.WORLD) and `make world` builds: world 3 since build
-# b11 met every gate; world 2.1 stays in its folder (`--world datasets/conceptworld`, `make world WORLD=2.1`)
-DEFAULT_PRESET = "3"
 
 
 def preset_of(config: dict[str, Any]) -> str | None:

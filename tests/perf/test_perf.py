@@ -18,7 +18,7 @@ from bench.core.protocol import WORLD_SAMPLER
 from bench.model.ascent import few_shot_latents
 from bench.model.text import token_override
 from bench.model.training import denoising_loss, encode_prompts, noise_scheduler
-from bench.run.cell import Track, few_shot_images
+from bench.run.plan import Track, few_shot_images
 from tests.perf.conftest import RATIOS
 
 pytestmark = pytest.mark.perf
@@ -232,7 +232,8 @@ def test_attack_generation_vs_bare_denoising(world):
     from bench.api.attack import build_attack
     from bench.core.concepts import load_concept_set
     from bench.core.protocol import EvalProtocol
-    from bench.run.cell import _GENERATION, Track, load_judge, run_attacks
+    from bench.run.attacking import GENERATION_ENTRY, run_attacks
+    from bench.run.plan import Track, load_judge
 
     pipe, concept, images = world
     track, p = Track(), EvalProtocol()
@@ -242,8 +243,8 @@ def test_attack_generation_vs_bare_denoising(world):
     best = float("inf")
     for _ in range(ROUNDS + 1):  # the first is a warm-up
         res = run_attacks(pipe, attacks, concept, images, judge, WORLD_SAMPLER, p, seed=0)
-        best = min(best, res[_GENERATION]["seconds"])
-    n = res[_GENERATION]["images"]
+        best = min(best, res[GENERATION_ENTRY]["seconds"])
+    n = res[GENERATION_ENTRY]["images"]
     prompts = [r[0] for a in attacks for r in res[a]["rows"]]
     seeds = [r[1] for a in attacks for r in res[a]["rows"]]
     bare = _min_time(lambda: _bare_denoise(pipe, prompts, seeds, WORLD_SAMPLER.steps, WORLD_SAMPLER.guidance))

@@ -1,0 +1,14 @@
+"""The built worlds a checkout knows: each preset's folders, and the one ``make bench`` measures on."""
+
+from __future__ import annotations
+
+from bench.core.paths import ROOT
+
+# where each preset's build writes (out, work) unless told otherwise
+PRESET_FOLDERS: dict[str, tuple[str, str]] = {"2.1": ("datasets/conceptworld", "work/conceptworld"),
+                                              "3": ("datasets/conceptworld3", "work/conceptworld3")}
+
+# the world `make bench` measures on and `make world` builds: world 3 since build b11 met every gate;
+# world 2.1 stays in its folder (`--world datasets/conceptworld`, `make world WORLD=2.1`)
+DEFAULT_PRESET = "3"
+DEFAULT_WORLD = ROOT / PRESET_FOLDERS[DEFAULT_PRESET][0]
