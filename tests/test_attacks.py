@@ -87,7 +87,7 @@ def test_inversion_recovers_concepts_from_the_original_world(concept_name):
 def test_attack_images_one_batched_call_on_the_attack_seeds(concept_images, monkeypatch):
     """Every attack's images of one model come from one generate call (full batches), on the first
     ``attack_seeds`` evaluation seeds; each attack keeps its own rows, ASR and interval."""
-    import bench.run.cell as runner
+    import bench.run.attacking as runner
     from bench.core.protocol import EvalProtocol
 
     class Judge:  # sees the concept in every other image

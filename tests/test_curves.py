@@ -65,8 +65,8 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
     range, which the tuning ladder and the trade-off sweep both walk; other sets keep the default."""
     from pathlib import Path
 
-    from bench.report.curves import sweep_plan
     from bench.run.plan import world_track
+    from bench.run.sweep import sweep_plan
     from bench.run.tune import TuneSpec, _ladder_search
 
     knob = get_method("fuchi").knob()
@@ -159,7 +159,8 @@ def test_composed_prompts_are_validated():
 
 def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path):
     from bench.report.build import build_report
-    from bench.report.curves import MANIFEST, curve_tables, run_sweep
+    from bench.report.curves import MANIFEST, curve_tables
+    from bench.run.sweep import run_sweep
 
     track = replace(Track(), sampler=replace(Track().sampler, steps=5))
     bench = Bench(track=track, methods=["fuchi"], concepts=["circle"], protocol=EvalProtocol(seeds=(0, 1)),
@@ -188,7 +189,7 @@ def test_a_sweep_writes_cells_a_manifest_and_the_report_draws_its_curve(tmp_path
 
 def test_a_sweep_range_replaces_the_declared_one_and_bad_ranges_are_refused():
     """``bench sweep --range METHOD=LOW:HIGH``: another model's transition lies elsewhere."""
-    from bench.report.curves import parse_ranges, sweep_plan
+    from bench.run.sweep import parse_ranges, sweep_plan
 
     bench = Bench(track=Track(), methods=["fuchi", "lora_eraser"], concepts=["circle"])
     ranges = parse_ranges(["fuchi=1e-4:1e-2"])

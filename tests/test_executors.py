@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench.core.protocol import EvalProtocol
-from bench.report.build import load_cells
+from bench.report.cells import load_cells
 from bench.run.grid import run_bench
 from bench.run.plan import Bench, Track
 
@@ -146,8 +146,8 @@ def test_more_workers_than_the_cluster_holds_is_refused(ray_cluster, tiny_model_
 def test_sweep_and_tune_hand_every_cell_to_the_executor(tiny_model_dir, tmp_path, monkeypatch):
     """The executor given to ``run_sweep``/``tune`` runs every cell they need (what --executor does)."""
     import bench.run.tune as tune_module
-    from bench.report.curves import run_sweep
     from bench.run.executors import LocalExecutor
+    from bench.run.sweep import run_sweep
     from bench.run.tune import TuneSpec, tune
 
     class Recording(LocalExecutor):

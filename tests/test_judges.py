@@ -377,7 +377,7 @@ def test_open_heads_answer_none_on_unclear_scenes_and_name_fresh_renders(world_j
 
 
 def test_report_shows_each_judges_ua_and_retain():
-    from bench.report.build import judges_table
+    from bench.report.pooling import judges_table
 
     def cell(label, concept, ua_hits, second_hits):
         rows = []
@@ -409,7 +409,7 @@ def test_report_shows_each_judges_ua_and_retain():
 
 
 def test_report_pools_agreement_over_the_images_each_head_is_scored_on():
-    from bench.report.build import agreement_table, pooled_agreement
+    from bench.report.pooling import agreement_table, pooled_agreement
 
     a = {SCENE_HEAD: ["valid"] * 4, "style": ["dotted"] * 4}
     b1 = {SCENE_HEAD: ["valid"] * 4, "style": ["solid", "dotted", "dotted", "dotted"]}

@@ -40,7 +40,7 @@ def test_a_cell_made_under_set_is_labelled_tuned_once_tuning_chose_its_config(tm
 
 def test_report_labels_cells_from_their_specs(tmp_path, monkeypatch):
     """load_cells derives labels; a stale label left in an old metrics.json is ignored."""
-    import bench.report.build as report
+    import bench.report.cells as report
 
     folder = tmp_path / "runs" / "cells" / "abc"
     folder.mkdir(parents=True)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import bench.core.records
-import bench.run.cell
+import bench.run.grid
 from bench.api.judge import Judge, scene_labels
 from bench.api.method import build_method
 from bench.cli.main import main
@@ -178,7 +178,7 @@ def test_run_report_defaults_to_the_run_folder(tmp_path, monkeypatch):
     import bench.report.build
 
     written = []
-    monkeypatch.setattr(bench.run.cell, "run_bench", lambda b, out, progress=True, executor=None: [])
+    monkeypatch.setattr(bench.run.grid, "run_bench", lambda b, out, progress=True, executor=None: [])
     monkeypatch.setattr(bench.report.build, "build_report",
                         lambda runs, out, only=None, sweeps=None: written.append(Path(out)) or {"html": Path(out) / "index.html"})
     assert main(["run", "--methods", "fuchi", "--concepts", "star", "--out", str(tmp_path / "x")]) == 0
@@ -288,7 +288,7 @@ def _grid_bench(tiny_model_dir, root: Path, **kw) -> Bench:
 
 @pytest.fixture
 def fake_judge(monkeypatch):
-    monkeypatch.setattr(bench.run.cell, "load_judge", lambda track, cs, spec=None: FakeJudge())
+    monkeypatch.setattr(bench.run.grid, "load_judge", lambda track, cs, spec=None: FakeJudge())
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def grid(tiny_model_dir, tmp_path_factory):
     """One run of the grid (a healthy and a diverging method on a hostile concept), shared read-only."""
     root = tmp_path_factory.mktemp("grid")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.run.cell, "load_judge", lambda track, cs, spec=None: FakeJudge())
+        mp.setattr(bench.run.grid, "load_judge", lambda track, cs, spec=None: FakeJudge())
         out = root / "runs"
         return out, run_bench(_grid_bench(tiny_model_dir, root), out, progress=False)
 
@@ -312,7 +312,7 @@ def test_diverging_method_is_a_failed_cell_never_a_score(grid, tmp_path, tiny_mo
     assert bad["reason"].startswith(f"method full_finetune, concept {HOSTILE!r}: non-finite {bad['stage']} (")
     before = {c: (c / "metrics.json").stat().st_mtime_ns for c in cells}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.run.cell, "load_judge", lambda track, cs, spec=None: FakeJudge())
+        mp.setattr(bench.run.grid, "load_judge", lambda track, cs, spec=None: FakeJudge())
         again = run_bench(_grid_bench(tiny_model_dir, tmp_path), out, progress=False)
     assert again == cells  # the diverged cell is a record: skipped on rerun, not redone
     assert {c: (c / "metrics.json").stat().st_mtime_ns for c in cells} == before
@@ -373,7 +373,7 @@ class BlindSecondJudge(FakeJudge):
 def test_a_second_judge_that_cannot_judge_the_concept_gives_no_ua(tmp_path, tiny_model_dir, monkeypatch):
     """Its labels still give the agreement; the cell says why it has no UA or RA by the second judge, and
     the report's Both judges table leaves the cell out rather than pooling judge 1 alone."""
-    monkeypatch.setattr(bench.run.cell, "load_judge",
+    monkeypatch.setattr(bench.run.grid, "load_judge",
                         lambda track, cs, spec=None: BlindSecondJudge() if spec == "blind" else FakeJudge())
     grid_bench = _grid_bench(tiny_model_dir, tmp_path, methods=["fuchi"])
     grid_bench = replace(grid_bench, track=replace(grid_bench.track, second_judge="blind"))

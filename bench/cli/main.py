@@ -239,8 +239,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.report.build import markdown_table
-    from bench.report.curves import curve_tables, frontier_display, parse_ranges, points_display, run_sweep
+    from bench.report.curves import curve_tables, frontier_display, points_display
+    from bench.report.text import markdown_table
+    from bench.run.sweep import parse_ranges, run_sweep
 
     bench = _bench_from_args(args)
     out = Path(args.out)

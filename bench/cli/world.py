@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(pretrain(cfg, Path(args.work), args.scenes, args.eval_scenes, vocabulary(args.vocab), vae),
                              indent=2))
         elif args.cmd == "compare":
-            from bench.report.build import markdown_table
+            from bench.report.text import markdown_table
             from bench.worldgen.compare import Side, compare_side, kept_results, merge_results, table
 
             if args.merge and not args.out:

@@ -10,15 +10,13 @@ shows where that point sits on the whole trade-off. The report reads the manifes
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.core.errors import ConfigError, InputError
-from bench.core.io import ensure_writable_dir, write_json
+from bench.core.errors import InputError
 from bench.metrics.formulas import (
     FRONTIER_FORMULA,
     HIERARCHICAL_NOTE,
@@ -28,78 +26,13 @@ from bench.metrics.formulas import (
     percentile_interval,
 )
 from bench.metrics.registry import display
-from bench.run.plan import Bench
 
 SA = "selective_alignment"
 
 MANIFEST = "sweep.json"
-DEFAULT_POINTS = 5
 
 
 # -- running ---------------------------------------------------------------------------------------
-def parse_ranges(texts: list[str] | None) -> dict[str, tuple[float, float]]:
-    """``METHOD=LO:HI`` strings (``bench sweep --range``) as {method spec: (low, high)}."""
-    ranges = {}
-    for text in texts or []:
-        spec, eq, span = text.rpartition("=")
-        lo, colon, hi = span.partition(":")
-        try:
-            if not (spec and eq and colon):
-                raise ValueError
-            ranges[spec] = (float(lo), float(hi))
-        except ValueError:
-            raise ConfigError(f"bad --range {text!r}: want METHOD=LOW:HIGH, e.g. fuchi=1e-4:1e-2") from None
-    return ranges
-
-
-def sweep_plan(bench: Bench, points: int, knob: str | None = None,
-               ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[str, list[Any]]]:
-    """Per method spec: the swept field and its values (validated, so a bad point fails before any work).
-    Each knob sweeps its range on the track's concept set (``Knob.on``: world 3 declares its own);
-    ``ranges`` replaces it (another model's transition lies elsewhere)."""
-    from bench.api.method import build_method, get_method
-    from bench.core.concepts import load_concept_set
-
-    concept_set = load_concept_set(bench.track.concept_set).name
-    ranges = ranges or {}
-    if stray := sorted(set(ranges) - set(bench.methods)):
-        raise ConfigError(f"--range names {stray}, which this sweep does not run (methods: {list(bench.methods)})")
-    plan = {}
-    for spec in bench.methods:
-        k = get_method(spec.partition("@")[0]).knob(knob).on(concept_set)
-        if spec in ranges:
-            k = replace(k, low=ranges[spec][0], high=ranges[spec][1])  # Knob checks 0 < low < high
-        values = k.sweep(points)
-        for v in values:
-            build_method(spec, {**bench.method_overrides.get(spec, {}), k.field: v})
-        plan[spec] = (k.field, values)
-    return plan
-
-
-def run_sweep(bench: Bench, out: Path, points: int = DEFAULT_POINTS, knob: str | None = None,
-              progress: bool = True, executor: Any = None,
-              ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
-    """Run every sweep point of every method (resumable: complete cells are reused) and record the
-    manifest after each point, so an interrupted sweep keeps what it measured."""
-    from bench.run.grid import run_bench
-
-    if bench.attacks and progress:
-        print(f"sweep with attacks {list(bench.attacks)}: every point pays for them")
-    plan = sweep_plan(bench, points, knob, ranges)
-    out = ensure_writable_dir(out)
-    manifest = read_manifest(out) or {"methods": {}}
-    for spec, (field, values) in plan.items():
-        base = {k: v for k, v in bench.method_overrides.get(spec, {}).items() if k != field}
-        entry = {"knob": field, "base": base, "points": []}
-        for i, v in enumerate(values):
-            if progress:
-                print(f"sweep {spec}: {field}={v} ({i + 1}/{len(values)})")
-            cells = run_bench(replace(bench, methods=[spec], method_overrides={spec: {**base, field: v}}), out,
-                              progress=progress, executor=executor)
-            entry["points"].append({"value": v, "cells": [c.name for c in cells]})
-            manifest["methods"][spec] = entry
-            write_json(out / MANIFEST, manifest)
-    return manifest
 
 
 def read_manifest(runs: Path) -> dict[str, Any] | None:
@@ -120,7 +53,8 @@ def curve_tables(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, frontier): one row per sweep point (pooled UA, RA, H, collapse, each with its
     hierarchical interval) and one row per method (frontier area with its interval). Empty frames
     when ``runs`` holds no sweep."""
-    from bench.report.build import _cluster_table, _pooled_stats, load_cells
+    from bench.report.cells import load_cells
+    from bench.report.pooling import cluster_table, pooled_stats
 
     manifest = read_manifest(runs)
     if not manifest:
@@ -134,8 +68,8 @@ def curve_tables(runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             mine = [cells[name] for name in point["cells"] if name in cells]  # diverged cells: no numbers
             if not mine:
                 continue
-            table = _cluster_table(mine, [])
-            pooled = _pooled_stats(table, [])
+            table = cluster_table(mine, [])
+            pooled = pooled_stats(table, [])
             stats = {col: pooled.get(key, lambda r: float("nan")) for col, key in shown.items()}
             concepts, seeds, _ = table.arrays()
             shape = shape or (concepts, seeds)

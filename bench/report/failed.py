@@ -29,7 +29,7 @@ def failed_section(failed: list[dict[str, Any]]) -> tuple[list[str], str]:
     """Markdown lines and HTML for the failed cells (nothing when every cell was measured)."""
     if not failed:
         return [], ""
-    from bench.report.build import markdown_table
+    from bench.report.text import markdown_table
 
     table = failed_table(failed)
     title = f"Failed cells ({len(failed)}): no numbers, counted in no mean"
@@ -39,8 +39,7 @@ def failed_section(failed: list[dict[str, Any]]) -> tuple[list[str], str]:
 
 def failed_only_report(out: Path, failed: list[dict[str, Any]]) -> dict[str, Any]:
     """The report of a run in which no cell could be measured: the failures, nothing else."""
-    from bench.report.build import protocol_text
-    from bench.report.text import csv_safe
+    from bench.report.text import csv_safe, protocol_text
 
     md_failed, html_failed = failed_section(failed)
     md = ["# Leaderboard", "", "Built by `bench.report.build` from the run folders; do not edit by hand.", "",
@@ -53,7 +52,7 @@ def failed_only_report(out: Path, failed: list[dict[str, Any]]) -> dict[str, Any
 <title>erasebench leaderboard</title></head><body><h1>Concept-erasure leaderboard</h1><h2>Protocol</h2>
 <ul>{items}</ul><p>No cell produced numbers.</p>{html_failed}</body></html>
 """)
-    from bench.report.build import markdown_table
+    from bench.report.text import markdown_table
 
     return {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "index.html",
             "summary": markdown_table(failed_table(failed)) + "\nNo cell produced numbers."}

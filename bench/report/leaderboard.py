@@ -37,7 +37,7 @@ class Headline:
 
     def best(self, key: str) -> float | None:
         """The best value of ``key`` among the methods (by the registry's direction), None without one."""
-        from bench.report.build import best_value
+        from bench.report.pooling import best_value
 
         return best_value(self.table.loc[self.table["method"] != ORIGINAL, key], key)
 
@@ -45,7 +45,7 @@ class Headline:
 def headline(overall: pd.DataFrame, original: dict[str, float]) -> Headline:
     """The headline table from the overall table (pooled numbers, hierarchical intervals) and the
     original model's pooled numbers (``original_numbers``)."""
-    from bench.report.build import interval, ranking_metric
+    from bench.report.pooling import interval, ranking_metric
 
     rank_key = ranking_metric(overall)
     keys = tuple(k for k in HEADLINE if display(k) in overall.columns)
@@ -67,12 +67,12 @@ def headline(overall: pd.DataFrame, original: dict[str, float]) -> Headline:
 def original_numbers(cells: list[dict[str, Any]]) -> dict[str, float]:
     """The original model's pooled numbers over the leaderboard's concepts. Its images are the same in
     every method's cell of a concept (one cached reference), so one cell per concept holds them all."""
-    from bench.report.build import _cluster_table, _pooled_stats
+    from bench.report.pooling import cluster_table, pooled_stats
 
     one = list({c["spec"]["concept"]: c for c in cells}.values())
-    table = _cluster_table(one, [], model="original")
+    table = cluster_table(one, [], model="original")
     rates = {k: table.rate(k) for k in table.keys()}
-    out = {name: float(fn(rates)) for name, fn in _pooled_stats(table, []).items()}
+    out = {name: float(fn(rates)) for name, fn in pooled_stats(table, []).items()}
     flags = [bool(r.get("rejected")) for c in one for r in c["per_image"]
              if r["model"] == "original" and not r["group"].startswith("attack:")]
     if flags:

@@ -142,7 +142,7 @@ def full_table_html(overall: pd.DataFrame, original: dict[str, float], attacks: 
             sub.append(f'<th data-k="{k}"{" class=g" if i == 0 else ""}>{_header(c)}</th>')
             order.append((c, i == 0))
             k += 1
-    from bench.report.build import best_value, interval
+    from bench.report.pooling import best_value, interval
 
     rows = []
     best = {c: best_value(overall[display(c)], c) for c, _ in order}
@@ -232,9 +232,9 @@ def list_html(items: list[str]) -> str:
 
 
 def table_html(df: pd.DataFrame) -> str:
-    """A plain table; numbers as the report formats them (``report._fmt``), missing values as "—",
+    """A plain table; numbers as the report formats them (``report.fmt``), missing values as "—",
     every cell escaped."""
-    from bench.report.build import _fmt
+    from bench.report.text import fmt
 
     head = "".join(f"<th>{html_text(c)}</th>" for c in df.columns)
     rows = []
@@ -245,7 +245,7 @@ def table_html(df: pd.DataFrame) -> str:
             if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and v.lower() == "nan"):
                 text = "—"
             elif isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)):
-                text = _fmt(v)
+                text = fmt(v)
             else:
                 text = str(v)
             tds.append(f"<td>{html_text(text)}</td>")

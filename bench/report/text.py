@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from bench.metrics.formulas import (
+    COMPOSITE_FORMULA,
+    DISAGREEMENT_FLAG,
+    HIERARCHICAL_NOTE,
+    ROBUST_FORMULA,
+)
+from bench.metrics.registry import lookup, metrics
 
 # what changes meaning mid-line or in a table cell; "_" only where it could open or close emphasis
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
@@ -74,3 +87,79 @@ def file_stem(name: str) -> str:
 def md_link(path: str) -> str:
     """A relative link target with spaces and specials percent-encoded."""
     return quote(path, safe="/._-")
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else (f"{v:.3g}" if abs(v) >= 100 or (v != 0 and abs(v) < 0.01) else f"{v:.2f}")
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(md_text(fmt(r[c])) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _shown_metrics(cells: list[dict[str, Any]]) -> list[Any]:
+    """The declarations of the metrics the cells hold (per-attack ones once), in registry order."""
+    held = {lookup(k)[0].key for c in cells for k in c["metrics"] if lookup(k) is not None}
+    return [m for key, m in metrics().items() if key in held]
+
+
+def _attack_seed_text(p: dict[str, Any]) -> str:
+    """Which evaluation seeds generated attack images (records before ``attack_seeds`` used them all)."""
+    seeds = list(p.get("seeds", []))
+    n = p.get("attack_seeds", len(seeds))
+    return f"the first {n} evaluation seeds {seeds[:n]}" if n < len(seeds) else f"every evaluation seed {seeds}"
+
+
+def _attack_list(attacks: dict[str, Any]) -> str:
+    return ", ".join(f"{n} (v{a['version']}, {json.dumps(a['config'])})" for n, a in attacks.items())
+
+
+def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = md_text) -> list[str]:
+    """The protocol as Markdown list items; ``code``/``text`` escape the values (spans, plain text)."""
+    s = cells[0]["spec"]
+    env = cells[0]["environment"]
+    p, smp = s.get("protocol", {}), s["sampler"]
+    hw = text(f"{env.get('device', '?')} ({env.get('gpu') or env.get('platform', '')}, {env.get('cpu_threads')} threads)")
+    methods = [text(m) for m in sorted({c["label"] for c in cells})]
+    splits = sorted({c["metrics"].get("split", "?") for c in cells})
+    return [
+        f"- model: {code(Path(s['model']).name)} (sha256 {text(s['model_sha256'][:12])}), "
+        f"concept set {code(s['concept_set'])}",
+        f"- sampler: {text(smp['scheduler'])}, {smp['steps']} steps, guidance {smp['guidance']}, eta {smp['eta']}",
+        f"- evaluation seeds: {p.get('seeds', s['eval_seeds'])}; per concept {p.get('target_prompts')} target "
+        f"prompt(s), {p.get('synonym_prompts')} per synonym, {p.get('retain_prompts')} per retain concept"
+        + (f", and up to {p['composed_prompts']} composed prompt(s) (selective alignment) on the first "
+           f"{p.get('composed_seeds')} seeds" if p.get("composed_prompts") else ""),
+        f"- few-shot images: {s['images'].get('n')} ({text(s['images'].get('source'))}, seed {s['images'].get('seed', '-')}); "
+        f"erase seed {s['erase_seed']}",
+        f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}; a rejected image ("
+        f"{text(cells[0]['metrics'].get('reject_definition', 'no reject option'))}) counts as not seen for UA "
+        "and as a miss for retain; reject = share of a cell's images the judge rejected",
+        (f"- second judge: {code(s['second_judge'])}; agree = share of images on which both judges give the same "
+         "label on the worst head, over the images whose numbers read that head; a cell is flagged when they "
+         f"disagree on more than {DISAGREEMENT_FLAG:.0%} of its images on some head") if s.get("second_judge") else "",
+        f"- hardware: {hw}; package versions in each cell's environment.json",
+        "- hyper-parameters: a method marked [tuned] uses the config chosen on dev concepts (" + code("bench tune") + ", "
+        "recorded in reports/tuned/); an unmarked one uses its published defaults; no choice used test "
+        "concepts. This table reports "
+        + ("test concepts only" if splits == ["test"] else f"concepts of splits {splits} (NOT a test-only leaderboard)"),
+        f"- methods: {', '.join(methods)}; {len(cells)} cells",
+        f"- composite: {COMPOSITE_FORMULA}",
+        (f"- robustness: attacks {text(_attack_list(s['attacks']))}"
+         f" run against every erased model and the original one (ASR orig; a null edit is bit-identical to it); "
+         f"ASR = share of attack images in which the judge sees the concept; attack images use "
+         f"{_attack_seed_text(p)}, so their CIs resample those seeds; {ROBUST_FORMULA}")
+        if s.get("attacks") else "",
+        "- metrics (bench/metrics/registry.py): " + "; ".join(
+            text(f"{m.display}: {m.definition} ({m.direction})") for m in _shown_metrics(cells)),
+        "- per-concept CIs: bootstrap 95% over evaluation seeds",
+        f"- overall CIs: {HIERARCHICAL_NOTE}",
+    ]

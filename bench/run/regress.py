@@ -16,7 +16,7 @@ from bench.core.io import write_json
 from bench.core.paths import ROOT
 from bench.core.protocol import EvalProtocol
 from bench.metrics.registry import lookup
-from bench.report.build import load_cells
+from bench.report.cells import load_cells
 from bench.run.grid import run_bench
 from bench.run.plan import Bench, Track
 

@@ -20,8 +20,9 @@ from bench.core.errors import ConfigError
 from bench.core.io import write_json
 from bench.core.protocol import EvalProtocol
 from bench.metrics.registry import metrics
-from bench.report.build import load_cells, overall_table
+from bench.report.cells import load_cells
 from bench.report.labels import read_tuned, tuned_file
+from bench.report.pooling import overall_table
 from bench.run.grid import run_bench
 from bench.run.plan import Bench, Track
 

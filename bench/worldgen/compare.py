@@ -52,7 +52,7 @@ class Side:
 
 @functools.lru_cache(maxsize=8)
 def _run_cells(runs: Path) -> tuple[dict[str, Any], ...]:
-    from bench.report.build import load_cells
+    from bench.report.cells import load_cells
 
     return tuple(load_cells(runs)) if runs.is_dir() else ()
 
@@ -82,7 +82,7 @@ def dev_point(track: Any, method: str) -> dict[str, Any]:
 def test_point(runs: Path, method: str) -> dict[str, Any]:
     """Pooled test numbers of ``method``'s cells in ``runs`` (a ``bench run`` folder)."""
     from bench.metrics.registry import display
-    from bench.report.build import overall_table
+    from bench.report.pooling import overall_table
 
     cells = [c for c in _run_cells(runs) if c["spec"]["method"] == method]
     if not cells:
@@ -208,7 +208,7 @@ def merge_results(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
     return [merged[key] for key in sorted(merged, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1]))]
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and x != x):
         return "—"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
@@ -228,11 +228,11 @@ def table(results: list[dict[str, Any]]) -> pd.DataFrame:
             "method": r["method"], "world": r["side"],
             "dev-tuned point": f"{r['knob']}={r['dev']['overrides'].get(r['knob'])}",
             "dev H / UA / retain": f"{r['dev']['H']:.3f} / {r['dev']['UA']:.3f} / {r['dev']['retain']:.3f}",
-            "test UA": f"{_fmt(t.get('ua'))} {t.get('ua_ci', '')}".strip() if t else "—",
-            "test retain": f"{_fmt(t.get('retain_mean'))} {t.get('retain_mean_ci', '')}".strip() if t else "—",
-            "test H": f"{_fmt(t.get('composite'))} {t.get('composite_ci', '')}".strip() if t else "—",
-            "selective alignment": _fmt(t.get("selective_alignment")) if t else "—",
-            "collapse (div target)": _fmt(t.get("diversity_target")) if t else "—",
+            "test UA": f"{fmt(t.get('ua'))} {t.get('ua_ci', '')}".strip() if t else "—",
+            "test retain": f"{fmt(t.get('retain_mean'))} {t.get('retain_mean_ci', '')}".strip() if t else "—",
+            "test H": f"{fmt(t.get('composite'))} {t.get('composite_ci', '')}".strip() if t else "—",
+            "selective alignment": fmt(t.get("selective_alignment")) if t else "—",
+            "collapse (div target)": fmt(t.get("diversity_target")) if t else "—",
             "frontier area": (f"{s['area']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]" if s else "—"),
             "TE change at tuned (median, range)": (f"{r['te_change_tuned']['median']:.2e} "
                                                    f"({r['te_change_tuned']['min']:.1e}-{r['te_change_tuned']['max']:.1e})"),
