@@ -12,7 +12,7 @@ import pytest
 
 from bench.api.method import method_registry
 from bench.devtools.fullsize import ARCHS, ONE_STEP
-from bench.devtools.smoke import method_specs
+from bench.run.smoke import method_specs
 
 pytestmark = pytest.mark.slow
 

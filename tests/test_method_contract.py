@@ -9,10 +9,10 @@ from bench.api.edit import Edit
 from bench.api.method import build_method, get_method
 from bench.core.concepts import Concept
 from bench.core.images import load_images
-from bench.devtools.smoke import method_specs
 from bench.model.ascent import FewShotConfig, few_shot_latents
 from bench.model.tiny import build_tiny_pipeline
 from bench.model.training import concept_loss
+from bench.run.smoke import method_specs
 from tests.conftest import state
 
 SPECS = method_specs()

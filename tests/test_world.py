@@ -32,7 +32,7 @@ def test_renderer_is_deterministic():
 
 
 def test_parallel_rendering_gives_the_same_set():
-    from bench.worldgen.train import render_set
+    from bench.worldgen.data import render_set
 
     one, scenes_one = render_set(3, 40, 0.15, "serial", workers=1)
     two, scenes_two = render_set(3, 40, 0.15, "parallel", workers=2)

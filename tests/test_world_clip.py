@@ -62,8 +62,8 @@ def test_also_true_is_the_pairwise_definition_on_training_batches():
     world 3's training captions with characters and non-scenes among them."""
     from bench.world.render import WORLD3
     from bench.worldgen.clip_train import NOTHING, also_true, described, nothing_caption
+    from bench.worldgen.data import sample_scenes
     from bench.worldgen.negatives import KINDS
-    from bench.worldgen.train import sample_scenes
 
     rng = np.random.default_rng(3)
     for batch in range(4):
@@ -503,7 +503,8 @@ def test_training_views_are_robust_like_the_judges():
     from bench.world.render import vocabulary
     from bench.worldgen.clip_train import training_views
     from bench.worldgen.config import MINI_OVERRIDES, WorldConfig
-    from bench.worldgen.train import make_vae, render_set
+    from bench.worldgen.data import render_set
+    from bench.worldgen.train import make_vae
 
     vocab = vocabulary("3")
     plain = ClipConfig().override(["jitter=0", "vae_share=0", "holes=0", "large=0"])

@@ -293,7 +293,7 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from bench.devtools.smoke import run_smoke
+    from bench.run.smoke import run_smoke
 
     run_smoke(Path(args.out), seed=args.seed)
     return 0

@@ -1,4 +1,4 @@
-"""TODO docstring"""
+"""The prompt groups a cell generates, and one image's row in a cell's plan."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""A cell's numbers from its judged rows: UA, the retain accuracies, RA, H, reject rates, KID and FID,
+selective alignment, and which heads a number reads (pure functions of the rows and detections)."""
 
 from __future__ import annotations
 

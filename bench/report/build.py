@@ -13,9 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bench.core.io import ensure_writable_dir
-from bench.metrics.formulas import (
-    DISAGREEMENT_FLAG,
-)
+from bench.metrics.formulas import DISAGREEMENT_FLAG
 from bench.metrics.registry import display
 from bench.report.cells import cell_table, load_cells
 from bench.report.pooling import agreement_table, judges_table, overall_table

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Reading run folders back: complete (and, on request, failed) cells with their derived labels, and the
+per-cell table."""
 
 from __future__ import annotations
 

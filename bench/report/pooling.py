@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Numbers pooled over a method's cells: hits clustered by (concept, seed), hierarchical bootstrap intervals,
+the overall table with its tied ranks, and the two judges' agreement."""
 
 from __future__ import annotations
 

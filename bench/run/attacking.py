@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Robustness: the attacks on an edited model (ASR with its interval, the images and prompts they found),
+and the same attacks on the original model, cached per concept beside the reference images."""
 
 from __future__ import annotations
 

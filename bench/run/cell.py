@@ -1,4 +1,4 @@
-"""Expand a benchmark into (method, concept) cells, skip complete ones, run and record the rest.
+"""One cell, measured in numbered phases and recorded as an atomic run folder.
 
 One cell: erase -> generate the cell's prompts x seeds with the edited model -> judge them next
 to the original model's images (cached) -> metrics -> an atomic run folder -> restore the model.

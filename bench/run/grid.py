@@ -1,4 +1,4 @@
-"""TODO docstring"""
+"""Run a benchmark grid: validate every input, skip complete cells, hand the rest to an executor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""What a benchmark is: the track (model, concept set, judges, sampler, few-shot images), the methods and
+concepts, each cell's prompts and seeds, its run spec, and the grid a run would execute (``plan_bench``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Trade-off sweeps: each method's strength knob stepped over its range on the test concepts (attacks off),
+into a run folder with a ``sweep.json`` manifest that ``bench.report.curves`` reads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""What runs cells in one process: the grid a job belongs to (``Grid``), one cell to measure (``CellJob``), and
+``CellWorker``, which holds the pipeline, judges and few-shot images its cells reuse."""
 
 from __future__ import annotations
 

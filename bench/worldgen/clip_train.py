@@ -391,8 +391,8 @@ def training_views(cfg: ClipConfig, scenes: int, vocab: Vocabulary, vae: Any = N
     textures, holed textures and large shapes (``judge_build.Drawn``), and (given ``vae``) a
     ``cfg.vae_share`` share through the VAE's round trip, as the judges train (``judge_build.judge_set``).
     With every share 0 and no VAE these are exactly ``render_set``'s scenes."""
+    from bench.worldgen.data import render_scenes, sample_scenes
     from bench.worldgen.judge_build import Drawn
-    from bench.worldgen.train import render_scenes, sample_scenes
 
     shares = Drawn(jitter=cfg.jitter, holes=cfg.holes, large=cfg.large)
     drawn = shares.apply(sample_scenes(cfg.seed + 7, scenes, 0.15, vocab), cfg.seed + 7)
@@ -403,7 +403,7 @@ def _through_vae(arr: np.ndarray, vae: Any, share: float, seed: int) -> np.ndarr
     """``arr`` (uint8 views) with a ``share`` of them, drawn from ``seed``, replaced by their round trip
     through ``vae`` (none without a VAE)."""
     from bench.world.render import to_tensor
-    from bench.worldgen.train import vae_roundtrip
+    from bench.worldgen.data import vae_roundtrip
 
     if vae is None or share <= 0:
         return arr
@@ -447,13 +447,13 @@ def pretrain(cfg: ClipConfig, work: Path, scenes: int, eval_scenes: int, vocab: 
     then measure zero-shot accuracy on ``eval_scenes`` fresh, clean renders of another seed; the
     result lands in ``work/clip/zero_shot.json``."""
     from bench.world.render import render_batch, to_tensor
-    from bench.worldgen.train import _save_set, load_set
+    from bench.worldgen.data import load_set, save_set
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / "clip_train.npz"
     if not data.is_file():
         arr, drawn = training_views(cfg, scenes, vocab, vae)
-        _save_set(data, arr, drawn)
+        save_set(data, arr, drawn)
     images, _, drawn = load_set(data)
     negatives = load_negatives(work, cfg, scenes, vocab, vae)
     info = train_clip(cfg, images, drawn, work, vocab=vocab, negatives=negatives)
@@ -508,13 +508,13 @@ def ship_world_clip(clip_dir: Path, out: Path, text_encoder: Path) -> None:
             other = tower.get(key, tower.get(key[len(prefix):]))
             if other is None or not torch.equal(other.float(), value.float()):
                 raise RuntimeError(f"{text_encoder} is not the world CLIP's text tower (differs at {key})")
-    from bench.worldgen.train import _fp16_files
+    from bench.worldgen.data import fp16_files
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     save_file({k: v for k, v in weights.items() if not k.startswith(prefix)}, out / IMAGE_TOWER)
     shutil.copy(clip_dir / "config.json", out / "config.json")
-    _fp16_files(out)  # fp16 weights, a config that still loads them as fp32 (as the pipeline's folders)
+    fp16_files(out)  # fp16 weights, a config that still loads them as fp32 (as the pipeline's folders)
     meta = json.loads((clip_dir / "world_clip.json").read_text())
     meta["text_tower"] = {"path": os.path.relpath(text_encoder, out),
                           "sha256": hashlib.sha256((text_encoder / "model.safetensors").read_bytes()).hexdigest()}

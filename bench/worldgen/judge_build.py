@@ -84,7 +84,7 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, drawn:
     as they were), ``n_unclear`` scenes with an unclear texture (``unclear.py``: the style label is the
     style head's ``none`` class) and ``n_negatives`` non-scenes; labels per head (attributes
     ``IGNORE`` on non-scenes)."""
-    from bench.worldgen.train import render_scenes, sample_scenes, vae_roundtrip
+    from bench.worldgen.data import render_scenes, sample_scenes, vae_roundtrip
 
     scenes = drawn.apply(sample_scenes(seed, n, character_prob, vocab), seed)
     pos = to_tensor(render_scenes(scenes, "render judge scenes"))
@@ -102,7 +102,7 @@ def judge_set(seed: int, n: int, n_negatives: int, character_prob: float, drawn:
 def heldout_sets(cfg: WorldConfig, n: int = 2000) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """Fresh scenes (world textures, no jitter), fresh non-scenes and (for judges that learn them)
     fresh unclear scenes, from seeds no judge trained on."""
-    from bench.worldgen.train import render_set
+    from bench.worldgen.data import render_set
 
     vocab = vocabulary(cfg.vocab)
     images, scenes = render_set(cfg.seed + 2, n, cfg.character_prob, "render held-out", vocab=vocab)
@@ -137,7 +137,7 @@ def judges_of(cfg: WorldConfig) -> tuple[str, ...]:
 def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
     """Train the judges into ``out/judge`` and (``cfg.second_judge`` "vit") ``out/judge_vit``; held-out
     accuracy per head."""
-    from bench.worldgen.train import vae_roundtrip
+    from bench.worldgen.data import vae_roundtrip
 
     info: dict = {}
     held = heldout_sets(cfg, 2000 if cfg.n_judge >= 2000 else 64)

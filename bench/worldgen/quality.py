@@ -93,7 +93,7 @@ def judge_quality(judge: WorldJudge, vae=None, n: int = 2000, seed: int = 987_65
     labels = {h: torch.tensor([s.labels()[h] for s in scenes]) for h in vocab.heads}
     res = {"rendered": accuracy(judge, x, labels)}
     if vae is not None:
-        from bench.worldgen.train import vae_roundtrip
+        from bench.worldgen.data import vae_roundtrip
 
         res["vae_roundtrip"] = accuracy(judge, vae_roundtrip(vae, x), labels)
     return res
