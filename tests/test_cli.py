@@ -64,7 +64,7 @@ def test_attack_seeds_flag_reaches_the_protocol_and_bad_values_exit_2():
     bad = _run("run", "--methods", "fuchi", "--attack-seeds", "0", "--dry-run")
     assert bad.returncode == 2 and "attack_seeds must be >= 1, got 0" in bad.stderr
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
-    from bench.cli.main import _bench_from_args
+    from bench.cli.main import bench_from_args
 
     args = build_parser().parse_args(["run", "--methods", "fuchi", "--attack-seeds", "8"])
-    assert isinstance(args, argparse.Namespace) and _bench_from_args(args).protocol.attack_seeds == 8
+    assert isinstance(args, argparse.Namespace) and bench_from_args(args).protocol.attack_seeds == 8

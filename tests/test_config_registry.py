@@ -70,13 +70,13 @@ def test_builtin_methods_are_registered():
 def test_leaderboard_specs_name_each_row_once():
     """A method whose defaults are one of its variants is reported by its variants; `--methods all`."""
     from bench.api.method import leaderboard_specs
-    from bench.cli.main import _bench_from_args, build_parser
+    from bench.cli.main import bench_from_args, build_parser
 
     specs = leaderboard_specs()
     assert {"esd@x", "esd@u", "fuchi", "uce", "concept_ablation", "advunlearn"} <= set(specs)
     assert "esd" not in specs and "fuchi@paper_era" not in specs
     args = build_parser().parse_args(["run", "--methods", "all", "--dry-run"])
-    assert _bench_from_args(args).methods == specs
+    assert bench_from_args(args).methods == specs
 
 
 _PLUGIN = '''

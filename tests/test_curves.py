@@ -45,7 +45,7 @@ def test_ladders_step_by_at_most_the_ratio_and_cover_the_range():
 
 def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
     """A score that peaks beyond the declared range: the search walks on, recording every rung."""
-    from bench.run.tune import TuneSpec, _ladder_search
+    from bench.run.tune import TuneSpec, ladder_search
 
     seen = []
 
@@ -53,7 +53,7 @@ def test_tuning_extends_the_ladder_past_an_end_that_holds_the_best():
         seen.append(point["lr"])
         return {"overrides": point, "H": -abs(np.log(point["lr"] / 0.05)), "UA": 0.0, "retain": 0.0}
 
-    scores, how = _ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"])
+    scores, how = ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"])
     assert seen == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128]  # stops: best (0.064) inside
     assert [s["overrides"]["lr"] for s in scores] == sorted(seen) and "<= 2x" in how
     with pytest.raises(ConfigError, match="finer than decades"):
@@ -67,7 +67,7 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
 
     from bench.run.plan import world_track
     from bench.run.sweep import sweep_plan
-    from bench.run.tune import TuneSpec, _ladder_search
+    from bench.run.tune import TuneSpec, ladder_search
 
     knob = get_method("fuchi").knob()
     assert knob.on("conceptworld3").ladder(2.0) == [0.000125, 0.00025, 0.0005, 0.001, 0.002]
@@ -78,7 +78,7 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
         seen.append(point["lr"])
         return {"overrides": point, "H": -abs(np.log(point["lr"] / 1e-3)), "UA": 0.0, "retain": 0.0}
 
-    _, how = _ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"], "conceptworld3")
+    _, how = ladder_search("fuchi", TuneSpec(extend=3), score, lambda s: s["H"], "conceptworld3")
     assert seen == [0.000125, 0.00025, 0.0005, 0.001, 0.002] and "0.000125..0.002" in how  # best inside: no rung more
     world21 = world_track(Path(__file__).resolve().parents[1] / "datasets" / "conceptworld")
     plans = [sweep_plan(Bench(track=t, methods=["fuchi"], concepts=["circle"]), 5)["fuchi"] for t in (Track(), world21)]
@@ -90,7 +90,7 @@ def test_a_world_declares_its_own_knob_range_and_tuning_and_sweeps_walk_it():
 def test_tuning_walks_one_ladder_per_declared_choice():
     """UCE declares expand_prompts as a tuning choice: a ladder with it off, then one with it on, every
     point recorded with the choice it was made with; a choice fixed by the caller is not varied."""
-    from bench.run.tune import TuneSpec, _choice_ladders
+    from bench.run.tune import TuneSpec, choice_ladders
 
     seen = []
 
@@ -99,15 +99,15 @@ def test_tuning_walks_one_ladder_per_declared_choice():
         peak = 0.5 if point.get("expand_prompts", True) else 2.0
         return {"overrides": point, "H": -abs(np.log(point["erase_scale"] / peak)), "UA": 0.0, "retain": 0.0}
 
-    scores, how = _choice_ladders("uce", TuneSpec(extend=0), score, lambda s: s["H"])
+    scores, how = choice_ladders("uce", TuneSpec(extend=0), score, lambda s: s["H"])
     assert [p["expand_prompts"] for p in seen] == [False] * 5 + [True] * 5
     assert [p["erase_scale"] for p in seen] == [0.25, 0.5, 1.0, 2.0, 4.0] * 2
     assert [s["overrides"] for s in scores] == seen and "expand_prompts in (false, true)" in how
     seen.clear()
-    _choice_ladders("uce", TuneSpec(extend=0, fixed={"expand_prompts": True}), score, lambda s: s["H"])
+    choice_ladders("uce", TuneSpec(extend=0, fixed={"expand_prompts": True}), score, lambda s: s["H"])
     assert [p for p in seen if "expand_prompts" in p] == [] and len(seen) == 5
     seen.clear()
-    _choice_ladders("fuchi", TuneSpec(extend=0), score=lambda p: seen.append(p) or {"overrides": p, "H": 0.0},
+    choice_ladders("fuchi", TuneSpec(extend=0), score=lambda p: seen.append(p) or {"overrides": p, "H": 0.0},
                     key=lambda s: s["H"])
     assert all(set(p) == {"lr"} for p in seen)  # no declared choices: one ladder, as before
 

@@ -75,7 +75,7 @@ def test_large_judge_scenes_keep_their_labels_and_stay_in_the_frame():
     """``judge_set``'s large share draws the same scenes bigger (every label kept), centred so that
     no shape leaves the frame: the image border stays background."""
     from bench.world.render import sample_scene
-    from bench.worldgen.judge_build import LARGE, Drawn, _large, judge_set
+    from bench.worldgen.judge_build import LARGE, Drawn, judge_set, large_share
 
     args = dict(seed=5, n=16, n_negatives=0, character_prob=0.0)
     plain_x, plain_y = judge_set(**args)
@@ -83,7 +83,7 @@ def test_large_judge_scenes_keep_their_labels_and_stay_in_the_frame():
     assert all(torch.equal(plain_y[h], big_y[h]) for h in plain_y)
     rng = np.random.default_rng(0)
     for k in range(32):
-        s = _large(sample_scene(np.random.default_rng(k)), rng)
+        s = large_share(sample_scene(np.random.default_rng(k)), rng)
         assert LARGE[0] <= s.scale <= LARGE[1] and s.scale <= s.cx <= 1 - s.scale and s.scale <= s.cy <= 1 - s.scale
     # more of each image is shape: fewer pixels equal to the image's corner (background) colour
     def share_bg(x):

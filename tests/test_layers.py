@@ -56,7 +56,7 @@ def package_of(module: str) -> str:
     return parts[1]
 
 
-def _resolve(name: str) -> str | None:
+def resolve_parameter(name: str) -> str | None:
     """The project module an import names (the longest one that exists), or None for a third-party one."""
     parts = name.split(".")
     while parts:
@@ -85,7 +85,7 @@ def imports_of(module: str) -> set[str]:
                 base = ".".join([*anchor, *([base] if base else [])])
             names = [f"{base}.{a.name}" for a in node.names] + [base]
         for name in names:
-            target = _resolve(name)
+            target = resolve_parameter(name)
             if target and target != module:
                 out.add(target)
     return out

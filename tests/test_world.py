@@ -290,16 +290,16 @@ def test_presets_name_every_world(tmp_path, capsys):
                                  capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "WORLD"})
             assert f"-m bench.world build {preset}" in dry.stdout and f"-m bench.world evaluate {preset}" in dry.stdout
     # `judge` retrains the judges of the preset a world was built with (its MANIFEST.json), never another's
-    from bench.cli.world import _judged_preset
+    from bench.cli.world import judged_preset
     from bench.worldgen.config import preset_of
 
     root = Path(__file__).resolve().parents[1] / "datasets"
     for folder, preset in (("conceptworld", "2.1"), ("conceptworld3", "3")):
         assert preset_of(json.loads((root / folder / "MANIFEST.json").read_text())["config"]) == preset
-        assert _judged_preset(str(root / folder), None) == _judged_preset(str(root / folder), preset) == preset
-    assert _judged_preset(None, None) == DEFAULT_PRESET and _judged_preset(None, "2.1") == "2.1"
+        assert judged_preset(str(root / folder), None) == judged_preset(str(root / folder), preset) == preset
+    assert judged_preset(None, None) == DEFAULT_PRESET and judged_preset(None, "2.1") == "2.1"
     with pytest.raises(InputError, match="built with preset 2.1, not --preset 3"):
-        _judged_preset(str(root / "conceptworld"), "3")
+        judged_preset(str(root / "conceptworld"), "3")
     assert preset_of({"vocab": "3"}) is None  # half of world 3's overrides is no preset
     assert main(["judge", "--world", str(tmp_path)]) == 2 and "give --preset" in capsys.readouterr().err
     (tmp_path / "MANIFEST.json").write_text("[1, 2]")

@@ -205,21 +205,21 @@ def test_locked_image_tower_keeps_its_pretraining_and_resumes_exactly(world_scen
 
 def test_a_locked_tower_is_run_once_over_the_pool(world_scenes):
     """With the image tower locked the contrastive steps read its pooled output, computed once for the
-    training pool (scenes, then non-scenes, as ``_views`` orders them): the same embeddings as running
+    training pool (scenes, then non-scenes, as ``clip_views`` orders them): the same embeddings as running
     the tower on each batch."""
     import torch.nn.functional as F
 
     from bench.world.clip import image_embeddings
-    from bench.worldgen.clip_train import NonScenes, _locked_features, _views, make_clip
+    from bench.worldgen.clip_train import NonScenes, clip_views, locked_features, make_clip
 
     images, _ = world_scenes
     negatives = NonScenes(torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)), ["noise"] * 5)
     model = make_clip(ClipConfig().override(MINI_CLIP)).eval()
-    locked = _locked_features(model, images, negatives, batch=7)
+    locked = locked_features(model, images, negatives, batch=7)
     assert locked.shape == (len(images) + 5, model.config.vision_config.hidden_size)
     idx = np.array([len(images) + 4, 0, 3, len(images), 1])
     with torch.no_grad():
-        want = image_embeddings(model, _views(images, negatives, idx))
+        want = image_embeddings(model, clip_views(images, negatives, idx))
         got = F.normalize(model.visual_projection(locked[torch.from_numpy(idx)]), dim=-1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
@@ -288,26 +288,26 @@ def test_frozen_states_are_the_encoders_per_caption(tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from bench.model.tokenizer import build_clip_tokenizer
-    from bench.worldgen.train import _FrozenStates, _Tokens
+    from bench.worldgen.train import FrozenStates, TokenCache
 
     torch.manual_seed(0)
     enc = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                        num_attention_heads=2, max_position_embeddings=77)).eval()
-    tokens = _Tokens(build_clip_tokenizer())
+    tokens = TokenCache(build_clip_tokenizer())
     captions = ["a star", "a red moon", "a star", "", "a picture of zorbo"]
-    states = _FrozenStates.compute(enc, tokens, captions, chunk=2)
+    states = FrozenStates.compute(enc, tokens, captions, chunk=2)
     assert len(states.row) == 4 and states.states.shape == (4, 77, 16)
     got = states(["a red moon", "a star", "a red moon"])
     with torch.no_grad():
         want = enc(tokens(["a red moon", "a star", "a red moon"]))[0]
     assert torch.allclose(got, want, atol=1e-6)
-    assert torch.equal(got, _FrozenStates.compute(enc, tokens, list(reversed(captions)), chunk=2)(
+    assert torch.equal(got, FrozenStates.compute(enc, tokens, list(reversed(captions)), chunk=2)(
         ["a red moon", "a star", "a red moon"]))
     # stage "states" keeps them for the diffusion stage, which reads them back for its own captions only
     states.save(tmp_path)
-    assert torch.equal(_FrozenStates.load(tmp_path, list(reversed(captions)))(["a red moon", "a star"]), got[:2])
+    assert torch.equal(FrozenStates.load(tmp_path, list(reversed(captions)))(["a red moon", "a star"]), got[:2])
     with pytest.raises(ValueError, match="other captions"):
-        _FrozenStates.load(tmp_path, ["a star", "a blue moon"])
+        FrozenStates.load(tmp_path, ["a star", "a blue moon"])
 
 
 @pytest.mark.slow
@@ -483,17 +483,17 @@ def test_joint_world_initialises_as_world_2_1_did():
     """World 2.1's joint build draws unet, text encoder, then their EMA copies from the seed: the
     frozen-CLIP refactor keeps that order, so world 2.1 rebuilds with the same initial weights."""
     from bench.worldgen.config import MINI_FROZEN_CLIP, MINI_OVERRIDES, WorldConfig
-    from bench.worldgen.train import _init_models, make_text_encoder, make_unet
+    from bench.worldgen.train import init_models, make_text_encoder, make_unet
 
     cfg = WorldConfig().override(MINI_OVERRIDES)
     torch.manual_seed(0)
     unet, text = make_unet(cfg), make_text_encoder(cfg)
     torch.manual_seed(0)
-    got = _init_models(cfg)
+    got = init_models(cfg)
     for a, b in ((unet, got[0]), (text, got[1]), (unet, got[2]), (text, got[3])):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    frozen = _init_models(WorldConfig().override(MINI_FROZEN_CLIP))
+    frozen = init_models(WorldConfig().override(MINI_FROZEN_CLIP))
     assert frozen[1] is None and frozen[3] is None
 
 

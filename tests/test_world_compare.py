@@ -33,18 +33,18 @@ def test_world_track_reads_a_built_world_and_refuses_anything_else(tmp_path):
 
 
 def test_world_flag_reaches_every_grid_command_and_not_the_sd_track(tmp_path):
-    from bench.cli.main import _bench_from_args, build_parser
+    from bench.cli.main import bench_from_args, build_parser
 
     for cmd in (["run", "--methods", "fuchi"], ["tune", "--method", "fuchi"], ["sweep", "--methods", "fuchi"]):
         args = build_parser().parse_args([*cmd, "--world", str(WORLD)])
         args.methods = getattr(args, "methods", None) or args.method  # as _cmd_tune sets it
-        assert Path(_bench_from_args(args).track.judge) == WORLD / "judge"
+        assert Path(bench_from_args(args).track.judge) == WORLD / "judge"
         args.world = str(tmp_path)
         with pytest.raises(InputError, match="is not a built ConceptWorld"):
-            _bench_from_args(args)
+            bench_from_args(args)
     args = build_parser().parse_args(["run", "--track", "sd", "--model", "m", "--world", str(WORLD)])
     with pytest.raises(ConfigError, match="does not go with --track sd"):
-        _bench_from_args(args)
+        bench_from_args(args)
 
 
 def test_world3_concepts_are_illustrated_with_world3_scenes(tmp_path):

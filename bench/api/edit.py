@@ -35,7 +35,7 @@ def pipeline_parameters(pipe: Any, components: tuple[str, ...] = COMPONENTS) -> 
     return out
 
 
-def _resolve(pipe: Any, name: str) -> torch.nn.Parameter:
+def resolve_parameter(pipe: Any, name: str) -> torch.nn.Parameter:
     comp, _, path = name.partition(".")
     module = getattr(pipe, comp, None)
     if not isinstance(module, torch.nn.Module):
@@ -91,7 +91,7 @@ class Edit:
         """Write the edit into ``pipe`` (keeping the original values for ``restore``)."""
         if self.applied:
             raise RuntimeError("this edit is already applied; restore() it first")
-        params = {name: _resolve(pipe, name) for name in self.param_names}
+        params = {name: resolve_parameter(pipe, name) for name in self.param_names}
         values = {name: self._new_value(name, p.data) for name, p in params.items()}  # LoRA merges once
         for name, p in params.items():
             if values[name].shape != p.shape:
@@ -109,7 +109,7 @@ class Edit:
         if not self.applied or self._originals is None:
             raise RuntimeError("this edit is not applied to a pipeline; nothing to restore")
         for name, value in self._originals.items():
-            _resolve(self._pipe, name).data.copy_(value)
+            resolve_parameter(self._pipe, name).data.copy_(value)
         self._pipe, self._originals = None, None
 
     def bind(self, pipe: Any, originals: dict[str, torch.Tensor]) -> Edit:
@@ -134,7 +134,7 @@ class Edit:
             if not name.startswith(component + ".") or old.ndim < 2:
                 continue
             old = old.float()
-            delta = float((_resolve(self._pipe, name).detach().float() - old).pow(2).sum())
+            delta = float((resolve_parameter(self._pipe, name).detach().float() - old).pow(2).sum())
             size = float(old.pow(2).sum())
             moved, total, count = moved + delta, total + size, count + 1
             worst = max(worst, (delta / size) ** 0.5 if size else 0.0)

@@ -157,9 +157,9 @@ class Eraser(ABC):
         **info: Any,
     ) -> Edit:
         """A dense Edit of the current values of ``originals``' parameters, bound to ``pipe``."""
-        from bench.api.edit import _resolve
+        from bench.api.edit import resolve_parameter
 
-        tensors = {name: _resolve(pipe, name).detach().cpu().clone() for name in originals}
+        tensors = {name: resolve_parameter(pipe, name).detach().cpu().clone() for name in originals}
         edit = Edit(
             method=self.name,
             config=self.config.to_dict(),

@@ -87,7 +87,7 @@ def _split(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
-def _bench_from_args(args: argparse.Namespace):
+def bench_from_args(args: argparse.Namespace):
     from dataclasses import replace
 
     from bench.api.config import parse_overrides
@@ -189,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.run.grid import run_bench
     from bench.run.plan import plan_bench
 
-    bench = _bench_from_args(args)
+    bench = bench_from_args(args)
     if args.dry_run:
         grid = plan_bench(bench)
         t = bench.track
@@ -218,7 +218,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from bench.run.tune import TuneSpec, parse_grid, tune, tuned_path
 
     args.methods = args.method
-    bench = _bench_from_args(args)
+    bench = bench_from_args(args)
     spec = TuneSpec(grid=parse_grid(args.grid) if args.grid else None, knob=args.knob, ratio=args.ratio,
                     fixed=bench.method_overrides.get(args.method, {}))
     with _executor(args) as executor:
@@ -243,7 +243,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from bench.report.text import markdown_table
     from bench.run.sweep import parse_ranges, run_sweep
 
-    bench = _bench_from_args(args)
+    bench = bench_from_args(args)
     out = Path(args.out)
     with _executor(args) as executor:
         run_sweep(bench, out, args.points, args.knob, executor=executor,  # Knob.sweep refuses fewer than 2 points

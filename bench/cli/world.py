@@ -14,7 +14,7 @@ from bench.worldgen.compare import FOUNDING
 from bench.worldgen.config import MINI_OVERRIDES, PRESETS, WorldConfig, preset_of
 
 
-def _judged_preset(world: str | None, preset: str | None) -> str:
+def judged_preset(world: str | None, preset: str | None) -> str:
     """The preset whose judges ``judge`` retrains: the one the world's MANIFEST.json records (a world
     2.1 folder never gets world 3's judge heads), or ``preset``, which must agree with it."""
     if world is None:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "judge":
-            args.preset = _judged_preset(args.world, args.preset)
+            args.preset = judged_preset(args.world, args.preset)
         if getattr(args, "world", "") is None:
             args.world = PRESET_FOLDERS[args.preset][0]
         if args.cmd == "build":

@@ -35,7 +35,7 @@ def _numbers(folder: Path, verdicts_only: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.cli.main import _bench_from_args
+    from bench.cli.main import bench_from_args
     from bench.core.io import write_json
     from bench.run.executors import RayExecutor
     from bench.run.grid import run_bench
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("steps", "guidance", "set", "model", "concept_set", "judge", "images"):
         setattr(args, key, None)
     args.untuned = False
-    bench = _bench_from_args(args)
+    bench = bench_from_args(args)
     out = Path(args.out)
     cpus = os.cpu_count() or 1
     threads = max(1, cpus // args.workers)

@@ -83,9 +83,9 @@ def detection_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor],
 def _fid(a: torch.Tensor, b: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from bench.metrics.formulas import _Identity
+    from bench.metrics.formulas import IdentityFeatures
 
-    fid = FrechetInceptionDistance(feature=_Identity(a.shape[1]))
+    fid = FrechetInceptionDistance(feature=IdentityFeatures(a.shape[1]))
     fid.update(a.double(), real=True)
     fid.update(b.double(), real=False)
     return float(fid.compute())

@@ -124,7 +124,7 @@ def kid(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> di
     subset = min(50, n)
     mu, sd = features_a.float().mean(0), features_a.float().std(0) + 1e-6
     features_a, features_b = (features_a.float() - mu) / sd, (features_b.float() - mu) / sd
-    metric = KernelInceptionDistance(feature=_Identity(features_a.shape[1]), subsets=20, subset_size=subset)
+    metric = KernelInceptionDistance(feature=IdentityFeatures(features_a.shape[1]), subsets=20, subset_size=subset)
     metric.update(features_a.float(), real=True)
     metric.update(features_b.float(), real=False)
     with torch.random.fork_rng(devices=[]):
@@ -133,7 +133,7 @@ def kid(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> di
     return {"mean": float(mean), "std": float(std), "subset_size": subset}
 
 
-class _Identity(torch.nn.Module):
+class IdentityFeatures(torch.nn.Module):
     """Features are computed by the judge beforehand; KID gets them as they are."""
 
     def __init__(self, dim: int) -> None:

@@ -147,9 +147,9 @@ def curves_figure(points: pd.DataFrame, marks: dict[str, tuple[float, float]],
     """UA against RA per method along its sweep, interval whiskers both ways, knob values written at
     the points, the dev-tuned operating point as a star (``colours``: per method spec, as the
     leaderboard colours its tuned row), the original model (UA, RA) and the ideal corner."""
-    from bench.report.figures import ORIGINAL_COLOUR, _mpl, png, ua_ra_axes
+    from bench.report.figures import ORIGINAL_COLOUR, png, pyplot, ua_ra_axes
 
-    plt = _mpl()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, spec in enumerate(points["method"].unique()):

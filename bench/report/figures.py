@@ -18,7 +18,7 @@ from bench.report.leaderboard import ORIGINAL, Headline
 ORIGINAL_COLOUR = "#555555"
 
 
-def _mpl() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +29,7 @@ def _mpl() -> Any:
 
 
 def png(fig: Any, dpi: int = 110) -> bytes:
-    plt = _mpl()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -48,7 +48,7 @@ def webp(fig: Any, dpi: int = 100) -> bytes:
 
 def method_colours(methods: list[str]) -> dict[str, str]:
     """A colour per method, in the given (table) order; the original model is grey."""
-    plt = _mpl()
+    plt = pyplot()
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     out = {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
     out[ORIGINAL] = ORIGINAL_COLOUR
@@ -62,7 +62,7 @@ def _err(row: pd.Series, key: str) -> list[list[float]]:
 
 def asr_bars(h: Headline, overall: pd.DataFrame, attacks: list[str], colours: dict[str, str]) -> bytes:
     """ASR per method x attack with intervals; the original model's ASR per attack as a dashed line."""
-    plt = _mpl()
+    plt = pyplot()
     methods = h.methods()
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(attacks), 3.2))
     width = 0.8 / max(len(methods), 1)
@@ -94,7 +94,7 @@ def asr_bars(h: Headline, overall: pd.DataFrame, attacks: list[str], colours: di
 def cost_dots(h: Headline, colours: dict[str, str], per_cell: pd.DataFrame) -> bytes:
     """Seconds per concept per method as a labelled dot plot (log scale), in the table's order; the
     whisker spans the fastest to the slowest concept."""
-    plt = _mpl()
+    plt = pyplot()
     methods = h.methods()
     t = h.table.set_index("method")
     fig, ax = plt.subplots(figsize=(5.5, 0.6 + 0.38 * len(methods)))
@@ -126,7 +126,7 @@ def _plain_log_ticks(axis: Any) -> None:
 def tradeoff_points(h: Headline, colours: dict[str, str]) -> bytes:
     """Without sweeps: each method's operating point (UA against mean retain) with intervals, the
     original model and the ideal corner."""
-    plt = _mpl()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for _, r in h.table.iterrows():
         if r["method"] == ORIGINAL:
@@ -183,7 +183,7 @@ def drill_grid(cells: list[dict[str, Any]], concept: str, group: str, methods: l
             if key_e not in f.keys():
                 continue
             grid_rows.append((m, f.get_tensor(key_e), _marks(c, _sample_rows(c)[group], "edited")))
-    plt = _mpl()
+    plt = pyplot()
     n = len(seeds)
     h, w = grid_rows[0][1].shape[-2:]
     gap, label_h = 2, 9

@@ -97,7 +97,7 @@ def tune(track: Track, method: str, concepts: list[str] | None, out: Path, proto
         scores = [score(p) for p in points]
         how = "max composite H over the given grid on dev concepts"
     else:
-        scores, how = _choice_ladders(method, spec, score, key, cs.name)
+        scores, how = choice_ladders(method, spec, score, key, cs.name)
     best = max(scores, key=key)
     path = tuned_path(track)
     data = json.loads(path.read_text()) if path.is_file() else {"methods": {}}
@@ -109,25 +109,25 @@ def tune(track: Track, method: str, concepts: list[str] | None, out: Path, proto
     return data["methods"][method]
 
 
-def _choice_ladders(method: str, spec: TuneSpec, score: Any, key: Any,
+def choice_ladders(method: str, spec: TuneSpec, score: Any, key: Any,
                     concept_set: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """One ladder per combination of the method's ``tune_choices`` (those ``spec.fixed`` leaves open);
     each point's overrides name its choices, so the record says which ladder it belongs to."""
     choices = {f: v for f, v in get_method(method.partition("@")[0]).tune_choices.items() if f not in spec.fixed}
     if not choices:
-        return _ladder_search(method, spec, score, key, concept_set)
+        return ladder_search(method, spec, score, key, concept_set)
     scores: list[dict[str, Any]] = []
     combos = [dict(zip(choices, c, strict=True)) for c in itertools.product(*choices.values())]
     for combo in combos:
         fixed = {**spec.fixed, **combo}
-        ladder, how = _ladder_search(method, replace(spec, fixed=fixed), lambda p, c=combo: score({**c, **p}), key,
+        ladder, how = ladder_search(method, replace(spec, fixed=fixed), lambda p, c=combo: score({**c, **p}), key,
                                      concept_set)
         scores += ladder
     named = "; ".join(f"{f} in ({', '.join(json.dumps(v) for v in vs)})" for f, vs in choices.items())
     return scores, f"{how}; one ladder for each {named}"
 
 
-def _ladder_search(method: str, spec: TuneSpec, score: Any, key: Any,
+def ladder_search(method: str, spec: TuneSpec, score: Any, key: Any,
                    concept_set: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """The knob's ladder (its range on ``concept_set``: ``Knob.on``), then rungs past an end while the
     best point sits on that end."""

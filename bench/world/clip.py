@@ -23,7 +23,7 @@ ZERO_SHOT = {"object": "a picture of a {}", "colour": "a picture of a {} shape",
 ZERO_SHOT_NONE = {"character": "a picture of a shape"}  # the label "none" of the character head
 
 
-class _Captions:
+class CaptionTokens:
     """Token ids per distinct caption (cached), padded to the longest caption of each batch: the
     contrastive loss reads only the pooled (end-of-text) state, so the 77-token padding the UNet's
     conditioning needs would only cost time here (captions are under 20 tokens)."""
@@ -65,10 +65,10 @@ def image_embeddings(model: Any, images: torch.Tensor, batch: int = 256) -> torc
                                   dim=-1) for i in range(0, len(images), batch)])
 
 
-def text_embeddings(model: Any, prompts: list[str], captions: _Captions | None = None) -> torch.Tensor:
+def text_embeddings(model: Any, prompts: list[str], captions: CaptionTokens | None = None) -> torch.Tensor:
     """Unit-norm text embeddings (pooled at the end-of-text token) of ``prompts``; ``captions``: a
     token cache to reuse (training keeps one for the whole run)."""
-    ids, mask = (captions or _Captions())(prompts)
+    ids, mask = (captions or CaptionTokens())(prompts)
     return F.normalize(pooled_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
 
 

@@ -55,7 +55,14 @@ from bench.world.captions import (
     describe,
     word_or_synonym,
 )
-from bench.world.clip import IMAGE_TOWER, _Captions, image_embeddings, normalise, text_embeddings, zero_shot
+from bench.world.clip import (
+    IMAGE_TOWER,
+    CaptionTokens,
+    image_embeddings,
+    normalise,
+    text_embeddings,
+    zero_shot,
+)
 from bench.world.render import NONE_CHARACTER, WORLD2, Scene, Vocabulary
 from bench.worldgen.config import ClipConfig
 
@@ -195,7 +202,7 @@ def nothing_caption(kind: str, rng: np.random.Generator) -> tuple[str, dict[str,
     return wordings[rng.integers(len(wordings))], NOTHING
 
 
-def _views(images: torch.Tensor, negatives: NonScenes | None, idx: np.ndarray) -> torch.Tensor:
+def clip_views(images: torch.Tensor, negatives: NonScenes | None, idx: np.ndarray) -> torch.Tensor:
     """The batch ``idx`` of the training pool: scenes ``images`` first, then ``negatives``' images."""
     if negatives is None:
         return images[torch.from_numpy(idx)]
@@ -254,7 +261,7 @@ def pretrain_image_tower(cfg: ClipConfig, model: Any, images: torch.Tensor, scen
         idx = torch.from_numpy(pick)
         for group in opt.param_groups:
             group["lr"] = cfg.image_lr * _lr_factor(step, steps, min(cfg.warmup, steps))
-        x = _views(images, negatives, pick)
+        x = clip_views(images, negatives, pick)
         if cfg.augment:  # the ViT judge's augmentations, drawn from this step's stream
             x = augment_vit(x, torch.Generator().manual_seed(int(rng.integers(2**62))))
         pooled = tower(pixel_values=normalise(x)).pooler_output
@@ -305,7 +312,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
 
     work.mkdir(parents=True, exist_ok=True)
     model = make_clip(cfg)
-    captions = _Captions()
+    captions = CaptionTokens()
     ckpt = work / "clip_ckpt.pt"
     start, losses, prev = 0, [], 0.0
     if not ckpt.is_file() and cfg.image_steps:
@@ -327,7 +334,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
     bar = tqdm(range(start, end), desc="world clip", initial=start, total=cfg.steps, mininterval=5,
                disable=not progress)
     pool, n = _pool(scenes, negatives), len(scenes)
-    locked = _locked_features(model, images, negatives) if cfg.lock_image else None
+    locked = locked_features(model, images, negatives) if cfg.lock_image else None
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])  # a resumed run repeats every step exactly
         idx = rng.choice(pool, size=min(cfg.batch, pool), replace=False)
@@ -339,7 +346,7 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
         if locked is not None:  # the locked tower's output, computed once; the projection still trains
             img = F.normalize(model.visual_projection(locked[torch.from_numpy(idx)]), dim=-1)
         else:
-            img = image_embeddings(model, _views(images, negatives, idx), batch=len(idx))
+            img = image_embeddings(model, clip_views(images, negatives, idx), batch=len(idx))
         txt = text_embeddings(model, text, captions)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
         loss = contrastive_loss(logits, text, also_true([scenes[i] if i < n else None for i in idx], list(stated))
@@ -375,9 +382,9 @@ def train_clip(cfg: ClipConfig, images: torch.Tensor, scenes: list[Scene], work:
 
 
 @torch.no_grad()
-def _locked_features(model: Any, images: torch.Tensor, negatives: NonScenes | None, batch: int = 512) -> torch.Tensor:
+def locked_features(model: Any, images: torch.Tensor, negatives: NonScenes | None, batch: int = 512) -> torch.Tensor:
     """The locked image tower's pooled output (before the projection) for every image of the training
-    pool, in ``_views`` order: the contrastive steps then cost the tower nothing (the same numbers as
+    pool, in ``clip_views`` order: the contrastive steps then cost the tower nothing (the same numbers as
     running it per batch, up to float summation order; about a quarter of a step at width 64)."""
     tower = model.vision_model
     pool = [images] if negatives is None else [images, negatives.images]

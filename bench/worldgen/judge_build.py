@@ -68,10 +68,10 @@ class Drawn:
         hrng = np.random.default_rng(seed + 6571)
         scenes = [replace(s, holes=float(hrng.uniform(*HOLES))) if hrng.random() < self.holes else s for s in scenes]
         lrng = np.random.default_rng(seed + 4409)
-        return [_large(s, lrng) if lrng.random() < self.large else s for s in scenes]
+        return [large_share(s, lrng) if lrng.random() < self.large else s for s in scenes]
 
 
-def _large(scene: Scene, rng: np.random.Generator) -> Scene:
+def large_share(scene: Scene, rng: np.random.Generator) -> Scene:
     scale = float(rng.uniform(*LARGE))
     pull = min(1.0, (0.5 - scale) / (CENTRE[1] - 0.5))  # the world's centres: render.CENTRE
     return replace(scene, scale=scale, cx=0.5 + (scene.cx - 0.5) * pull, cy=0.5 + (scene.cy - 0.5) * pull)

@@ -282,7 +282,7 @@ def stage_latents(cfg: WorldConfig, work: Path) -> dict:
     return {"n": len(images)}
 
 
-class _Tokens:
+class TokenCache:
     """Caches the 77-token ids of each distinct caption (there are a few thousand)."""
 
     def __init__(self, tokenizer):
@@ -319,7 +319,7 @@ def _step_batch(cfg: WorldConfig, scenes: list[Scene], step: int) -> tuple[np.nd
     return idx, [caption_for(scenes[i], rng) for i in idx]
 
 
-class _FrozenStates:
+class FrozenStates:
     """The frozen text encoder's last hidden states (77 x width) for every distinct caption of the
     run (stage ``states``), one row per caption in sorted order."""
 
@@ -330,7 +330,7 @@ class _FrozenStates:
         self.states = states
 
     @classmethod
-    def compute(cls, encoder: CLIPTextModel, tokens: _Tokens, captions: list[str], chunk: int = 256) -> _FrozenStates:
+    def compute(cls, encoder: CLIPTextModel, tokens: TokenCache, captions: list[str], chunk: int = 256) -> FrozenStates:
         """States of ``captions``' distinct values, in sorted order and fixed chunks (the same floats on every start)."""
         order = sorted(set(captions))
         with torch.no_grad():
@@ -343,7 +343,7 @@ class _FrozenStates:
         (work / self.CAPTIONS).write_text(json.dumps(list(self.row)))
 
     @classmethod
-    def load(cls, work: Path, captions: list[str]) -> _FrozenStates:
+    def load(cls, work: Path, captions: list[str]) -> FrozenStates:
         """Stage ``states``' file; ``captions`` (the run's) must be the captions it holds."""
         order = json.loads((work / cls.CAPTIONS).read_text())
         if order != sorted(set(captions)):
@@ -367,12 +367,12 @@ def stage_states(cfg: WorldConfig, work: Path) -> dict:
     own so that it can run beside the judges (``WorldConfig.parallel_stages``)."""
     _, _, scenes = load_set(work / "train.npz")
     encoder = CLIPTextModel.from_pretrained(work / "text_encoder", dtype=torch.float32).eval().requires_grad_(False)
-    states = _FrozenStates.compute(encoder, _Tokens(build_clip_tokenizer()), _run_captions(cfg, scenes))
+    states = FrozenStates.compute(encoder, TokenCache(build_clip_tokenizer()), _run_captions(cfg, scenes))
     states.save(work)
     return {"captions": len(states.row)}
 
 
-def _init_models(cfg: WorldConfig) -> tuple:
+def init_models(cfg: WorldConfig) -> tuple:
     """UNet, text encoder (None when frozen) and their EMA copies, from the current torch seed. The
     order (unet, text, ema_unet, ema_text) is world 2.1's: its joint build draws the same weights as ever."""
     frozen = cfg.text_encoder == "frozen-clip"
@@ -392,12 +392,12 @@ def stage_diffusion(cfg: WorldConfig, work: Path) -> dict:
     scale = AutoencoderKL.load_config(work / "vae")["scaling_factor"]
     _, _, scenes = load_set(work / "train.npz")
     frozen = cfg.text_encoder == "frozen-clip"
-    tokens = None if frozen else _Tokens(build_clip_tokenizer())  # a frozen encoder's states are read, not computed
-    unet, text, ema_unet, ema_text = _init_models(cfg)
+    tokens = None if frozen else TokenCache(build_clip_tokenizer())  # a frozen encoder's states are read, not computed
+    unet, text, ema_unet, ema_text = init_models(cfg)
     models = {"unet": unet, "ema_unet": ema_unet}
     groups, base_lrs = [{"params": unet.parameters(), "lr": cfg.unet_lr}], [cfg.unet_lr]
     if frozen:
-        states = _FrozenStates.load(work, _run_captions(cfg, scenes))
+        states = FrozenStates.load(work, _run_captions(cfg, scenes))
     else:
         models.update(text=text, ema_text=ema_text)
         groups.append({"params": text.parameters(), "lr": cfg.text_lr})
