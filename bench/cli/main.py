@@ -275,6 +275,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from bench.run.migrate import migrate_runs
+
+    report = migrate_runs(Path(args.runs))
+    for line in report.lines():
+        print(line)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
 def _cmd_regress(args: argparse.Namespace) -> int:
     import time
 
@@ -413,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every cell of a run folder against its recorded sha256")
     v.add_argument("--runs", default="runs/bench")
     v.set_defaults(func=_cmd_verify)
+
+    mg = sub.add_parser("migrate", help="rename a run folder's cells to the current spec version's ids "
+                        "(content, not paths), rewriting their specs and checksums")
+    mg.add_argument("--runs", default="runs/bench")
+    mg.set_defaults(func=_cmd_migrate)
 
     g = sub.add_parser("regress", help="quick configuration from scratch vs committed goldens")
     g.add_argument("--update", action="store_true", help="rewrite the goldens (make goldens)")

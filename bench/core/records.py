@@ -21,7 +21,17 @@ from bench.core.io import temp_path, write_json
 CHECKSUMS = "checksums.json"  # sha256 of every other file, written last, inside the atomic rename
 CELL_FILES = ("run_spec.json", "metrics.json", "per_image.jsonl", "timing.json", "environment.json",
               "samples.safetensors", CHECKSUMS)
-SPEC_VERSION = 1
+# 1: the cell id hashed the whole spec, so a path spelled another way (``model`` absolute under make,
+#    relative under --world), a clone in another folder or a folder image source elsewhere shared no cell.
+# 2: the id hashes ``hash_key(spec)``: everything but the path-only fields (HASH_EXCLUDES), which stay in
+#    run_spec.json as information; a folder image source records ``images.sha256`` (the content of the
+#    images it read) and an open_clip judge's ref the sha256 of its checkpoint file instead of its path.
+#    ``python -m bench migrate --runs DIR`` upgrades version-1 folders.
+SPEC_VERSION = 2
+# The spec fields a cell id leaves out: where something was found, never what it was (content keys it:
+# ``model_sha256`` the pipeline's files, ``images.sha256`` a folder's images). A dotted name is a key inside
+# a record (``images.folder``: the image folder's absolute path; ``images.notes``: notes naming files).
+HASH_EXCLUDES = ("model", "images.folder", "images.notes")
 
 
 def canonical_json(data: Any) -> str:
@@ -32,22 +42,36 @@ def sha256_json(data: Any) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
+def hash_key(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a cell id covers: a spec dict without the ``HASH_EXCLUDES`` fields and its recorded ``hash``."""
+    out = {k: v for k, v in spec.items() if k != "hash"}
+    for name in HASH_EXCLUDES:
+        top, _, key = name.partition(".")
+        if not key:
+            out.pop(top, None)
+        elif isinstance(out.get(top), dict):
+            out[top] = {k: v for k, v in out[top].items() if k != key}
+    return out
+
+
 def model_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over the pipeline's config files and weights (names + bytes), cached per file stat."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         return hashlib.sha256(str(folder).encode()).hexdigest()  # a hub id: its name is what we know
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in {".json", ".safetensors", ".txt"}):
         h.update(str(path.relative_to(folder)).encode())
-        h.update(_file_sha256(path).encode())
+        h.update(file_sha256(path).encode())
     return h.hexdigest()
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, cached per (resolved path, size, mtime) for this process."""
+    path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
@@ -61,7 +85,8 @@ def _file_sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that changes a cell's result. Equal specs -> equal hash -> the same folder."""
+    """Everything that changes a cell's result. Equal content -> equal hash -> the same folder: the hash
+    leaves out the path-only fields (``HASH_EXCLUDES``), so a clone elsewhere shares the cell."""
 
     model: str
     model_sha256: str
@@ -90,7 +115,8 @@ class RunSpec:
 
     @property
     def hash(self) -> str:
-        return sha256_json(self.to_dict())
+        """sha256 of ``hash_key(self.to_dict())``: the spec's content, none of its path-only fields."""
+        return sha256_json(hash_key(self.to_dict()))
 
     @property
     def cell_id(self) -> str:

@@ -193,13 +193,24 @@ class _OpenClip(_Towers):
         self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.mean = torch.tensor(getattr(self.model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
         self.std = torch.tensor(getattr(self.model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
-        self.id, self.version = f"openclip-{model_name}", str(checkpoint or "in-memory")
+        self.id, self.version = f"openclip-{model_name}", checkpoint_version(checkpoint)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(prompts))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)
+
+
+def checkpoint_version(checkpoint: str | None) -> str:
+    """An open_clip judge's version in run specs: a checkpoint file's sha256 (its content, wherever it lies;
+    never its path), else the pretrained tag as given, or ``in-memory`` for a model passed in."""
+    from bench.core.records import file_sha256
+
+    if checkpoint is None:
+        return "in-memory"
+    path = Path(checkpoint).expanduser()
+    return file_sha256(path)[:16] if path.is_file() else str(checkpoint)
 
 
 class _TransformersClip(_Towers):
@@ -237,7 +248,7 @@ class _TransformersClip(_Towers):
         stats = json.loads(pre.read_text()) if pre.is_file() else {}
         self.mean = torch.tensor(stats.get("image_mean") or open_clip.OPENAI_DATASET_MEAN)
         self.std = torch.tensor(stats.get("image_std") or open_clip.OPENAI_DATASET_STD)
-        self.id, self.version = f"hfclip-{folder.name}", model_fingerprint(folder)[:16]
+        self.id, self.version = f"hfclip-{folder.resolve().name}", model_fingerprint(folder)[:16]
         self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

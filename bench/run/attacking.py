@@ -106,14 +106,14 @@ def cached_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held
     """The attacks on the original model (the sanity reference; a null edit is bit-identical to it),
     computed once per concept and cached beside the reference images; the missing ones run together."""
     from bench.core.io import write_json
-    from bench.core.records import sha256_json
+    from bench.core.records import hash_key, sha256_json
 
     paths = {}
     for name, a in attacks.items():
         key = sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": a.name,
                            "version": a.version, "config": a.config.to_dict(), "seed": spec.erase_seed,
                            "sampler": sampler.to_dict(), "seeds": list(attack_seeds(p)), "judge": judge.ref,
-                           "images": spec.images, "protocol": spec.protocol})
+                           "images": hash_key(spec.to_dict())["images"], "protocol": spec.protocol})
         paths[name] = cache.folder / "attacks" / f"{key[:24]}.json"
     out = {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
     missing = {name: a for name, a in attacks.items() if name not in out}

@@ -10,8 +10,9 @@ from PIL import Image
 
 from bench.core.concepts import Concept
 from bench.core.errors import InputError
-from bench.core.images import load_images
+from bench.core.images import IMAGE_SUFFIXES, load_images
 from bench.core.protocol import EvalProtocol
+from bench.core.records import file_sha256, sha256_json
 from bench.model.generation import generate
 
 
@@ -37,5 +38,17 @@ def from_folder(track: Any, concept: Concept, p: EvalProtocol, pipe: Any = None,
     images = every[p.few_shot_images :] if held_out else every[: p.few_shot_images]
     if held_out and not images:
         raise InputError(f"{folder} has {len(every)} images, all used for erasure; attacks need more (held out)")
-    return images, {"source": "folder", "folder": str(folder.resolve()), "n": len(images),
-                    "first": p.few_shot_images if held_out else 0, **({"notes": notes} if notes else {})}
+    first = p.few_shot_images if held_out else 0
+    return images, {"source": "folder", "folder": str(folder.resolve()), "n": len(images), "first": first,
+                    "sha256": images_sha256(folder, first, len(images)), **({"notes": notes} if notes else {})}
+
+
+def images_sha256(folder: Path, first: int, n: int) -> str | None:
+    """sha256 over the bytes of the ``n`` images from the ``first`` on that ``load_images`` reads from
+    ``folder`` (sorted by name), in order: what identifies them in a cell's id, wherever the folder lies.
+    None when the folder is gone or no longer holds that many."""
+    if not Path(folder).is_dir():
+        return None
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    used = files[first : first + n]
+    return sha256_json([file_sha256(f) for f in used]) if len(used) == n else None
