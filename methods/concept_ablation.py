@@ -112,6 +112,9 @@ class ConceptAblation(Eraser):
     version = "1"
     Config = ConceptAblationConfig
     quick = {"steps": 10}
+    # its objective maps the concept onto the anchor, not the concept's denoising loss: the contract suite checks
+    # that the world judge sees the concept less after an erase at this rate (10 steps)
+    erasure_check = {"lr": 1e-3}
     # world 3's dev ladder (reports/tuned/conceptworld3.json): UA 0.52 at 2.5e-5, 1.00 from 5e-5; retain
     # 0.45 at 1e-4, 0.13 at 2e-4
     strength = (Knob("lr", 2.5e-5, 4e-4, help="base learning rate (x batch size with scale_lr)",

@@ -1,7 +1,8 @@
 """A tiny, randomly initialised Stable Diffusion pipeline built in code (for tests and smoke runs).
 
 Same classes as SD v1.x (CLIPTextModel, UNet2DConditionModel, AutoencoderKL, the real CLIP
-tokenizer), a few hundred thousand weights each, so every code path runs in seconds on a CPU.
+tokenizer), sized as diffusers' own ``get_dummy_components`` (UNet and VAE channels (4, 8), two norm
+groups, a 2-layer text encoder of width 32), so every code path runs in a fraction of a second on a CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def build_tiny_pipeline(seed: int = 0, prediction_type: Literal["epsilon", "v_pr
     tokenizer = cached_clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
+        block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=16,
         in_channels=4,
@@ -30,18 +31,18 @@ def build_tiny_pipeline(seed: int = 0, prediction_type: Literal["epsilon", "v_pr
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=hidden,
-        attention_head_dim=8,
-        norm_num_groups=16,
+        attention_head_dim=(2, 4),
+        norm_num_groups=2,
     )
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        block_out_channels=(16, 32),
+        block_out_channels=(4, 8),
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         latent_channels=4,
-        norm_num_groups=16,
+        norm_num_groups=2,
         sample_size=32,
     )
     torch.manual_seed(seed + 2)
