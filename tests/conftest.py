@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench.model.tiny import build_tiny_pipeline
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: torch at one thread each, so two workers never fight over a core
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -7,15 +7,13 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench.core.protocol import EvalProtocol
 from bench.report.build import build_report
-from bench.run.grid import run_bench
-from bench.run.plan import Bench, Track
+from tests.fixtures.make_runs import PAGE_RUNS
+from tests.fixtures.make_runs import make as make_page_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,16 +41,38 @@ window.addEventListener('load', function () {
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """A real (small) run: two methods, one concept, two seeds, one attack; its report."""
+    """The report of a real (small) run, read from the committed fixture run folder (``tests/fixtures``):
+    two methods, one concept, two seeds, one attack."""
     tmp = tmp_path_factory.mktemp("page")
-    track = replace(Track(), sampler=replace(Track().sampler, steps=5))
-    bench = Bench(track=track, methods=["fuchi", "full_finetune"], concepts=["circle"],
-                  protocol=EvalProtocol(seeds=(0, 1)), method_overrides={"fuchi": {"epochs": 1},
-                                                                          "full_finetune": {"epochs": 1}},
-                  attacks=("paraphrase",))
-    run_bench(bench, tmp / "runs", progress=False)
-    build_report(tmp / "runs", tmp / "report")
+    build_report(PAGE_RUNS, tmp / "report")
     return tmp / "report"
+
+
+# wall-clock and memory readings differ between any two runs; every other number must not
+VOLATILE = ("seconds", "memory")
+
+
+def _numbers(folder: Path) -> tuple[dict, list[str]]:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    kept = {k: v for k, v in metrics.items() if not any(word in k for word in VOLATILE)}
+    return kept, (folder / "per_image.jsonl").read_text().splitlines()
+
+
+def test_fixture_run_is_complete_and_verified():
+    from bench.core.records import verify_cells
+
+    checked = verify_cells(PAGE_RUNS)
+    assert len(checked) == 2 and all(problems == [] for problems in checked.values())
+
+
+@pytest.mark.slow  # runs the fixture's grid again (make test-slow)
+def test_fixture_run_is_what_the_code_makes_today(tmp_path):
+    """The committed cells are what ``python -m tests.fixtures.make_runs`` makes now, number for number (rerun
+    it after a change to what a cell records)."""
+    made = make_page_runs(tmp_path / "runs")
+    assert sorted(p.name for p in made) == sorted(p.name for p in (PAGE_RUNS / "cells").iterdir())
+    for cell in made:
+        assert _numbers(cell) == _numbers(PAGE_RUNS / "cells" / cell.name), cell.name
 
 
 def _probe(page: Path, width: int, tmp: Path) -> dict:

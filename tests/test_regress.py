@@ -16,6 +16,6 @@ def test_compare_names_method_and_metric():
 
 @pytest.mark.skipif(not GOLDENS.is_file(), reason="no committed goldens")
 def test_regress_catches_a_method_whose_learning_rate_is_zero():
-    problems = run_regress(methods=["fuchi"], overrides={"fuchi": {"lr": 0.0}}, progress=False)
+    problems = run_regress(methods=["fuchi"], overrides={"fuchi": {"lr": 0.0}}, progress=False, concepts=["circle"])
     assert problems, "fuchi with lr=0 erases nothing; the regression check must notice"
     assert all(p.startswith("method fuchi moved") for p in problems)

@@ -220,6 +220,7 @@ def _stage_fails(cfg: WorldConfig, work: Path) -> dict:
     raise ValueError("stage broke")
 
 
+@pytest.mark.slow  # builds world stages (make test-slow)
 def test_independent_stages_run_side_by_side_on_one_thread_each(tmp_path):
     """``parallel_stages``: the first lane of stages runs in a second process, the second here, each
     stage on one thread and each lane in order; all are recorded; a resumed build runs what is left on

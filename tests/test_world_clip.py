@@ -77,6 +77,7 @@ def test_also_true_is_the_pairwise_definition_on_training_batches():
         assert got.tolist() == expected and 0 < int(got.sum()) < got.numel()
 
 
+@pytest.mark.slow  # trains CLIPs (make test-slow)
 def test_image_tower_pretraining_learns_the_labels(world_scenes, tmp_path):
     """LiT's first half: the image tower with a linear head per attribute fits the renders' labels
     (summed cross-entropy falls), and a finished run reloads from its checkpoint without training."""
@@ -150,6 +151,17 @@ def world_scenes():
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255), scenes
 
 
+@pytest.fixture(scope="module")
+def trained_clip(world_scenes, tmp_path_factory):
+    """One mini world CLIP trained on ``world_scenes`` (``train_clip``'s folder; its model in ``clip/``), shared
+    read-only by the tests that need a trained one (the tests of training itself train their own)."""
+    images, scenes = world_scenes
+    folder = tmp_path_factory.mktemp("trained-clip")
+    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, folder, progress=False)
+    return folder
+
+
+@pytest.mark.slow  # trains CLIPs (make test-slow)
 def test_training_resumes_exactly(world_scenes, tmp_path):
     images, scenes = world_scenes
     cfg = ClipConfig().override(MINI_CLIP)
@@ -165,6 +177,7 @@ def test_training_resumes_exactly(world_scenes, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains CLIPs (make test-slow)
 def test_fused_optimizer_is_the_same_update(world_scenes, tmp_path):
     """``fused_adam`` (world 3's default) runs torch's fused AdamW kernel: the same training up to float
     rounding as the default per-tensor loop it replaces."""
@@ -181,6 +194,7 @@ def test_fused_optimizer_is_the_same_update(world_scenes, tmp_path):
     assert moved and all(torch.allclose(w_f[k], w_p[k], rtol=1e-3, atol=1e-4) for k in w_p)  # ... same update
 
 
+@pytest.mark.slow  # trains CLIPs (make test-slow)
 def test_locked_image_tower_keeps_its_pretraining_and_resumes_exactly(world_scenes, tmp_path):
     """``lock_image`` (LiT): the contrastive stage leaves the pretrained image encoder as it was (up to
     the fp16 values it ships as) and trains the rest; a time-sliced run ends where a whole one does."""
@@ -224,7 +238,7 @@ def test_a_locked_tower_is_run_once_over_the_pool(world_scenes):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
+def test_the_saved_world_clip_is_a_clip_judge(world_scenes, trained_clip):
     """The trained folder is what ``--clip-model FOLDER`` loads; zero-shot accuracy is per head."""
     from transformers import CLIPModel
 
@@ -233,10 +247,9 @@ def test_the_saved_world_clip_is_a_clip_judge(world_scenes, tmp_path):
     from bench.run.plan import Track
 
     images, scenes = world_scenes
-    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
-    judge = ClipJudge(str(tmp_path / "clip"), None, load_concept_set(Track().concept_set))
+    judge = ClipJudge(str(trained_clip / "clip"), None, load_concept_set(Track().concept_set))
     assert judge.features(images[:4]).shape == (4, 8)
-    acc = zero_shot(CLIPModel.from_pretrained(tmp_path / "clip").eval(), images, scenes)
+    acc = zero_shot(CLIPModel.from_pretrained(trained_clip / "clip").eval(), images, scenes)
     assert set(acc) == {"object", "colour", "style", "character"} and all(0 <= v <= 1 for v in acc.values())
 
 
@@ -261,7 +274,7 @@ def test_world_config_sets_the_clip_by_dotted_keys():
         WorldConfig().override(["clip=3"])
 
 
-def test_text_tower_is_the_clip_text_model_unchanged(world_scenes, tmp_path):
+def test_text_tower_is_the_clip_text_model_unchanged(trained_clip, tmp_path):
     """``save_text_tower`` gives a CLIPTextModel (a pipeline's text_encoder) with the world CLIP's
     text weights bit for bit, stored as fp16 values, and the same hidden states."""
     from transformers import CLIPModel, CLIPTextModel
@@ -269,10 +282,8 @@ def test_text_tower_is_the_clip_text_model_unchanged(world_scenes, tmp_path):
     from bench.model.tokenizer import build_clip_tokenizer
     from bench.worldgen.clip_train import save_text_tower
 
-    images, scenes = world_scenes
-    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
-    save_text_tower(tmp_path / "clip", tmp_path / "text_encoder")
-    clip = CLIPModel.from_pretrained(tmp_path / "clip").eval()
+    save_text_tower(trained_clip / "clip", tmp_path / "text_encoder")
+    clip = CLIPModel.from_pretrained(trained_clip / "clip").eval()
     text = CLIPTextModel.from_pretrained(tmp_path / "text_encoder").eval()
     tower = {k.removeprefix("text_model."): v for k, v in clip.state_dict().items() if k.startswith("text_model.")}
     mine = {k.removeprefix("text_model."): v for k, v in text.state_dict().items()}
@@ -353,7 +364,7 @@ def test_miniature_world3_ships_the_pretrained_tower_bit_for_bit(tmp_path):
     assert build(tmp_path / "out", tmp_path / "work", cfg, evaluate=False)["stages"] == res["stages"]
 
 
-def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, tmp_path):
+def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, trained_clip, tmp_path):
     """A shipped world's clip/ holds every weight but the text tower, which it loads from the
     pipeline's text_encoder after checking its sha256: same model as the whole folder, one copy of
     the tower on disk, and a changed or missing tower is a one-line error, never a random tower."""
@@ -364,12 +375,12 @@ def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, tmp
     from bench.worldgen.clip_train import save_text_tower, ship_world_clip
 
     images, scenes = world_scenes
-    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
-    save_text_tower(tmp_path / "train" / "clip", tmp_path / "model" / "text_encoder")
-    ship_world_clip(tmp_path / "train" / "clip", tmp_path / "clip", tmp_path / "model" / "text_encoder")
+    train = trained_clip  # read only: what is shipped goes under tmp_path
+    save_text_tower(train / "clip", tmp_path / "model" / "text_encoder")
+    ship_world_clip(train / "clip", tmp_path / "clip", tmp_path / "model" / "text_encoder")
     assert not (tmp_path / "clip" / "model.safetensors").exists()
     assert not any(k.startswith("text_model.") for k in load_file(tmp_path / "clip" / IMAGE_TOWER))
-    whole, whole_version = load_world_clip(tmp_path / "train" / "clip")
+    whole, whole_version = load_world_clip(train / "clip")
     shipped, version = load_world_clip(tmp_path / "clip")
     assert shipped.state_dict().keys() == whole.state_dict().keys()
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in whole.state_dict().items())  # fp16 values already
@@ -386,10 +397,10 @@ def test_shipped_world_clip_keeps_one_text_tower_and_checks_it(world_scenes, tmp
         load_world_clip(tmp_path / "clip")
     save_file({**state, key: state[key] + 1}, tower)
     with pytest.raises(RuntimeError, match="not the world CLIP"):  # shipping with another tower is refused
-        ship_world_clip(tmp_path / "train" / "clip", tmp_path / "clip2", tmp_path / "model" / "text_encoder")
+        ship_world_clip(train / "clip", tmp_path / "clip2", tmp_path / "model" / "text_encoder")
 
 
-def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
+def test_world_clip_quality_against_the_judge(world_scenes, trained_clip, tmp_path):
     """The world-3 gates on a world CLIP: zero-shot accuracy per head on renders and agreement with
     the CNN judge on (here: rendered) images the CNN accepts."""
     import shutil
@@ -400,8 +411,7 @@ def test_world_clip_quality_against_the_judge(world_scenes, tmp_path):
 
     world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
     images, scenes = world_scenes
-    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path / "train", progress=False)
-    shutil.copytree(tmp_path / "train" / "clip", tmp_path / "w" / "clip")
+    shutil.copytree(trained_clip / "clip", tmp_path / "w" / "clip")
     shutil.copytree(world / "judge", tmp_path / "w" / "judge")
     from bench.world.judge import WorldJudge
 
@@ -440,7 +450,7 @@ def test_judge_agreement_is_split_by_what_the_prompt_names(world_scenes):
     assert abs(obj / 16 - a["every_image"]["object"]) < 1e-9
 
 
-def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
+def test_world_clip_folder_is_a_second_judge(world_scenes, trained_clip):
     """A world CLIP folder given as a judge spec (``--second-judge FOLDER``) is the zero-shot judge:
     labels on the world's heads (comparable with the CNN's), reject, detect, composed checks, CLIP score."""
     from pathlib import Path
@@ -452,9 +462,8 @@ def test_world_clip_folder_is_a_second_judge(world_scenes, tmp_path):
 
     world = Path(__file__).resolve().parents[1] / "datasets" / "conceptworld"
     images, scenes = world_scenes
-    train_clip(ClipConfig().override(MINI_CLIP), images, scenes, tmp_path, progress=False)
     cs = load_concept_set(world / "concepts.yaml")
-    judge = build_judge(str(tmp_path / "clip"), None, cs)
+    judge = build_judge(str(trained_clip / "clip"), None, cs)
     assert isinstance(judge, WorldClipJudge) and judge.ref.startswith("conceptworld-clip@")
     from bench.world.render import render_batch, to_tensor
 
@@ -532,6 +541,7 @@ def test_training_views_are_robust_like_the_judges():
     assert sum(not np.array_equal(a, b) for a, b in zip(arr3, jittered, strict=True)) == 24
 
 
+@pytest.mark.slow  # trains CLIPs (make test-slow)
 def test_non_scenes_teach_the_clip_to_reject_zero_shot(world_scenes, tmp_path):
     """``ClipConfig.negatives``: captioned non-scenes join the scenes in every stage. Their captions are
     true of each other and of no scene; the pretraining learns a scene head; a run resumes exactly and

@@ -92,5 +92,5 @@ def build_clip_tokenizer(out_dir: str | os.PathLike | None = None) -> PreTrained
 
 @lru_cache(maxsize=1)
 def cached_clip_tokenizer() -> PreTrainedTokenizerBase:
-    """One in-process copy for tests and tiny models (building takes about a second)."""
+    """One in-process copy, read only (building one takes about a second): tiny models, tests, caption tokens."""
     return build_clip_tokenizer()

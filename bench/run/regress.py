@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.method import leaderboard_specs
+from bench.core.errors import ConfigError
 from bench.core.io import write_json
 from bench.core.paths import ROOT
 from bench.core.protocol import EvalProtocol
@@ -29,9 +30,10 @@ TOLERANCES = {"ua": 0.13, "ua_synonyms": 0.13, "retain_in_domain": 0.1, "retain_
               "storage_bytes": 0, "selective_alignment": 0.13}
 
 
-def quick_bench(methods: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Bench:
+def quick_bench(methods: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+                concepts: list[str] | None = None) -> Bench:
     """The leaderboard's configs (dev-tuned where tuned) within each method's ``quick`` step budget,
-    on two test concepts and four seeds."""
+    on two test concepts (or ``concepts``, a subset of them) and four seeds."""
     from bench.api.method import get_method
     from bench.run.tune import load_tuned
 
@@ -41,7 +43,7 @@ def quick_bench(methods: list[str] | None = None, overrides: dict[str, dict[str,
     configs = {m: {**get_method(m.partition("@")[0]).quick, **tuned.get(m, {})} for m in methods}
     for m, o in (overrides or {}).items():
         configs.setdefault(m, {}).update(o)
-    return Bench(track=track, methods=methods, concepts=QUICK_CONCEPTS, protocol=QUICK_PROTOCOL,
+    return Bench(track=track, methods=methods, concepts=concepts or QUICK_CONCEPTS, protocol=QUICK_PROTOCOL,
                  method_overrides=configs)
 
 
@@ -86,8 +88,10 @@ def _how(key: str, old: Any, new: Any) -> str:
 
 def run_regress(update: bool = False, methods: list[str] | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None, goldens_path: Path = GOLDENS,
-                progress: bool = True) -> list[str]:
-    bench = quick_bench(methods, overrides)
+                progress: bool = True, concepts: list[str] | None = None) -> list[str]:
+    if update and concepts:
+        raise ConfigError("goldens are written on every quick concept; --update takes no concept subset")
+    bench = quick_bench(methods, overrides, concepts)
     with tempfile.TemporaryDirectory(prefix="erasebench-regress-") as tmp:
         cells = run_bench(bench, Path(tmp), progress=progress)
         got = measured(load_cells(Path(tmp), only=cells, include_failed=True))  # a diverged cell is a regression

@@ -29,9 +29,10 @@ class CaptionTokens:
     conditioning needs would only cost time here (captions are under 20 tokens)."""
 
     def __init__(self) -> None:
-        from bench.model.tokenizer import MAX_LENGTH, build_clip_tokenizer
+        from bench.model.tokenizer import MAX_LENGTH, cached_clip_tokenizer
 
-        self.tok, self.max_length = build_clip_tokenizer(), MAX_LENGTH
+        # one tokenizer per process (it is only read; building one takes about a second)
+        self.tok, self.max_length = cached_clip_tokenizer(), MAX_LENGTH
         self.cache: dict[str, list[int]] = {}
 
     def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
