@@ -176,6 +176,9 @@ def test_long_synonym_and_attack_prompt_are_refused_by_run(tmp_path):
 
 def test_run_report_defaults_to_the_run_folder(tmp_path, monkeypatch):
     import bench.report.build
+    import bench.run.regress
+    import bench.run.sweep
+    import bench.run.tune  # noqa: F401  (imported now, so none of them binds the stand-ins below for good)
 
     written = []
     monkeypatch.setattr(bench.run.grid, "run_bench", lambda b, out, progress=True, executor=None: [])
