@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow lint bench smoke world world-judge world-eval regress goldens perf report tune curves scaleout
+.PHONY: setup test test-slow layers lint bench smoke world world-judge world-eval regress goldens perf report tune curves scaleout
 
 # pip compiles every installed module to bytecode on one core (half of a fresh install); compileall
 # does it on every core afterwards (a fresh install on 2 cores: 146 s before, about 100 s so)
@@ -18,11 +18,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The fast tier on one worker per core (TEST_WORKERS; torch at one thread in each, tests/conftest.py), a file's
+# tests together on one worker; the slowest 15 tests are listed at the end. The slow tier (tests that build
+# worlds, train CLIPs, run full-size models or kill Ray actors) runs in one process: make test-slow.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=15
+
+# The import layers alone (a second: tests/test_layers.py; docs/architecture.md)
+layers: $(STAMP)
+	$(PY) -m pytest -q -p no:xdist tests/test_layers.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests

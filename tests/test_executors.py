@@ -83,6 +83,7 @@ def test_ray_grid_equals_local_grid(local_grid, ray_cluster, tiny_model_dir, tmp
     assert again == cells
 
 
+@pytest.mark.slow  # kills a Ray actor mid-cell and waits for its restart (make test-slow)
 def test_worker_killed_mid_cell_loses_nothing(local_grid, ray_cluster, tiny_model_dir, tmp_path):
     """SIGKILL to an actor while it measures a cell: Ray restarts it and retries that cell."""
     from bench.run.executors import RayExecutor

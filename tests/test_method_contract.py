@@ -118,32 +118,35 @@ def test_concept_loss_goes_up(spec, images, erased):
 
 @pytest.fixture(scope="module")
 def world():
+    """The committed world, its judge, and a way to count how often the judge sees "star" in 8 images of "a
+    picture of a star"; the original model's count is measured once."""
     from bench.core.concepts import load_concept_set
+    from bench.model.generation import generate
+    from bench.model.pipeline import load_pipeline
     from bench.run.plan import Track, load_judge
 
     track = Track()
     cs = load_concept_set(track.concept_set)
-    return track, cs, load_judge(track, cs)
+    judge, star = load_judge(track, cs), cs.get("star")
+
+    def seen(pipe) -> float:
+        images = generate(pipe, [star.prompts()[0]] * 8, list(range(8)), track.sampler).float() / 255
+        return judge.sees(images, [{"object": "star"}] * 8).float().mean().item()
+
+    def pipe():
+        return load_pipeline(track.model, device="cpu")
+
+    return pipe, star, seen, seen(pipe())
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS if _check(s) is not None])
 def test_erase_lowers_the_judges_detection_on_conceptworld(spec, world):
     """Methods whose objective is not a denoising loss of the concept: the ConceptWorld judge sees
     "star" in fewer of 8 images of "a picture of a star" after the erase (their declared config)."""
-    from bench.model.generation import generate
-    from bench.model.pipeline import load_pipeline
-
-    track, cs, judge = world
-    pipe = load_pipeline(track.model, device="cpu")
-    star = cs.get("star")
-
-    def seen() -> float:
-        images = generate(pipe, [star.prompts()[0]] * 8, list(range(8)), track.sampler).float() / 255
-        return judge.sees(images, [{"object": "star"}] * 8).float().mean().item()
-
-    before = seen()
+    load, star, seen, before = world
+    pipe = load()
     build_method(spec, _check(spec), quick=True).erase(pipe, star, [], seed=0)
-    assert seen() < before
+    assert seen(pipe) < before
 
 
 @pytest.mark.parametrize("spec", SPECS)
