@@ -58,7 +58,7 @@ _REGISTRY: Registry[type[Attack]] | None = None
 def attack_registry(refresh: bool = False) -> Registry[type[Attack]]:
     global _REGISTRY
     if _REGISTRY is None or refresh:
-        _REGISTRY = package_registry("attack", "bench.attacks", "ATTACK", ENTRY_POINT_GROUP, skip=("base",))
+        _REGISTRY = package_registry("attack", "bench.attacks", "ATTACK", ENTRY_POINT_GROUP)
     return _REGISTRY
 
 

@@ -1,0 +1,1 @@
+"""Plain data and files: errors, paths, concept sets, the protocol, run records, the guarded image reader."""

@@ -1,0 +1,1 @@
+"""How a ConceptWorld is built (its recipe): config, data, training of the UNet, the world CLIP and the judges, gates."""
