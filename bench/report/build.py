@@ -112,7 +112,7 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
         csv_safe(curves["points"]).to_csv(out / "curves.csv", index=False)
         csv_safe(curves["frontier"]).to_csv(out / "frontier.csv", index=False)
     # 4. the Markdown summary and the page
-    md = ["# Leaderboard", "", "Built by `bench.report.build` from the run folders; do not edit by hand. "
+    md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand. "
           "The full page: [index.html](index.html).", "", md_text(sentence(head)), "",
           *headline_markdown(head), "", md_text(HEADLINE_NOTE.format(rank=display(head.rank_key))), "",
           "Files: [overall.csv](overall.csv) (these numbers), [leaderboard.csv](leaderboard.csv) (every cell's "

@@ -42,7 +42,7 @@ def failed_only_report(out: Path, failed: list[dict[str, Any]]) -> dict[str, Any
     from bench.report.text import csv_safe, protocol_text
 
     md_failed, html_failed = failed_section(failed)
-    md = ["# Leaderboard", "", "Built by `bench.report.build` from the run folders; do not edit by hand.", "",
+    md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand.", "",
           *[x for x in protocol_text(failed) if x], "", "No cell produced numbers.", "", *md_failed]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n")
     csv_safe(failed_table(failed)).to_csv(out / "leaderboard.csv", index=False)
