@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bench.api.registry import Registry, load_target
+from bench.api.registry import load_target, named_registry
 from bench.core.concepts import Concept
 
 REJECT_LABEL = "none"  # a head's label on a rejected image: no concept of this type present
@@ -91,11 +91,7 @@ def judge_registry(refresh: bool = False) -> Any:
     """Judge factories by name (built in, then the ``erasebench.judges`` entry points)."""
     global _REGISTRY
     if _REGISTRY is None or refresh:
-        reg: Registry = Registry("judge")
-        for name, target in _BUILTIN.items():
-            reg.register(name, target, origin=target.split(":")[0].replace(".", "/") + ".py")
-        reg.load_entry_points(ENTRY_POINT_GROUP)
-        _REGISTRY = reg
+        _REGISTRY = named_registry("judge", _BUILTIN, ENTRY_POINT_GROUP)
     return _REGISTRY
 
 

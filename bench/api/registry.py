@@ -79,6 +79,15 @@ def load_target(target: str, what: str) -> Any:
         raise ConfigError(f"{what} could not be loaded from {target!r}: {e}") from e
 
 
+def named_registry(kind: str, entries: dict[str, str], group: str) -> Registry:
+    """A registry of lazy ``"package.module:attr"`` entries by name, plus the entry points of ``group``."""
+    reg: Registry = Registry(kind)
+    for name, target in entries.items():
+        reg.register(name, target, origin=target.split(":")[0].replace(".", "/") + ".py")
+    reg.load_entry_points(group)
+    return reg
+
+
 def package_registry(kind: str, package: str, attr: str, group: str, skip: tuple[str, ...] = ()) -> Registry:
     """A registry of every module of ``package`` (lazily ``package.module:attr``, never imported
     here) plus the entry points of ``group``: one file adds an entry, nothing lists it twice."""

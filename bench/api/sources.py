@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.api.registry import Registry, load_target
+from bench.api.registry import Registry, load_target, named_registry
 
 ENTRY_POINT_GROUP = "erasebench.image_sources"
 _BUILTIN = {
@@ -30,11 +30,7 @@ def source_registry(refresh: bool = False) -> Registry:
     """Image sources by name (built in, then the ``erasebench.image_sources`` entry points)."""
     global _REGISTRY
     if _REGISTRY is None or refresh:
-        reg: Registry = Registry("image source")
-        for name, target in _BUILTIN.items():
-            reg.register(name, target, origin=target.split(":")[0].replace(".", "/") + ".py")
-        reg.load_entry_points(ENTRY_POINT_GROUP)
-        _REGISTRY = reg
+        _REGISTRY = named_registry("image source", _BUILTIN, ENTRY_POINT_GROUP)
     return _REGISTRY
 
 
