@@ -54,6 +54,11 @@ def hash_key(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A cell's hash from its spec dict: sha256 of ``hash_key(spec)`` (what ``RunSpec.hash`` is)."""
+    return sha256_json(hash_key(spec))
+
+
 def model_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over the pipeline's config files and weights (names + bytes), cached per file stat."""
     folder = Path(folder).expanduser()
@@ -75,11 +80,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
+        _FILE_HASHES[key] = _sha256_file(path)
     return _FILE_HASHES[key]
 
 
@@ -116,7 +117,7 @@ class RunSpec:
     @property
     def hash(self) -> str:
         """sha256 of ``hash_key(self.to_dict())``: the spec's content, none of its path-only fields."""
-        return sha256_json(hash_key(self.to_dict()))
+        return spec_hash(self.to_dict())
 
     @property
     def cell_id(self) -> str:

@@ -29,8 +29,8 @@ from bench.core.records import (
     RunSpec,
     cell_name,
     file_checksums,
-    hash_key,
     sha256_json,
+    spec_hash,
     verify_cell,
 )
 from bench.report.curves import MANIFEST, read_manifest
@@ -67,10 +67,6 @@ class MigrateReport:
 def _v1_hash(spec: dict[str, Any]) -> str:
     """A version-1 cell's hash: sha256 over its whole spec, paths included (the rule before version 2)."""
     return sha256_json({k: v for k, v in spec.items() if k != "hash"})
-
-
-def _current_hash(spec: dict[str, Any]) -> str:
-    return sha256_json(hash_key(spec))
 
 
 def _folder_images_sha256(images: dict[str, Any]) -> str:
@@ -134,7 +130,7 @@ def upgraded_spec(folder: Path) -> RunSpec | None:
     except (OSError, ValueError) as e:
         raise RecordError(f"run_spec.json is unreadable ({e})") from None
     version = spec.get("spec_version", 1)
-    rule = {**OLD_HASHES, SPEC_VERSION: _current_hash}.get(version)
+    rule = {**OLD_HASHES, SPEC_VERSION: spec_hash}.get(version)
     if rule is None:
         raise RecordError(f"its spec is version {version!r}; this bench reads 1 to {SPEC_VERSION}")
     if rule(spec) != spec.get("hash") or folder.name != rule(spec)[:16]:

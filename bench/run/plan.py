@@ -22,10 +22,6 @@ from bench.core.records import RunSpec
 from bench.metrics.formulas import METRICS_VERSION
 from bench.world.presets import DEFAULT_WORLD
 
-# the default track's world: ConceptWorld 3 (world_track names its parts; world 2.1 is --world
-# datasets/conceptworld)
-WORLD = DEFAULT_WORLD
-
 
 @dataclass(frozen=True)
 class Track:
@@ -39,10 +35,10 @@ class Track:
     seeds) or a folder ROOT holding ROOT/<concept>/.
     """
 
-    model: str = str(WORLD / "model")
-    concept_set: str = str(WORLD / "concepts.yaml")
-    judge: str = str(WORLD / "judge")
-    second_judge: str | None = str(WORLD / "clip")  # a second opinion (None: none): world 3's world CLIP
+    model: str = str(DEFAULT_WORLD / "model")
+    concept_set: str = str(DEFAULT_WORLD / "concepts.yaml")
+    judge: str = str(DEFAULT_WORLD / "judge")
+    second_judge: str | None = str(DEFAULT_WORLD / "clip")  # a second opinion (None: none): world 3's world CLIP
     sampler: SamplerSpec = WORLD_SAMPLER
     images: str = "render"
     judge_weights: str | None = None
@@ -55,7 +51,7 @@ class Track:
 def world_track(folder: str | Path) -> Track:
     """The track of a built ConceptWorld folder (``make world`` output: ``model/``, ``concepts.yaml``,
     ``judge/`` and a second opinion: from judge 2.2 ``judge_vit/``, or, in a world 3 built without it
-    (``WorldConfig.second_judge``), the world CLIP ``clip/``); world 3 is the default (``WORLD``)."""
+    (``WorldConfig.second_judge``), the world CLIP ``clip/``); world 3 is the default (``DEFAULT_WORLD``)."""
     folder = Path(folder)
     missing = [n for n in ("model", "concepts.yaml", "judge") if not (folder / n).exists()]
     if missing:
