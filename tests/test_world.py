@@ -268,8 +268,8 @@ def test_presets_name_every_world(tmp_path, capsys):
     """``build --preset 3`` is world 3 (``make world WORLD=3`` calls it): the overrides come from one
     list, ``--set`` goes on top of them, and an unknown preset is refused by the parser."""
     from bench.cli.world import main
-    from bench.world.presets import DEFAULT_WORLD as WORLD  # what the default Track (run.plan) measures on
     from bench.world.presets import DEFAULT_PRESET, PRESET_FOLDERS
+    from bench.world.presets import DEFAULT_WORLD as WORLD  # what the default Track (run.plan) measures on
     from bench.worldgen.config import PRESETS
 
     assert set(PRESETS) == set(PRESET_FOLDERS) == {"2.1", "3"}
