@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow layers lint bench smoke world world-judge world-eval regress goldens perf report tune curves scaleout
+.PHONY: setup test test-slow layers lint bench leaderboard fuzz smoke world world-judge world-eval regress goldens perf report tune curves scaleout
 
 # pip compiles every installed module to bytecode on one core (half of a fresh install); compileall
 # does it on every core afterwards (a fresh install on 2 cores: 146 s before, about 100 s so)
@@ -36,34 +36,48 @@ lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
 # Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none ATTACK_SEEDS=8
-# EXECUTOR=ray (cells on Ray actors; README "Running on a cluster"; tune and curves take it too)
+# EXECUTOR=ray (cells on Ray actors; README "Running on a cluster"; tune and curves take it too) OUT=runs/mine
+# ARGS='--steps 5' (any other bench run flag).
 # The default runs the founding methods on world 3's 16 test concepts in 25 minutes on 2 cores (48 cells;
-# world 2.1's 8 concepts took under 10). The committed leaderboard adds
-# the baselines: METHODS=fuchi,lora_eraser,full_finetune,esd@x,esd@u,uce,concept_ablation (cells already
-# in runs/bench are reused). METHODS=all (python -m bench methods --specs) adds advunlearn too, whose
-# published budget costs about an hour per concept on 2 cores (see the README).
+# world 2.1's 8 concepts took under 10). Its report goes to OUT/report (runs/bench/report), never to the
+# committed reports/: it prints where, and how its numbers compare with the committed leaderboard's
+# (make leaderboard is the one command that rewrites reports/). METHODS=all (python -m bench methods --specs)
+# adds advunlearn too, whose published budget costs about an hour per concept on 2 cores (see the README).
 METHODS  ?= fuchi,lora_eraser,full_finetune
 CONCEPTS ?=
 SEEDS    ?=
 MODEL    ?=
 ATTACKS  ?= paraphrase,inversion,prefix
 ATTACK_SEEDS ?=
+OUT      ?= runs/bench
+ARGS     ?=
 bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
-		$(if $(EXECUTOR),--executor $(EXECUTOR)) --out runs/bench --report reports --sweeps runs/sweep
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) --out $(OUT) --sweeps runs/sweep --compare reports $(ARGS)
+
+# The committed leaderboard, on purpose: every leaderboard method on the full protocol (world 3's test
+# concepts, 8 seeds, every default attack), on Ray actors when Ray is installed, cells in runs/bench (make
+# bench's cells are reused), the curves of runs/sweep (make curves) when it has them; then reports/ rewritten.
+# The one command that writes reports/ (beside make tune's reports/tuned/ and make goldens).
+LEADERBOARD_METHODS := fuchi,lora_eraser,full_finetune,esd@x,esd@u,uce,concept_ablation
+LEADERBOARD_EXECUTOR = $(or $(EXECUTOR),$(shell $(PY) -c 'import ray' 2>/dev/null && echo ray),local)
+leaderboard: $(STAMP)
+	$(PY) -m bench run --methods $(LEADERBOARD_METHODS) --attacks paraphrase,inversion,prefix \
+		--executor $(LEADERBOARD_EXECUTOR) --out runs/bench --sweeps runs/sweep --report reports
 
 # Choose each method's strength on dev concepts (log steps of <= 2x; every point recorded in
 # reports/tuned/). The dev concepts are the ones the committed choice was made on.
 DEV_CONCEPTS ?= ring,diamond,checkered,quaddle,triangle,cross
 tune: $(STAMP)
 	for m in $(subst $(comma), ,$(if $(filter all,$(METHODS)),$(shell $(PY) -m bench methods --specs),$(METHODS))); do \
-		$(PY) -m bench tune --method $$m --concepts $(DEV_CONCEPTS) --seeds 0-3 --out runs/tune \
+		$(PY) -m bench tune --method $$m --concepts $(DEV_CONCEPTS) --seeds 0-3 --out runs/tune --save-tuned \
 		$(if $(EXECUTOR),--executor $(EXECUTOR)) || exit 2; done
 
+# The report of runs/bench rebuilt from its folders alone, into runs/bench/report (make leaderboard writes reports/)
 report: $(STAMP)
-	$(PY) -m bench report --runs runs/bench --out reports --sweeps runs/sweep
+	$(PY) -m bench report --runs runs/bench --out runs/bench/report --sweeps runs/sweep
 
 # Trade-off curves: every method's strength knob swept on test concepts (8 seeds, attacks off), then
 # the leaderboard rebuilt with them (when make bench has made its cells).
@@ -71,8 +85,8 @@ POINTS ?= 5
 curves: $(STAMP)
 	$(PY) -m bench sweep --methods $(METHODS) --points $(POINTS) $(if $(SEEDS),--seeds $(SEEDS)) --out runs/sweep \
 		$(if $(EXECUTOR),--executor $(EXECUTOR))
-	@if [ -d runs/bench/cells ]; then $(PY) -m bench report --runs runs/bench --out reports --sweeps runs/sweep; \
-	else echo "no runs/bench yet: make bench draws the curves into reports/"; fi
+	@if [ -d runs/bench/cells ]; then $(PY) -m bench report --runs runs/bench --out runs/bench/report --sweeps runs/sweep; \
+	else echo "no runs/bench yet: make bench draws the curves into runs/bench/report/"; fi
 
 regress: $(STAMP)
 	$(PY) -m bench regress

@@ -119,15 +119,65 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+MAX_VALUE_CHARS = 10_000  # a config value longer than this is a mistake (a pasted file), never a setting
+
+
+def parse_value(where: str, raw: str) -> Any:
+    """A CLI value: JSON when it parses (``1e-5``, ``true``, ``[1, 2]``), else the plain string
+    (``fast``). Refused as one ``ConfigError``: an empty value, one over ``MAX_VALUE_CHARS``, and
+    JSON nested too deeply to read."""
+    if not raw.strip():
+        raise ConfigError(f"{where}: the value is empty; write {where}VALUE, e.g. 1e-5 or true")
+    if len(raw) > MAX_VALUE_CHARS:
+        raise ConfigError(f"{where}: the value is {len(raw):,} characters; at most {MAX_VALUE_CHARS:,}")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ConfigError(f"{where}: the value is nested too deeply to read") from None
+    except ValueError:  # not JSON (JSONDecodeError), or an integer too long for int() (a plain string then)
+        return raw
+
+
+def _key(where: str, key: str) -> str:
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{where}: the key is empty; write KEY=VALUE, e.g. lr=1e-5")
+    return key
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Parse CLI ``key=value`` pairs; values are read as JSON when they parse, else as strings."""
+    """Parse CLI ``key=value`` pairs (``parse_value``); a key given twice is an error."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"config override {pair!r} must look like key=value")
-        key, raw = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+        raw_key, raw = pair.split("=", 1)
+        key = _key(f"--set {pair!r}", raw_key)
+        if key in out:
+            raise ConfigError(f"--set {key}=... is given twice; keep one value")
+        out[key] = parse_value(f"--set {key}=", raw)
     return out
+
+
+def parse_grid(pairs: list[str]) -> dict[str, list[Any]]:
+    """Parse ``--grid key=v1,v2,...`` pairs (each value as ``parse_value`` reads it). Empty items,
+    repeated values and a key given twice are errors: each names what to write instead."""
+    grid: dict[str, list[Any]] = {}
+    for pair in pairs:
+        raw_key, sep, values = pair.partition("=")
+        if not sep or not values.strip():
+            raise ConfigError(f"--grid {pair!r}: use key=v1,v2,..., e.g. --grid lr=1e-5,2e-5")
+        key = _key(f"--grid {pair!r}", raw_key)
+        if key in grid:
+            raise ConfigError(f"--grid {key}=... is given twice; list every value once: --grid {key}=v1,v2,...")
+        items = values.split(",")
+        if any(not v.strip() for v in items):
+            raise ConfigError(f"--grid {pair!r}: an item is empty (two commas, or one at an end); "
+                              f"write {key}=v1,v2,...")
+        parsed = [parse_value(f"--grid {key}=", v.strip()) for v in items]
+        seen = [json.dumps(v, sort_keys=True) for v in parsed]
+        repeated = sorted({v for v in seen if seen.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"--grid {key}: the value {repeated[0]} is listed twice; list each value once")
+        grid[key] = parsed
+    return grid

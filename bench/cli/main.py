@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bench.core.errors import BenchError
 
@@ -68,23 +68,52 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
-    """``"0-7"`` or ``"0,1,5"``."""
+MAX_SEEDS = 10_000  # evaluation seeds one run may name (each costs every prompt an image)
+
+
+def _parse_seeds(text: str | None, flag: str = "--seeds") -> tuple[int, ...] | None:
+    """``"0-7"`` or ``"0,1,5"``: a rising range or a list, no empty item, no seed twice."""
     from bench.core.errors import ConfigError
 
-    if not text:
+    if text is None:
         return None
+    usage = f"{flag} {text!r}: use a range like 0-7 or a list like 0,1,2"
+    if not text.strip():
+        raise ConfigError(f"{flag} is empty: use a range like 0-7 or a list like 0,1,2")
     try:
         if "-" in text and "," not in text:
-            a, b = text.split("-", 1)
-            return tuple(range(int(a), int(b) + 1))
-        return tuple(int(x) for x in text.split(",") if x.strip())
+            a, b = (int(x) for x in text.split("-", 1))
+            if b < a:
+                raise ConfigError(f"{flag} {text!r}: the range runs backwards; write {b}-{a}")
+            if b - a + 1 > MAX_SEEDS:
+                raise ConfigError(f"{flag} {text!r} names {b - a + 1:,} seeds; at most {MAX_SEEDS:,}")
+            return tuple(range(a, b + 1))
+        items = _split(text, flag)
+        if len(items) > MAX_SEEDS:
+            raise ConfigError(f"{flag} names {len(items):,} seeds; at most {MAX_SEEDS:,}")
+        return tuple(int(x) for x in items)
+    except ConfigError:
+        raise
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: use a range like 0-7 or a list like 0,1,2") from None
+        raise ConfigError(usage) from None
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+def _split(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list: no empty item (``a,,b``, a comma at an end) and no item twice."""
+    from bench.core.errors import ConfigError
+
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",")]
+    if not any(items):
+        raise ConfigError(f"{flag} is empty: name at least one item, e.g. {flag} a,b")
+    if not all(items):
+        kept = ",".join(x for x in items if x)
+        raise ConfigError(f"{flag} {text!r} has an empty item (two commas, or one at an end); write {kept}")
+    twice = sorted({x for x in items if items.count(x) > 1})
+    if twice:
+        raise ConfigError(f"{flag} names {twice[0]!r} twice; list each once")
+    return items
 
 
 def bench_from_args(args: argparse.Namespace):
@@ -111,6 +140,7 @@ def bench_from_args(args: argparse.Namespace):
     for key in ("images", "judge_weights", "clip_model", "clip_checkpoint", "device", "dtype"):
         if getattr(args, key, None):
             track = replace(track, **{key: getattr(args, key)})
+    track = replace(track, verify_world=getattr(args, "verify_world", True))
     if getattr(args, "second_judge", None):
         track = replace(track, second_judge=None if args.second_judge == "none" else args.second_judge)
     sampler = track.sampler
@@ -125,12 +155,16 @@ def bench_from_args(args: argparse.Namespace):
         protocol = replace(protocol, seeds=seeds)
     if getattr(args, "attack_seeds", None) is not None:
         protocol = replace(protocol, attack_seeds=args.attack_seeds)
-    methods = _split(args.methods) or []
+        if args.attack_seeds > len(protocol.seeds):
+            raise ConfigError(f"--attack-seeds {args.attack_seeds}: the run has {len(protocol.seeds)} evaluation "
+                              f"seeds; attack images use the first N of them, so N is at most "
+                              f"{len(protocol.seeds)} (or give more --seeds)")
+    methods = _split(args.methods, "--methods") or []
     if methods == ["all"]:
         from bench.api.method import leaderboard_specs
 
         methods = leaderboard_specs()
-    attacks = [] if getattr(args, "attacks", "none") in (None, "none", "") else _split(args.attacks)
+    attacks = [] if getattr(args, "attacks", "none") == "none" else _split(args.attacks, "--attacks")
     attack_overrides: dict[str, dict] = {}
     overrides: dict[str, dict] = {}
     if not getattr(args, "untuned", True):
@@ -149,7 +183,7 @@ def bench_from_args(args: argparse.Namespace):
         if method not in methods:
             raise ConfigError(f"--set {key}: {method!r} is not among --methods {methods} or --attacks {attacks}")
         overrides.setdefault(method, {})[field] = value
-    return Bench(track=track, methods=methods, concepts=_split(args.concepts), protocol=protocol,
+    return Bench(track=track, methods=methods, concepts=_split(args.concepts, "--concepts"), protocol=protocol,
                  method_overrides=overrides, attacks=tuple(attacks),
                  attack_overrides=attack_overrides, truncate_prompts=getattr(args, "truncate_prompts", False))
 
@@ -166,10 +200,26 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
         executor.close()
 
 
+def _shown(path: str | None) -> str:
+    """A default path as help prints it: relative to the checkout when it lies inside it."""
+    from bench.core.paths import ROOT
+
+    if path is None:
+        return "none"
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(ROOT))
+    return str(path)
+
+
 def _add_world_arg(parser: argparse.ArgumentParser) -> None:
+    from bench.world.presets import DEFAULT_PRESET, DEFAULT_WORLD
+
     parser.add_argument("--world", default=None,
                         help="a built ConceptWorld folder (model, concepts.yaml, judges), e.g. datasets/conceptworld "
-                             "for world 2.1 (default: world 3, datasets/conceptworld3)")
+                             f"for world 2.1 (default: world {DEFAULT_PRESET}, {_shown(str(DEFAULT_WORLD))})")
+    parser.add_argument("--no-verify-world", dest="verify_world", action="store_false",
+                        help="do not check the world's files against its MANIFEST.json before the first cell "
+                             "(default: check, and refuse a file that differs); each cell's spec records it")
 
 
 def _add_executor_args(parser: argparse.ArgumentParser) -> None:
@@ -205,27 +255,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with _executor(args) as executor:
         cells = run_bench(bench, out, executor=executor)
-    # the run's own report; only an explicit --report (make bench: --report reports) writes elsewhere
+    # the run's own report; only an explicit --report (make leaderboard: --report reports) writes elsewhere
     paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
                          sweeps=Path(args.sweeps) if args.sweeps else None)
     if paths.get("summary"):
         print(paths["summary"])
     print(f"report: {paths['html']} (beside it: leaderboard.md, leaderboard.csv, overall.csv)")
+    if args.compare:
+        _compare_with(Path(paths["html"]).parent, Path(args.compare))
     return 0
 
 
+def _compare_with(report: Path, committed: Path) -> None:
+    """Print (and write beside the report, ``comparison.md``) how the run's leaderboard compares with the
+    one in ``committed``; a report written into ``committed`` itself is not compared with itself."""
+    from bench.report.compare import compare_leaderboards
+
+    if report.resolve() == committed.resolve():
+        return
+    if not (committed / "leaderboard.csv").is_file() or not (report / "leaderboard.csv").is_file():
+        print(f"no leaderboard to compare: {committed if (report / 'leaderboard.csv').is_file() else report} has none")
+        return
+    result = compare_leaderboards(report, committed)
+    (report / "comparison.md").write_text(result.to_markdown(), encoding="utf-8")
+    for line in result.lines():
+        print(line)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from bench.run.tune import TuneSpec, parse_grid, tune, tuned_path
+    from bench.api.config import parse_grid
+    from bench.run.tune import TuneSpec, tune, tuned_path
 
     args.methods = args.method
     bench = bench_from_args(args)
     spec = TuneSpec(grid=parse_grid(args.grid) if args.grid else None, knob=args.knob, ratio=args.ratio,
                     fixed=bench.method_overrides.get(args.method, {}))
+    committed = tuned_path(bench.track)
+    record = committed if args.save_tuned else Path(args.out) / "tuned" / committed.name
     with _executor(args) as executor:
-        chosen = tune(bench.track, args.method, bench.concepts, Path(args.out), bench.protocol, spec, executor)
+        chosen = tune(bench.track, args.method, bench.concepts, Path(args.out), bench.protocol, spec, executor,
+                      record=record)
     for row in chosen["grid"]:
         print(f"{json.dumps(row['overrides']):<40} H={row['H']:.3f} UA={row['UA']:.3f} retain={row['retain']:.3f}")
-    print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {tuned_path(bench.track)}")
+    print(f"chosen for {args.method}: {json.dumps(chosen['overrides'])} -> {record}"
+          + ("" if args.save_tuned else f" (bench run uses {committed}: make tune, or --save-tuned, writes it)"))
     return 0
 
 
@@ -309,8 +382,20 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is the project's one-line error (exit 2) instead of usage text and a
+    ``SystemExit`` from inside the parser (subcommand parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        from bench.core.errors import ConfigError
+
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description="Concept-erasure benchmark for diffusion models")
+    from bench.world.presets import DEFAULT_SECOND_JUDGE
+
+    p = _Parser(prog="python -m bench", description="Concept-erasure benchmark for diffusion models")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("methods", help="list registered methods with their default hyper-parameters")
@@ -347,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge folder, imagenet, imagenet-restricted, resnet50[-restricted] or clip")
     r.add_argument("--second-judge", dest="second_judge", default=None,
                    help="a second judge, built differently, whose agreement per head each cell records (same "
-                        "forms as --judge; default on ConceptWorld: its ViT judge), or none")
+                        f"forms as --judge), or none (default: {_shown(str(DEFAULT_SECOND_JUDGE))}; with --world W: "
+                        "W/judge_vit, else W/clip; with --track sd: none)")
     r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
     r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
     r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
@@ -355,9 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
     r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
     r.add_argument("--report", default=None,
-                   help="where the leaderboard is written (default: OUT/report; make bench names reports)")
+                   help="where the leaderboard is written (default: OUT/report; make leaderboard names reports)")
     r.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
                    help="cut prompts over the tokenizer's limit and record it in each cell (default: refuse them)")
+    r.add_argument("--compare", default=None, metavar="REPORT_DIR",
+                   help="compare the run's leaderboard with the one in REPORT_DIR (make bench: the committed "
+                        "reports/): the same numbers where the cells are the same, else the rows that differ")
     r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
     r.add_argument("--sweeps", default=None, help="a sweep run folder whose curves the report draws (runs/sweep)")
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
@@ -389,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--guidance", type=float, default=None)
     t.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="fixed overrides")
     t.add_argument("--out", default="runs/tune")
+    t.add_argument("--save-tuned", dest="save_tuned", action="store_true",
+                   help="write the choice into the committed tuned configs that bench run uses (reports/tuned/; "
+                        "make tune does); default: OUT/tuned/ only")
     _add_executor_args(t)
     t.set_defaults(func=_cmd_tune, untuned=True, model=None, concept_set=None, judge=None, images=None,
                    track="conceptworld")
@@ -441,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

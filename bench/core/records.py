@@ -31,7 +31,7 @@ SPEC_VERSION = 2
 # The spec fields a cell id leaves out: where something was found, never what it was (content keys it:
 # ``model_sha256`` the pipeline's files, ``images.sha256`` a folder's images). A dotted name is a key inside
 # a record (``images.folder``: the image folder's absolute path; ``images.notes``: notes naming files).
-HASH_EXCLUDES = ("model", "images.folder", "images.notes")
+HASH_EXCLUDES = ("model", "images.folder", "images.notes", "world_check")
 
 
 def canonical_json(data: Any) -> str:
@@ -107,6 +107,9 @@ class RunSpec:
     dtype: str = "auto"  # the pipeline's precision (auto = fp32)
     attacks: dict[str, Any] = field(default_factory=dict)  # robustness attacks: name -> version, config
     second_judge: str | None = None  # "id@version" of the second opinion (agreement per head)
+    # whether the built world's files were checked against its MANIFEST.json (bench.world.manifest); None:
+    # no world folder (a user's model). Not hashed: a verified world is the content model_sha256 keys
+    world_check: str | None = None
     spec_version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:

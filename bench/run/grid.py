@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,18 @@ from bench.core.records import (
     require_verified,
 )
 from bench.model.pipeline import model_source
-from bench.run.plan import Bench, cell_spec, few_shot_images, load_judge, prompt_plan
+from bench.run.plan import Bench, Track, cell_spec, few_shot_images, load_judge, prompt_plan
 from bench.run.worker import CellJob, Grid
+from bench.world.manifest import SKIPPED, VERIFIED, verify_worlds, world_of
+
+
+def _check_worlds(track: Track) -> str | None:
+    """Verify the built worlds the track's model and judges lie in (``bench.world.manifest``); what a cell's
+    spec records: verified, skipped (``--no-verify-world``), or None when no folder lies in a world."""
+    folders = (track.model, track.judge, track.second_judge)
+    if not track.verify_world:
+        return SKIPPED if any(world_of(f) for f in folders if f) else None
+    return VERIFIED if verify_worlds(folders) else None
 
 
 def run_bench(bench: Bench, out: Path, progress: bool = True, executor: Any = None) -> list[Path]:
@@ -39,6 +50,7 @@ def run_bench(bench: Bench, out: Path, progress: bool = True, executor: Any = No
     methods = [(spec, build_method(spec, bench.method_overrides.get(spec))) for spec in bench.methods]
     attacks = {name: build_attack(name, bench.attack_overrides.get(name)) for name in bench.attacks}
     model_source(track.model)
+    world_check = _check_worlds(track)
     judge = load_judge(track, cs)
     second = load_judge(track, cs, track.second_judge) if track.second_judge else None
     images = {c.name: few_shot_images(track, c, p)[1] for c in concepts}
@@ -51,7 +63,8 @@ def run_bench(bench: Bench, out: Path, progress: bool = True, executor: Any = No
         removed = clean_partial(out)
         require_verified(out)
         model_sha = model_fingerprint(track.model)
-        cells = [(cell_spec(bench, cs, method, spec, c, model_sha, judge, images[c.name], attacks, second), spec, c)
+        cells = [(replace(cell_spec(bench, cs, method, spec, c, model_sha, judge, images[c.name], attacks, second),
+                          world_check=world_check), spec, c)
                  for spec, method in methods for c in concepts]
         todo = [CellJob(s, m, c.name) for s, m, c in cells if not is_complete(cell_dir(out, s))]
         if progress:

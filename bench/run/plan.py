@@ -20,7 +20,7 @@ from bench.core.plan import COMPOSED, GROUPS, RETAIN_GROUPS
 from bench.core.protocol import WORLD_SAMPLER, EvalProtocol, SamplerSpec
 from bench.core.records import RunSpec
 from bench.metrics.formulas import METRICS_VERSION
-from bench.world.presets import DEFAULT_WORLD
+from bench.world.presets import DEFAULT_SECOND_JUDGE, DEFAULT_WORLD
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Track:
     model: str = str(DEFAULT_WORLD / "model")
     concept_set: str = str(DEFAULT_WORLD / "concepts.yaml")
     judge: str = str(DEFAULT_WORLD / "judge")
-    second_judge: str | None = str(DEFAULT_WORLD / "clip")  # a second opinion (None: none): world 3's world CLIP
+    second_judge: str | None = str(DEFAULT_SECOND_JUDGE)  # a second opinion (None: none): world 3's world CLIP
     sampler: SamplerSpec = WORLD_SAMPLER
     images: str = "render"
     judge_weights: str | None = None
@@ -46,6 +46,8 @@ class Track:
     clip_checkpoint: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    # check a built world's files against its MANIFEST.json before the first cell (--no-verify-world: off)
+    verify_world: bool = True
 
 
 def world_track(folder: str | Path) -> Track:

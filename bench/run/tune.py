@@ -37,16 +37,6 @@ def load_tuned(track: Track) -> dict[str, dict[str, Any]]:
     return read_tuned(tuned_path(track))
 
 
-def parse_grid(pairs: list[str]) -> dict[str, list[Any]]:
-    grid: dict[str, list[Any]] = {}
-    for pair in pairs:
-        key, sep, values = pair.partition("=")
-        if not sep or not values:
-            raise ConfigError(f"--grid {pair!r}: use key=v1,v2,...")
-        grid[key] = [json.loads(v) if v.strip()[0] in "-0123456789.[{tf" else v for v in values.split(",")]
-    return grid
-
-
 @dataclass(frozen=True)
 class TuneSpec:
     """What to search: an explicit ``grid``, or else the method's strength ``knob`` (None: its first)
@@ -65,9 +55,10 @@ class TuneSpec:
 
 
 def tune(track: Track, method: str, concepts: list[str] | None, out: Path, protocol: EvalProtocol,
-         spec: TuneSpec | None = None, executor: Any = None) -> dict[str, Any]:
-    """Score every point on dev concepts by composite H, record all of them and the winner.
-    ``executor``: where each point's cells run (``bench.run.executors``; default this process)."""
+         spec: TuneSpec | None = None, executor: Any = None, record: Path | None = None) -> dict[str, Any]:
+    """Score every point on dev concepts by composite H, record all of them and the winner in ``record``
+    (default: the track's committed ``tuned_path``, which ``bench run`` reads; the CLI writes there only
+    with ``--save-tuned``). ``executor``: where each point's cells run (``bench.run.executors``)."""
     spec = spec or TuneSpec()
     cs = load_concept_set(track.concept_set)
     concepts = concepts or cs.names("dev")
@@ -99,7 +90,7 @@ def tune(track: Track, method: str, concepts: list[str] | None, out: Path, proto
     else:
         scores, how = choice_ladders(method, spec, score, key, cs.name)
     best = max(scores, key=key)
-    path = tuned_path(track)
+    path = record or tuned_path(track)
     data = json.loads(path.read_text()) if path.is_file() else {"methods": {}}
     data["methods"][method] = {"overrides": {**spec.fixed, **best["overrides"]}, "chosen_by": how,
                                "judge": best.get("judge"),  # which judge scored the points

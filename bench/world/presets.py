@@ -12,3 +12,6 @@ PRESET_FOLDERS: dict[str, tuple[str, str]] = {"2.1": ("datasets/conceptworld", "
 # world 2.1 stays in its folder (`--world datasets/conceptworld`, `make world WORLD=2.1`)
 DEFAULT_PRESET = "3"
 DEFAULT_WORLD = ROOT / PRESET_FOLDERS[DEFAULT_PRESET][0]
+# the second opinion a run on the default world records (its world CLIP; world 2.1's is its ViT judge,
+# which world_track finds in its folder): the default of Track.second_judge and of --second-judge's help
+DEFAULT_SECOND_JUDGE = DEFAULT_WORLD / "clip"
