@@ -209,7 +209,8 @@ def provenance_html(cells: list[dict[str, Any]], commit: str, registry_version: 
         f"judge <code>{html_text(s['judge'])}</code>"
         + (f", second judge <code>{html_text(s['second_judge'])}</code>" if s.get("second_judge") else ""),
         f"metrics version {html_text(s['metrics_version'])}, metric registry {html_text(registry_version)}",
-        "reproduce: <code>make bench</code> (curves: <code>make curves</code>)",
+        "reproduce: <code>make leaderboard</code> (every leaderboard method; <code>make bench</code> the founding "
+        "three; curves: <code>make curves</code>)",
     ]
     return '<div class="prov">' + " · ".join(items) + "</div>"
 
