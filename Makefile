@@ -59,13 +59,20 @@ bench: $(STAMP)
 
 # The committed leaderboard, on purpose: every leaderboard method on the full protocol (world 3's test
 # concepts, 8 seeds, every default attack), on Ray actors when Ray is installed, cells in runs/bench (make
-# bench's cells are reused), the curves of runs/sweep (make curves) when it has them; then reports/ rewritten.
-# The one command that writes reports/ (beside make tune's reports/tuned/ and make goldens).
+# bench's cells are reused), with the trade-off curves of runs/sweep; then reports/ rewritten. The one command
+# that writes reports/ (beside make tune's reports/tuned/ and make goldens' reports/goldens/). Without a
+# runs/sweep (make curves METHODS=$(LEADERBOARD_METHODS): hours on 2 cores) it stops before any work, as the
+# page would lose its curves; CURVES=none rebuilds the page without them.
 LEADERBOARD_METHODS := fuchi,lora_eraser,full_finetune,esd@x,esd@u,uce,concept_ablation
 LEADERBOARD_EXECUTOR = $(or $(EXECUTOR),$(shell $(PY) -c 'import ray' 2>/dev/null && echo ray),local)
+CURVES ?= runs/sweep
 leaderboard: $(STAMP)
+	@if [ "$(CURVES)" != none ] && [ ! -f "$(CURVES)/sweep.json" ]; then \
+		echo "error: no trade-off curves in $(CURVES) (make curves METHODS=$(LEADERBOARD_METHODS) first), or make leaderboard CURVES=none" >&2; \
+		exit 2; fi
 	$(PY) -m bench run --methods $(LEADERBOARD_METHODS) --attacks paraphrase,inversion,prefix \
-		--executor $(LEADERBOARD_EXECUTOR) --out runs/bench --sweeps runs/sweep --report reports
+		--executor $(LEADERBOARD_EXECUTOR) --out runs/bench $(if $(filter none,$(CURVES)),,--sweeps $(CURVES)) \
+		--report reports
 
 # Choose each method's strength on dev concepts (log steps of <= 2x; every point recorded in
 # reports/tuned/). The dev concepts are the ones the committed choice was made on.
