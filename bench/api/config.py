@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -46,6 +47,11 @@ def _check_type(cls_name: str, name: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{cls_name}.{name} must be a number, got {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past the float range (JSON reads 1 followed by 400 zeros so)
+            raise ConfigError(f"{cls_name}.{name} must be a finite number, got an integer of "
+                              f"{value.bit_length()} bits, past the float range") from None
         if not math.isfinite(value):
             raise ConfigError(f"{cls_name}.{name} must be a finite number, got {value!r}")
         return float(value)
@@ -142,6 +148,8 @@ def _key(where: str, key: str) -> str:
     key = key.strip()
     if not key:
         raise ConfigError(f"{where}: the key is empty; write KEY=VALUE, e.g. lr=1e-5")
+    if not re.fullmatch(r"[A-Za-z0-9_@.\-]+", key):
+        raise ConfigError(f"{where}: the key {key!r} is not a config name (letters, digits and _ . @ -)")
     return key
 
 

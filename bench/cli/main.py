@@ -389,7 +389,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from bench.core.errors import ConfigError
 
-        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+        flat = message.replace("\r", "\\r").replace("\n", "\\n")  # an argument with a newline stays on one line
+        raise ConfigError(f"{self.prog}: {flat} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -537,5 +538,6 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # one line, whatever the message carries (a name read from a file may hold a newline)
+        print("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return 2
