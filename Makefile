@@ -32,6 +32,12 @@ test-slow: $(STAMP)
 layers: $(STAMP)
 	$(PY) -m pytest -q -p no:xdist tests/test_layers.py
 
+# The fuzz tests of make test (tests/test_fuzz.py: CLI, --set/--grid values, concept-set YAML, image folders)
+# run long: FUZZ_EXAMPLES cases per entry point (20,000: about 20 minutes on 2 cores); the counts print at the end
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:xdist tests/test_fuzz.py --durations=5
+
 lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,12 @@ from bench.core.errors import ConfigError, InputError
 
 CONCEPT_TYPES = ("object", "style", "character", "colour")
 SPLITS = ("dev", "test")
+# Bounds on a concept-set file (the largest committed set: 24 KB, 32 concepts, 6 levels deep): past them
+# the pure-Python YAML reader and the per-concept defaults (quadratic in the concepts) take minutes
+MAX_BYTES = 1_000_000
+MAX_CONCEPTS = 1_000
+MAX_DEPTH = 50  # nested lists and mappings (Python's own recursion gives out near 500)
+MAX_EXPANDED = 2_000_000  # values plus characters once every alias (*name) is expanded ("billion laughs")
 
 # Our own wording. Objects read as "a photo of a {}", styles as "... in the style of {}".
 OBJECT_TEMPLATES = (
@@ -92,7 +99,9 @@ class Concept:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
+        if not isinstance(self.name, str):
+            raise InputError(f"concept name must be a string (a word or phrase), got {self.name!r}")
+        if not self.name.strip():
             raise InputError("concept name is empty: give the concept to erase, e.g. --concept 'golf ball'")
         if self.type not in CONCEPT_TYPES:
             raise InputError(f"concept {self.name!r}: type {self.type!r} is not one of {CONCEPT_TYPES}")
@@ -103,6 +112,11 @@ class Concept:
         for t in self.templates:
             if t.count("{}") != 1:
                 raise InputError(f"concept {self.name!r}: template {t!r} must contain exactly one '{{}}'")
+            try:  # a second field ("{0}", "{x}", "{.x}", "{[a]}") or a lone brace fails here, not in a run
+                t.format("")
+            except (ValueError, LookupError, AttributeError, TypeError):
+                raise InputError(f"concept {self.name!r}: template {t!r} has a brace other than its one '{{}}'; "
+                                 "write a literal brace as '{{' or '}}'") from None
         if not self.templates:
             object.__setattr__(self, "templates", DEFAULT_TEMPLATES[self.type])
 
@@ -180,8 +194,15 @@ def parse_concept_set(data: Any, source: str = "<concept set>") -> ConceptSet:
     for key in ("name", "version", "concepts"):
         if key not in data:
             raise ConfigError(f"{source}: missing top-level key '{key}'")
+    for key, eg in (("name", "my-concepts"), ("version", "'1.0'")):
+        value = data[key]
+        if value is None or isinstance(value, (list, dict, set, bytes)) or len(str(value).strip().splitlines()) != 1:
+            raise ConfigError(f"{source}: '{key}' must be one line of text, e.g. {key}: {eg}, got {value!r}")
     if not isinstance(data["concepts"], list) or not data["concepts"]:
         raise ConfigError(f"{source}: 'concepts' must be a non-empty list")
+    if len(data["concepts"]) > MAX_CONCEPTS:
+        raise ConfigError(f"{source}: {len(data['concepts']):,} concepts; a concept set holds at most "
+                          f"{MAX_CONCEPTS:,} (split it into several sets)")
     concepts = []
     for i, entry in enumerate(data["concepts"]):
         where = f"{source}: concepts[{i}]"
@@ -190,8 +211,8 @@ def parse_concept_set(data: Any, source: str = "<concept set>") -> ConceptSet:
         where = f"{source}: concept {entry['name']!r}"
         unknown = set(entry) - _CONCEPT_KEYS - {"extra"}
         if unknown:
-            key = sorted(unknown)[0]
-            hint = difflib.get_close_matches(key, sorted(_CONCEPT_KEYS), n=1)
+            key = sorted(unknown, key=repr)[0]
+            hint = difflib.get_close_matches(key, sorted(_CONCEPT_KEYS), n=1) if isinstance(key, str) else []
             raise ConfigError(f"{where}: unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
         kwargs: dict[str, Any] = {"name": entry["name"]}
         for key in ("type", "split", "anchor"):
@@ -203,13 +224,15 @@ def parse_concept_set(data: Any, source: str = "<concept set>") -> ConceptSet:
         if "composed" in entry:
             kwargs["composed"] = _composed(where, entry["composed"])
         if "extra" in entry:
+            if not isinstance(entry["extra"], dict):
+                raise ConfigError(f"{where}: 'extra' must be a mapping (key: value), got {entry['extra']!r}")
             kwargs["extra"] = dict(entry["extra"])
         try:
             concepts.append(Concept(**kwargs))
         except InputError as e:
             raise ConfigError(f"{source}: {e}") from None
     names = [c.name for c in concepts]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)
     if dupes:
         raise ConfigError(f"{source}: concept {dupes[0]!r} is listed more than once")
     known = set(names)
@@ -238,15 +261,116 @@ def _default_preserve(concepts: list[Concept]) -> tuple[Concept, ...]:
     return tuple(out)
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses nesting past ``MAX_DEPTH`` while it composes (before Python's
+    recursion gives out) and a document that aliases expand past ``MAX_EXPANDED`` before building it."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"nested deeper than {MAX_DEPTH} levels of lists and mappings (at line "
+                                  f"{mark.line + 1}, column {mark.column + 1}); write the nested parts out")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: Any) -> Any:
+        _expanded(node, 0, {})
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # a key written twice in one mapping: YAML readers silently keep the last value; we refuse it
+        keys = [(k.tag, k.value) for k, _ in node.value
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"]
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:
+            mark = node.start_mark
+            raise ConfigError(f"the key {twice[1]!r} is written twice in the mapping at line {mark.line + 1}; "
+                              "keep one")
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: Any) -> int:
+        # hex, octal and binary integers have no length limit, but str() (every message) refuses past 4300 digits
+        if len(node.value) > 1000:
+            raise ConfigError(f"an integer of {len(node.value):,} characters at line {node.start_mark.line + 1}; "
+                              "quote it if it is text")
+        return super().construct_yaml_int(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def _expanded(node: Any, depth: int, seen: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(values and characters, levels) under ``node`` with every alias expanded, refused past
+    ``MAX_EXPANDED`` or ``MAX_DEPTH`` levels below the top (an alias inside itself never ends: too deep)."""
+    if id(node) not in seen:
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels of lists and mappings once aliases (*name) "
+                              "are expanded (or an alias refers to itself); write the nested parts out")
+        if isinstance(node, yaml.ScalarNode):
+            seen[id(node)] = (1 + len(node.value), 0)
+        else:
+            children = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else node.value
+            below = [_expanded(child, depth + 1, seen) for child in children]
+            seen[id(node)] = (1 + sum(size for size, _ in below), 1 + max((levels for _, levels in below), default=0))
+    size, levels = seen[id(node)]
+    if size > MAX_EXPANDED:
+        raise ConfigError(f"aliases (*name) expand it past {MAX_EXPANDED:,} values and characters; "
+                          "write the repeated parts out, or repeat fewer of them")
+    if depth + levels > MAX_DEPTH:
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels of lists and mappings once aliases (*name) "
+                          "are expanded; write the nested parts out")
+    return size, levels
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (the reader's own text spans several lines)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        text = f"{e.context + ': ' if e.context else ''}{e.problem}{where}"
+    elif isinstance(e, yaml.reader.ReaderError):
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        text = f"unacceptable character #x{code:04x}: {e.reason} at position {e.position}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def _shown(path: Path) -> str:
+    """A path as messages name it: as typed, or quoted when it holds a line break or another control character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def load_concept_set(path: str | Path) -> ConceptSet:
-    """Load and validate a concept-set YAML file."""
+    """Load and validate a concept-set YAML file (``_BoundedLoader``: safe tags only, bounded size)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"concept set file not found: {path}")
-    raw = path.read_bytes()
+    shown = _shown(path)
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    cs = parse_concept_set(data, source=str(path))
+        if not path.is_file():
+            raise InputError(f"concept set file not found: {shown}")
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"{shown}: {path.stat().st_size:,} bytes; a concept set is at most {MAX_BYTES:,} "
+                              "(split it into several sets)")
+        raw = path.read_bytes()
+    except OSError as e:  # a name too long, a folder not readable
+        raise InputError(f"cannot read concept set {shown}: {e.strerror or e}") from None
+    loader = None
+    try:
+        loader = _BoundedLoader(raw)
+        data = loader.get_single_data()
+    except ConfigError as e:
+        raise ConfigError(f"{shown}: {e}") from None
+    except (yaml.YAMLError, ValueError, LookupError, TypeError, OverflowError, RecursionError) as e:
+        # ValueError: a date like 2001-13-45, bytes not UTF-8/16/32; KeyError: !!bool maybe
+        raise ConfigError(f"{shown}: not valid YAML ({_yaml_problem(e)})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    cs = parse_concept_set(data, source=shown)
     return ConceptSet(cs.name, cs.version, cs.concepts, sha256=hashlib.sha256(raw).hexdigest())
