@@ -776,3 +776,15 @@ def test_a_key_written_twice_is_refused_not_silently_overwritten():
     """YAML readers keep the last of two equal keys; the concept-set loader refuses the file instead."""
     with pytest.raises(BenchError, match="the key 'type' is written twice in the mapping at line 4; keep one"):
         load_concept_set(FUZZ_DIR / "concepts_key_written_twice.yaml")
+
+
+def test_a_sweep_or_ladder_past_its_point_budget_is_refused_not_computed():
+    """``--points 1e9`` (found by make fuzz: it hung building the sweep) and a ladder ratio near 1."""
+    from bench.api.method import MAX_POINTS, get_method
+
+    knob = get_method("fuchi").knob()
+    with pytest.raises(BenchError, match=f"a sweep of 1,000,000,000 points; at most {MAX_POINTS}"):
+        knob.sweep(10**9)
+    with pytest.raises(BenchError, match="use a larger ratio"):
+        knob.ladder(1.0000001)
+    assert len(knob.sweep(MAX_POINTS)) <= MAX_POINTS and len(knob.ladder(2.0)) >= 2

@@ -26,6 +26,9 @@ from bench.core.errors import ConfigError
 ENTRY_POINT_GROUP = "erasebench.methods"
 
 
+MAX_POINTS = 100  # points of a sweep or rungs of a ladder: each is a grid of cells to run
+
+
 def _round(value: float, integer: bool) -> float | int:
     """A grid value written as people write them: 3 significant digits (an int for integer knobs)."""
     return max(1, round(value)) if integer else float(f"{value:.3g}")
@@ -66,6 +69,8 @@ class Knob:
         """``points`` log-spaced values from ``low`` to ``high`` inclusive."""
         if points < 2:
             raise ConfigError(f"a sweep needs at least 2 points, got {points}")
+        if points > MAX_POINTS:
+            raise ConfigError(f"a sweep of {points:,} points; at most {MAX_POINTS} (each point is a grid of cells)")
         r = math.log(self.high / self.low) / (points - 1)
         values = [_round(self.low * math.exp(r * i), self.integer) for i in range(points)]
         return sorted(set(values))
@@ -75,6 +80,9 @@ class Knob:
         if ratio <= 1:
             raise ConfigError(f"a ladder ratio must be > 1, got {ratio}")
         n = math.ceil(math.log(self.high / self.low) / math.log(ratio) - 1e-9) + 1
+        if n > MAX_POINTS:
+            raise ConfigError(f"a ladder ratio of {ratio:g} gives {n:,} rungs over {self.field} {self.low:g}..{self.high:g}; "
+                              f"at most {MAX_POINTS}: use a larger ratio (2 is the default)")
         return self.sweep(max(n, 2))
 
     def step(self, value: float, ratio: float, direction: int) -> float | int:

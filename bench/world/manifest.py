@@ -25,12 +25,15 @@ def world_of(path: str | os.PathLike) -> Path | None:
     """The built world a track folder belongs to: the folder itself or its parent when it holds a
     ``MANIFEST.json`` that lists files (``make world``'s layout: WORLD/model, WORLD/judge, ...)."""
     path = Path(path).expanduser()
-    if not path.exists():
+    try:
+        if not path.exists():
+            return None
+        for folder in (path, path.parent):
+            manifest = folder / MANIFEST_NAME
+            if manifest.is_file() and manifest_files(manifest):
+                return folder
+    except OSError:  # a hub id or a name too long for the file system: no world folder
         return None
-    for folder in (path, path.parent):
-        manifest = folder / MANIFEST_NAME
-        if manifest.is_file() and manifest_files(manifest):
-            return folder
     return None
 
 
