@@ -22,7 +22,7 @@ CELL = ("method", "variant", "config_hash", "concept")
 ROW = (*CELL, "metric", "judge", "metrics_version")
 NUMBERS = ("value", "ci_low", "ci_high", "n")
 MEASURED_UNITS = ("s", "MB")  # this machine's wall time and memory: never the same twice
-REL_TOL, ABS_TOL = 1e-6, 1e-9  # floating point of another machine (goldens moved ~1e-6 between two)
+REL_TOL, ABS_TOL = 1e-6, 1e-6  # float32 noise of another machine or thread count (KID moved ~1e-6 between two)
 SHOWN = 10  # differing rows named one by one
 
 
