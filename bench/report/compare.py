@@ -42,14 +42,15 @@ class Comparison:
     def same(self) -> bool:
         return self.shared_cells > 0 and not self.differing
 
-    def lines(self) -> list[str]:
+    def lines(self, shown: int | None = SHOWN) -> list[str]:
+        """What a terminal prints: the first ``shown`` differing rows (None: every one, as ``to_markdown``)."""
         out = [f"compared with {self.theirs}: {self.shared_cells} cell(s) in both"]
         if self.shared_cells:
             if self.differing:
                 out.append(f"  {len(self.differing)} row(s) differ (this run vs committed):")
-                out += [f"    {line}" for line in self.differing[:SHOWN]]
-                if len(self.differing) > SHOWN:
-                    out.append(f"    ... and {len(self.differing) - SHOWN} more")
+                out += [f"    {line}" for line in self.differing[:shown]]
+                if shown is not None and len(self.differing) > shown:
+                    out.append(f"    ... and {len(self.differing) - shown} more (every one in comparison.md)")
             else:
                 out.append(f"  the same numbers: all {self.compared_numbers:,} of them (wall time and memory "
                            "are this machine's and not compared)")
@@ -63,7 +64,7 @@ class Comparison:
 
     def to_markdown(self) -> str:
         return "# This run against the committed leaderboard\n\n" + "\n".join(
-            f"- {line.strip()}" if not line.startswith("    ") else f"  - `{line.strip()}`" for line in self.lines()
+            f"- {line.strip()}" if not line.startswith("    ") else f"  - `{line.strip()}`" for line in self.lines(shown=None)
         ) + "\n"
 
 
