@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from bench.core.errors import ConfigError, InputError
+from bench.core.errors import ConfigError, InputError, shown
 
 CONCEPT_TYPES = ("object", "style", "character", "colour")
 SPLITS = ("dev", "test")
@@ -341,36 +341,30 @@ def _yaml_problem(e: Exception) -> str:
     return " ".join(text.split())
 
 
-def _shown(path: Path) -> str:
-    """A path as messages name it: as typed, or quoted when it holds a line break or another control character."""
-    text = str(path)
-    return text if text.isprintable() else repr(text)
-
-
 def load_concept_set(path: str | Path) -> ConceptSet:
     """Load and validate a concept-set YAML file (``_BoundedLoader``: safe tags only, bounded size)."""
     path = Path(path)
-    shown = _shown(path)
+    name = shown(path)
     try:
         if not path.is_file():
-            raise InputError(f"concept set file not found: {shown}")
+            raise InputError(f"concept set file not found: {name}")
         if path.stat().st_size > MAX_BYTES:
-            raise ConfigError(f"{shown}: {path.stat().st_size:,} bytes; a concept set is at most {MAX_BYTES:,} "
+            raise ConfigError(f"{name}: {path.stat().st_size:,} bytes; a concept set is at most {MAX_BYTES:,} "
                               "(split it into several sets)")
         raw = path.read_bytes()
     except OSError as e:  # a name too long, a folder not readable
-        raise InputError(f"cannot read concept set {shown}: {e.strerror or e}") from None
+        raise InputError(f"cannot read concept set {name}: {e.strerror or e}") from None
     loader = None
     try:
         loader = _BoundedLoader(raw)
         data = loader.get_single_data()
     except ConfigError as e:
-        raise ConfigError(f"{shown}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
     except (yaml.YAMLError, ValueError, LookupError, TypeError, OverflowError, RecursionError) as e:
         # ValueError: a date like 2001-13-45, bytes not UTF-8/16/32; KeyError: !!bool maybe
-        raise ConfigError(f"{shown}: not valid YAML ({_yaml_problem(e)})") from None
+        raise ConfigError(f"{name}: not valid YAML ({_yaml_problem(e)})") from None
     finally:
         if loader is not None:
             loader.dispose()
-    cs = parse_concept_set(data, source=shown)
+    cs = parse_concept_set(data, source=name)
     return ConceptSet(cs.name, cs.version, cs.concepts, sha256=hashlib.sha256(raw).hexdigest())

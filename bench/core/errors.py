@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def shown(path: object) -> str:
+    """A path or name as a one-line message shows it: as typed, or quoted (``repr``) when it holds a line
+    break or another control character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 class BenchError(Exception):
     """A problem with the user's input or environment, reported as one line by the CLI."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bench.core.errors import InputError
+from bench.core.errors import InputError, shown
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 # What PIL may decode them as, whatever the suffix says (a .jpg that is a PNG is common); PIL would
@@ -41,19 +41,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _shown(path: Path) -> str:
-    """A path as messages name it: as typed, or quoted when it holds a line break or another control character."""
-    text = str(path)
-    return text if text.isprintable() else repr(text)
-
-
 def read_image(path: str | os.PathLike) -> tuple[Image.Image, list[str]]:
     """One image as 8-bit RGB, plus notes on what was done to it (first frame of an animation).
 
     Raises ``InputError`` naming the file for anything unreadable, oversized or truncated.
     """
     path = Path(path)
-    shown = _shown(path)
+    name = shown(path)
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
@@ -61,31 +55,31 @@ def read_image(path: str | os.PathLike) -> tuple[Image.Image, list[str]]:
             with Image.open(path, formats=IMAGE_FORMATS) as im:
                 w, h = im.size
                 if w < 1 or h < 1:
-                    raise InputError(f"cannot read image {shown}: it has no pixels ({w}x{h})")
+                    raise InputError(f"cannot read image {name}: it has no pixels ({w}x{h})")
                 if w * h > MAX_PIXELS:
-                    raise InputError(f"cannot read image {shown}: {w}x{h} is {w * h / 1e6:.0f} megapixels, "
+                    raise InputError(f"cannot read image {name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, "
                                      f"over the {MAX_PIXELS / 1e6:.0f}-megapixel limit (decompression bomb?)")
                 if im.format in ("JPEG", "MPO"):  # count start-of-scan markers (never inside entropy-coded data)
                     scans = path.read_bytes().count(b"\xff\xda")
                     if scans > MAX_JPEG_SCANS:
-                        raise InputError(f"cannot read image {shown}: a JPEG of {scans:,} scans, over the "
+                        raise InputError(f"cannot read image {name}: a JPEG of {scans:,} scans, over the "
                                          f"{MAX_JPEG_SCANS} a decoder is given (a crafted file?); re-save it")
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 if frames > 1:
                     im.seek(0)
-                    notes.append(f"{shown}: animated image with {frames} frames; only the first frame is used")
+                    notes.append(f"{name}: animated image with {frames} frames; only the first frame is used")
                 im.load()
                 im = ImageOps.exif_transpose(im) or im
                 rgb = _to_rgb(im)
     except InputError:
         raise
     except Image.DecompressionBombError as e:
-        raise InputError(f"cannot read image {shown}: too many pixels (decompression bomb?): {e}") from None
+        raise InputError(f"cannot read image {name}: too many pixels (decompression bomb?): {e}") from None
     except UnidentifiedImageError:
-        raise InputError(f"cannot read image {shown}: not a PNG, JPEG, WebP, BMP or GIF file (or a damaged one); "
+        raise InputError(f"cannot read image {name}: not a PNG, JPEG, WebP, BMP or GIF file (or a damaged one); "
                          "convert it to PNG") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for bad files
-        raise InputError(f"cannot read image {shown}: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise InputError(f"cannot read image {name}: {' '.join(str(e).split()) or type(e).__name__}") from None
     return rgb, notes
 
 
@@ -96,15 +90,15 @@ def load_images(folder: str | os.PathLike, notes: list[str] | None = None) -> li
     conversion (an animated file's first frame).
     """
     folder = Path(folder)
-    shown = _shown(folder)
+    name = shown(folder)
     try:
         if not folder.is_dir():
-            raise InputError(f"image folder not found: {shown}")
+            raise InputError(f"image folder not found: {name}")
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as e:  # a name too long, a folder not readable
-        raise InputError(f"cannot read image folder {shown}: {e.strerror or e}") from None
+        raise InputError(f"cannot read image folder {name}: {e.strerror or e}") from None
     if not files:
-        raise InputError(f"image folder {shown} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"image folder {name} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images = []
     for path in files:
         image, said = read_image(path)

@@ -14,7 +14,7 @@ from bench.api.judge import Judge
 from bench.api.method import Eraser, build_method
 from bench.api.sources import image_source
 from bench.core.concepts import Concept, ConceptSet, load_concept_set
-from bench.core.errors import InputError
+from bench.core.errors import InputError, shown
 from bench.core.paths import ROOT
 from bench.core.plan import COMPOSED, GROUPS, RETAIN_GROUPS
 from bench.core.protocol import WORLD_SAMPLER, EvalProtocol, SamplerSpec
@@ -55,13 +55,13 @@ def world_track(folder: str | Path) -> Track:
     ``judge/`` and a second opinion: from judge 2.2 ``judge_vit/``, or, in a world 3 built without it
     (``WorldConfig.second_judge``), the world CLIP ``clip/``); world 3 is the default (``DEFAULT_WORLD``)."""
     folder = Path(folder)
-    shown = str(folder) if str(folder).isprintable() else repr(str(folder))
+    name = shown(folder)
     try:
         missing = [n for n in ("model", "concepts.yaml", "judge") if not (folder / n).exists()]
     except OSError as e:  # a name too long for the file system
-        raise InputError(f"cannot read the world folder {shown}: {e.strerror or e}") from None
+        raise InputError(f"cannot read the world folder {name}: {e.strerror or e}") from None
     if missing:
-        raise InputError(f"{shown} is not a built ConceptWorld (missing {', '.join(missing)}); "
+        raise InputError(f"{name} is not a built ConceptWorld (missing {', '.join(missing)}); "
                          "make world [WORLD=3] builds one")
     second = next((folder / n for n in ("judge_vit", "clip") if (folder / n).is_dir()), None)
     return Track(model=str(folder / "model"), concept_set=str(folder / "concepts.yaml"), judge=str(folder / "judge"),
