@@ -121,7 +121,7 @@ smoke: $(STAMP)
 
 # make world: ConceptWorld 3 (the default since build b11 met every gate: world 3's vocabulary, a world
 # CLIP pretrained first and the UNet trained against its frozen text tower) into datasets/conceptworld3.
-# make world WORLD=2.1: world 2.1 into datasets/conceptworld (its config unchanged). The folders come
+# make world WORLD=2.1: world 2.1 into datasets/conceptworld (its config unchanged but for judge 2.4's defaults). The folders come
 # from bench.world.presets.PRESET_FOLDERS.
 WORLD ?= 3
 # WORLD=2 is 2.1; any other name reaches --preset, which refuses one that is not a preset

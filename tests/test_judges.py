@@ -424,3 +424,13 @@ def test_report_pools_agreement_over_the_images_each_head_is_scored_on():
     table = agreement_table(cells)
     assert table.loc[0, "flagged cells"] == "2/2" and table.loc[0, "style"] == pytest.approx(0.5)
     assert "flagged cells" not in agreement_table(cells, every_image=True).columns
+    # both_accept: the attribute heads over the scored images neither judge rejects
+    b3 = {SCENE_HEAD: ["none", "valid", "valid", "none"], "style": ["none", "solid", "dotted", "none"]}
+    three = agreement(a, b3, scored={"style": [True] * 4})
+    assert three["heads"]["style"] == 0.25
+    assert three["both_accept"] == {"heads": {"style": 0.5}, "images": {"style": 2}, "n": 2}
+    cells.append({"label": "m", "metrics": {"judge_agreement": three}})
+    assert pooled_agreement(cells, "judge_agreement", view="both_accept") == {"style": pytest.approx((1 + 2 + 1) / 8)}
+    assert list(agreement_table(cells, view="both_accept").columns) == ["images", "style"]
+    with pytest.raises(ValueError, match="view"):
+        pooled_agreement(cells, "judge_agreement", view="accepted")

@@ -13,6 +13,9 @@ from bench.core.concepts import Concept
 
 REJECT_LABEL = "none"  # a head's label on a rejected image: no concept of this type present
 SCENE_HEAD = "scene"  # the head that carries the reject verdict in ``labels`` ("valid" / "none")
+# a rejected image whose own head for the judged concept names it with at least this probability is a
+# masked detection (``Judge.reads``; the metric ``masked_detections``): a reject that hides a concept
+MASKED_P = 0.9
 
 
 class Judge(ABC):
@@ -54,6 +57,12 @@ class Judge(ABC):
     def describe(self, images: torch.Tensor) -> list[dict[str, Any]]:
         """Per-image judge outputs written to ``per_image.jsonl`` (override for richer output)."""
         return [{} for _ in range(len(images))]
+
+    def reads(self, images: torch.Tensor, concept: Concept, p: float = MASKED_P) -> torch.Tensor | None:
+        """Bool tensor N: the judge's head for ``concept`` names it with probability >= ``p``, whatever
+        the reject verdict (with ``reject``: the masked detections); None when this judge gives no
+        per-head probabilities (the metric is then not recorded, never recorded as 0)."""
+        return None
 
     def sees(self, images: torch.Tensor, attributes: list[dict[str, str]]) -> torch.Tensor | None:
         """Bool tensor N: the judge sees every attribute named for each image (``{head: label}``, from

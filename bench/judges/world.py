@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bench.api.judge import REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
+from bench.api.judge import MASKED_P, REJECT_LABEL, SCENE_HEAD, Judge, scene_labels
 from bench.core.concepts import Concept
 from bench.core.errors import ConfigError
 from bench.judges.clip import REJECT_PROMPTS
@@ -18,7 +18,8 @@ class WorldConceptJudge(Judge):
 
     reject_definition = ("the judge's reject head finds no valid scene (trained on synthetic blank frames, "
                          "colour washes, gradients, noise, heavy blur, cut-off, shattered and fused shapes); "
-                         "a judge trained with judge_unclear > 0 also has a style class none (trained on "
+                         "from judge 2.4 it also learns degraded but valid scenes (blur, noise, warps, cut-off, "
+                         "small shapes, holed textures, low contrast, colour fringes) as valid; a judge trained with judge_unclear > 0 also has a style class none (trained on "
                          "faint and blended textures)")
 
     def __init__(self, folder: str | Path) -> None:
@@ -46,6 +47,11 @@ class WorldConceptJudge(Judge):
     @torch.no_grad()
     def reject(self, images: torch.Tensor) -> torch.Tensor:
         return self.judge.rejected(self.judge.predict(images))
+
+    @torch.no_grad()
+    def reads(self, images: torch.Tensor, concept: Concept, p: float = MASKED_P) -> torch.Tensor:
+        head, index = self._target(concept)
+        return self.judge.probs(images)[head][:, index] >= p
 
     @torch.no_grad()
     def labels(self, images: torch.Tensor) -> dict[str, list[str]]:
@@ -79,12 +85,14 @@ class WorldConceptJudge(Judge):
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor) -> list[dict[str, Any]]:
+        """Per image and head: the verdict (the reject head's by its threshold) and its probability."""
         probs = self.judge.probs(images)
+        pred = self.judge.decide(probs)
         rows = []
         for i in range(len(images)):
             row = {}
             for head, p in probs.items():
-                k = int(p[i].argmax())
+                k = int(pred[head][i])
                 row[head] = {"label": self.judge.classes[head][k], "p": round(float(p[i, k]), 4)}
             rows.append(row)
         return rows

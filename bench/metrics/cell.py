@@ -39,11 +39,18 @@ def selective_alignment(rows: list[ImageRow], aligned: dict[str, torch.Tensor] |
 
 
 def cell_metrics(rows: list[ImageRow], det: dict[str, torch.Tensor], f_orig: torch.Tensor,
-                 f_edit: torch.Tensor, rejected: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """UA (target, synonyms), retain accuracies, reject rates, KID — each for the edited and the
-    original model. ``det`` must already be false on rejected images (``Judge.detect`` is): a
-    rejected image is "not seen" for UA and a miss for retain."""
+                 f_edit: torch.Tensor, rejected: dict[str, torch.Tensor] | None = None,
+                 masked: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """UA (target, synonyms), retain accuracies, reject rates, masked detections, KID — each for the
+    edited and the original model. ``det`` must already be false on rejected images (``Judge.detect``
+    is): a rejected image is "not seen" for UA and a miss for retain. ``masked``: the rejected images
+    whose judged head still names the concept (``Judge.reads``); None records no masked detections."""
     m = detection_metrics(rows, det, rejected)
+    seeds = np.array([r.seed for r in rows])
+    for kind, suffix in (("edited", ""), ("original", "_original")):
+        if masked is not None and rejected is not None and (masked[kind] & ~rejected[kind]).any():
+            raise ValueError("a masked detection on an image the judge did not reject")
+        m["masked_detections" + suffix] = summary(masked[kind].numpy(), seeds) if masked is not None else None
     m["kid_retain"] = kid(f_orig, f_edit)
     n, dim = len(f_orig), f_orig.shape[1] if f_orig.ndim == 2 else 0
     m["fid_retain"] = None  # FID needs more samples than feature dimensions for a stable covariance

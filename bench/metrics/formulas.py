@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-METRICS_VERSION = "6"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
+METRICS_VERSION = "7"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
 # 4: seed diversity (collapse) per prompt group; 5: selective alignment on composed prompts; 6: the judges'
-# agreement per head over the images whose numbers read that head (AGREEMENT_DEFINITION)
+# agreement per head over the images whose numbers read that head (AGREEMENT_DEFINITION); 7: masked detections,
+# and the agreement over the images both judges accept (both_accept)
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
@@ -93,7 +94,23 @@ def agreement(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]],
            "min": rates[worst], "worst_head": worst, "n": n}
     if scored is not None:
         out["every_image"] = {h: float(same[h].mean()) if n else float("nan") for h in heads}
+    if ACCEPT_HEAD in heads:
+        out["both_accept"] = _both_accept(a, b, same, mask, [h for h in used if h != ACCEPT_HEAD])
     return out
+
+
+ACCEPT_HEAD, ACCEPTED = "scene", "valid"  # bench.api.judge.SCENE_HEAD and its label on an accepted image
+
+
+def _both_accept(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]], same: dict[str, np.ndarray],
+                 mask: dict[str, np.ndarray], heads: list[str]) -> dict[str, Any]:
+    """Agreement per attribute head over the scored images that neither judge rejects: whether the
+    judges read a scene alike once both see one, apart from whether they reject alike."""
+    both = np.array([x == ACCEPTED and y == ACCEPTED for x, y in zip(a[ACCEPT_HEAD], b[ACCEPT_HEAD], strict=True)],
+                    dtype=bool)
+    keep = {h: mask[h] & both for h in heads}
+    rates = {h: float(same[h][keep[h]].mean()) for h in heads if keep[h].any()}
+    return {"heads": rates, "images": {h: int(keep[h].sum()) for h in rates}, "n": int(both.sum())}
 
 
 def harmonic(a: float, b: float) -> float:

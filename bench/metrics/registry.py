@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-REGISTRY_VERSION = "4"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on; 4: the second judge's own UA and RA. Recorded in every cell's metrics.json (``metrics_registry``)
+REGISTRY_VERSION = "5"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on; 4: the second judge's own UA and RA; 5: masked detections. Recorded in every cell's metrics.json (``metrics_registry``)
 
 ANY_JUDGE = ("conceptworld", "imagenet", "resnet50", "clip")
 
@@ -147,6 +147,9 @@ _(Metric("selective_alignment", "SA", "selective alignment: share of composed-pr
          "attribute", True, interval=_SEED, original=True, judges=("conceptworld", "clip")))
 _(Metric("reject_rate", "reject", "share of the cell's images the judge rejects (nothing to judge)", False,
          interval=_SEED, original=True))
+_(Metric("masked_detections", "masked", "share of the cell's images that the judge rejects although its own "
+         "head for the judged concept names that concept with p >= 0.9 (a detection the reject option hides; "
+         "bench.api.judge.MASKED_P)", False, interval=_SEED, original=True, judges=("conceptworld",)))
 _(Metric("reject_rate_target", "reject target", "share of target-prompt images the judge rejects", None,
          interval=_SEED, original=True))
 _(Metric("kid_retain", "KID", "kernel inception distance between edited and original retain images, on "

@@ -204,6 +204,10 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
                  '<p class="note">The same on every image, heads the prompt leaves open included (there the '
                  "model draws whatever it likes and no number reads the head):</p>",
                  table_html(agreement_table(cells, every_image=True))]
+        accepted = agreement_table(cells, view="both_accept")
+        if len(accepted):
+            body += ['<p class="note">The attribute heads over the scored images that neither judge rejects: '
+                     "whether the judges read a scene alike once both see one:</p>", table_html(accepted)]
     body.append('<h2 id="drill">Per-concept drill-down</h2><p class="note">Rows: the original model, then each '
                 "method in the table's order; columns: evaluation seeds. Under each image the judge's verdict: ✓ it "
                 "sees the prompt's concept, ✗ it does not, ∅ it rejected the image (nothing to judge). For the "

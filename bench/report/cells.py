@@ -68,6 +68,8 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             row[key] = v["value"] if v else np.nan
         row["reject"] = m["reject_rate"]["value"] if "reject_rate" in m else np.nan
         row["reject_original"] = m["reject_rate_original"]["value"] if "reject_rate_original" in m else np.nan
+        masked = m.get("masked_detections")  # registry 5 on, with a judge that gives probabilities
+        row["masked"] = masked["value"] if masked else np.nan
         agree = m.get("judge_agreement")
         row["agree"] = agree["min"] if agree else np.nan
         row["judges_disagree"] = ("yes: " + agree["worst_head"]) if m.get("judges_disagree") else ("no" if agree else "")

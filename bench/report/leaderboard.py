@@ -77,6 +77,10 @@ def original_numbers(cells: list[dict[str, Any]]) -> dict[str, float]:
              if r["model"] == "original" and not r["group"].startswith("attack:")]
     if flags:
         out["reject_rate"] = float(np.mean(flags))
+    masked = [r["masked"] for c in one for r in c["per_image"]
+              if r["model"] == "original" and "masked" in r and not r["group"].startswith("attack:")]
+    if masked:
+        out["masked_detections"] = float(np.mean(masked))
     attacks = sorted(cells[0]["spec"].get("attacks", {})) if cells else []
     if attacks:  # the original model's ASR is cached per concept: the same in every method's cell
         asr = {a: [c["metrics"][f"asr_{a}_original"]["value"] for c in one] for a in attacks}

@@ -112,7 +112,7 @@ def headline_html(h: Headline) -> str:
 
 # the full table: registry keys per column group (those a run measured are shown)
 GROUPS = (
-    ("Erasure", ("ua", "ua_synonyms", "reject_rate")),
+    ("Erasure", ("ua", "ua_synonyms", "reject_rate", "masked_detections")),
     ("Retention", ("retain_in_domain", "retain_cross_domain", "near_neighbours", "retain_mean",
                    "selective_alignment", "kid_retain")),
     ("Robustness", ("asr_{attack}", "asr_mean", "composite_robust")),

@@ -141,6 +141,11 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
             flags = [r.get("rejected", False) for c in mine for r in c["per_image"]
                      if r["model"] == model and not r["group"].startswith("attack:")]
             row[display(key)] = float(np.mean(flags)) if flags else np.nan
+        for key, model in (("masked_detections", "edited"), ("masked_detections_original", "original")):
+            # recorded from registry 5 on; an older cell (or a judge without probabilities) has none
+            flags = [r["masked"] for c in mine for r in c["per_image"]
+                     if r["model"] == model and "masked" in r and not r["group"].startswith("attack:")]
+            row[display(key)] = float(np.mean(flags)) if flags else np.nan
         agree = pooled_agreement(mine, "judge_agreement")
         if agree:
             row["agree"] = min(agree.values())
@@ -165,13 +170,24 @@ def ranking_metric(overall: pd.DataFrame) -> str:
     return "composite_robust" if display("composite_robust") in overall.columns else "composite"
 
 
-def pooled_agreement(cells: list[dict[str, Any]], key: str, every_image: bool = False) -> dict[str, float]:
+AGREEMENT_VIEWS = ("scored", "every_image", "both_accept")
+
+
+def pooled_agreement(cells: list[dict[str, Any]], key: str, every_image: bool = False,
+                     view: str = "scored") -> dict[str, float]:
     """Per head: the share of images (over ``cells``) on which the two judges agree, over the images
-    each cell scored the head on (``bench.metrics.formulas.AGREEMENT_DEFINITION``), or over every image."""
+    each cell scored the head on (``bench.metrics.formulas.AGREEMENT_DEFINITION``), over every image
+    (``every_image``, or view "every_image"), or over the scored images neither judge rejects (view
+    "both_accept"; cells recorded before it have none)."""
+    if view not in AGREEMENT_VIEWS:
+        raise ValueError(f"unknown agreement view {view!r}; one of {AGREEMENT_VIEWS}")
+    every_image = every_image or view == "every_image"
     num: dict[str, float] = {}
     den: dict[str, int] = {}
     for c in cells:
         a = c["metrics"].get(key)
+        if a and view == "both_accept":
+            a = a.get("both_accept")
         if not a:
             continue
         rates = a.get("every_image", a["heads"]) if every_image else a["heads"]
@@ -182,20 +198,23 @@ def pooled_agreement(cells: list[dict[str, Any]], key: str, every_image: bool = 
     return {h: num[h] / den[h] for h in num if den[h]}
 
 
-def agreement_table(cells: list[dict[str, Any]], every_image: bool = False) -> pd.DataFrame:
+def agreement_table(cells: list[dict[str, Any]], every_image: bool = False, view: str = "scored") -> pd.DataFrame:
     """The two judges' agreement per head: on the original model's images, then per method's edits;
-    over the images each head is scored on (with the flagged cells), or over every image."""
+    over the images each head is scored on (with the flagged cells), over every image, or over the
+    scored images both judges accept (``pooled_agreement``'s views)."""
+    view = "every_image" if every_image else view
+    flags = view == "scored"
     rows = []
-    orig = pooled_agreement(cells, "judge_agreement_original", every_image)
+    orig = pooled_agreement(cells, "judge_agreement_original", view=view)
     if orig:
-        rows.append({"images": "original model", **orig} | ({} if every_image else {"flagged cells": "-"}))
+        rows.append({"images": "original model", **orig} | ({"flagged cells": "-"} if flags else {}))
     for method in sorted({c["label"] for c in cells}):
         mine = [c for c in cells if c["label"] == method]
-        a = pooled_agreement(mine, "judge_agreement", every_image)
+        a = pooled_agreement(mine, "judge_agreement", view=view)
         if a:
             flagged = sum(bool(c["metrics"].get("judges_disagree")) for c in mine)
             rows.append({"images": f"{method} (edited)", **a}
-                        | ({} if every_image else {"flagged cells": f"{flagged}/{len(mine)}"}))
+                        | ({"flagged cells": f"{flagged}/{len(mine)}"} if flags else {}))
     return pd.DataFrame(rows)
 
 

@@ -142,7 +142,8 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"erase seed {s['erase_seed']}",
         f"- judge: {code(s['judge'])}; metrics version {text(s['metrics_version'])}; a rejected image ("
         f"{text(cells[0]['metrics'].get('reject_definition', 'no reject option'))}) counts as not seen for UA "
-        "and as a miss for retain; reject = share of a cell's images the judge rejected",
+        "and as a miss for retain; reject = share of a cell's images the judge rejected; masked = share of its "
+        "images the judge rejected although its own head for the judged concept named it with p >= 0.9",
         (f"- second judge: {code(s['second_judge'])}; agree = share of images on which both judges give the same "
          "label on the worst head, over the images whose numbers read that head; a cell is flagged when they "
          f"disagree on more than {DISAGREEMENT_FLAG:.0%} of its images on some head") if s.get("second_judge") else "",

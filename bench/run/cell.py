@@ -85,6 +85,7 @@ class Judged:
     diversity: dict[str, float | None]  # per prompt group: seed diversity, edited over original
     aligned: dict[str, torch.Tensor] | None = None  # composed rows: the judge sees every other attribute
     second_note: str = ""  # why the second judge's detections are missing, where they are
+    masked: dict[str, torch.Tensor] | None = None  # rejected, yet the judged head names the concept (Judge.reads)
 
 
 def run_cell(run: CellRun) -> Path:
@@ -194,6 +195,7 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
     for i, r in enumerate(rows):
         by_concept.setdefault(r.concept.name, []).append(i)
     detected = _detections(judge, run.cs, by_concept, x)
+    read = _reads(judge, run.cs, by_concept, x)
     second_detected, second_note = _second_detections(run, by_concept, x)
     describe = {k: judge.describe(v) for k, v in x.items()}
     labels = {k: judge.labels(v) for k, v in x.items()}
@@ -212,8 +214,9 @@ def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) 
             if score is not None:
                 clip["clip_score_retain" + suffix] = float(score.mean())
     check_finite(clip, "judge CLIP score")
+    masked = {k: read[k] & rejected[k] for k in x} if read is not None else None
     return Judged(detected, rejected, describe, second, second_detected, features, clip, _diversity(rows, every),
-                  _aligned(judge, rows, x), second_note)
+                  _aligned(judge, rows, x), second_note, masked)
 
 
 def _second_detections(run: CellRun, by_concept: dict[str, list[int]], x: dict[str, torch.Tensor]
@@ -237,6 +240,21 @@ def _detections(judge: Judge, cs: Any, by_concept: dict[str, list[int]], x: dict
         for name, idx in by_concept.items():
             detected[kind][idx] = judge.detect(x[kind][idx], cs.get(name))
     return detected
+
+
+def _reads(judge: Judge, cs: Any, by_concept: dict[str, list[int]], x: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor] | None:
+    """Per kind of image: whether ``judge``'s head for each row's judged concept names it with
+    probability >= MASKED_P whatever the reject verdict (``Judge.reads``); None for a judge that gives
+    no per-head probabilities."""
+    out = {k: torch.zeros(len(v), dtype=torch.bool) for k, v in x.items()}
+    for kind in x:
+        for name, idx in by_concept.items():
+            got = judge.reads(x[kind][idx], cs.get(name))
+            if got is None:
+                return None
+            out[kind][idx] = got
+    return out
 
 
 def _aligned(judge: Judge, rows: list[ImageRow], x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -270,7 +288,7 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
                          mem: PeakMemory) -> dict[str, Any]:
     """Everything ``metrics.json`` holds: the measures, the attacks' and the costs."""
     metrics = cell_metrics(rows, judged.detected, judged.features["original"], judged.features["edited"],
-                           judged.rejected)
+                           judged.rejected, judged.masked)
     metrics.update(judged.clip)
     metrics.update({f"diversity_{g}": v for g, v in judged.diversity.items()})
     metrics.update(selective_alignment(rows, judged.aligned))
@@ -314,6 +332,8 @@ def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str
             row = {"model": kind, "group": r.group, "judged_concept": r.concept.name, "prompt": r.prompt,
                    "seed": r.seed, "detected": bool(judged.detected[kind][i]),
                    "rejected": bool(judged.rejected[kind][i]), "judge": judged.describe[kind][i]}
+            if judged.masked is not None:
+                row["masked"] = bool(judged.masked[kind][i])
             if kind in judged.second_labels:
                 row["second_judge"] = {h: v[i] for h, v in judged.second_labels[kind][1].items()}
                 if judged.second_detected:

@@ -42,7 +42,10 @@ from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 # non-scenes), trained on jittered textures, blur and distortions; a ViT second judge
 # 2.3: judge scenes with holes in their textures (``Scene.holes``); with ``judge_unclear`` > 0, a
 # style class "none" learnt from faint and blended textures (``unclear.py``)
-JUDGE_VERSION = "2.3"
+# 2.4: the reject option calibrated to its definition: degraded but valid scenes (blur, noise, warps,
+# cut-off, low contrast, ...; ``worldgen/degraded.py``) learnt as valid with every label, and
+# characters drawn in other styles and colours, so the style and colour heads read what is drawn
+JUDGE_VERSION = "2.4"
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
 REJECT_HEAD = "scene"
@@ -129,16 +132,32 @@ def build_net(arch: str, arch_config: dict, heads: dict[str, int] | None = None)
     raise ConfigError(f"unknown judge architecture {arch!r} (cnn, vit)")
 
 
-class WorldJudge:
-    """Loads a judge and answers in class indices, probabilities, rejections or features."""
+DEFAULT_REJECT_THRESHOLD = 0.5  # the reject head's argmax: judges before 2.4 record no threshold
 
-    def __init__(self, net: nn.Module, classes: dict[str, list[str]], version: str, sha256: str = ""):
+
+class WorldJudge:
+    """Loads a judge and answers in class indices, probabilities, rejections or features.
+
+    The reject head's verdict is "none" where its probability of "none" exceeds ``reject_threshold``
+    (0.5, its argmax, unless the judge was calibrated: ``judge_build.calibrate_reject``); the threshold
+    is stored beside the weights and is part of the judge's id."""
+
+    def __init__(self, net: nn.Module, classes: dict[str, list[str]], version: str, sha256: str = "",
+                 reject_threshold: float = DEFAULT_REJECT_THRESHOLD):
         self.net = net.eval()
         self.classes = classes
         self.version = version
         self.arch = getattr(net, "arch", "cnn")
+        self.reject_threshold = float(reject_threshold)
+        self._sha256 = sha256
         name = "conceptworld-judge" if self.arch == "cnn" else f"conceptworld-judge-{self.arch}"
         self.id = f"{name}@{version}" + (f"+{sha256[:12]}" if sha256 else "")
+        if self.reject_threshold != DEFAULT_REJECT_THRESHOLD:
+            self.id += f"+reject{self.reject_threshold:.4f}"
+
+    def with_threshold(self, threshold: float) -> WorldJudge:
+        """The same net with another reject threshold (its id says which)."""
+        return WorldJudge(self.net, self.classes, self.version, self._sha256, threshold)
 
     @property
     def unclear(self) -> bool:
@@ -158,7 +177,10 @@ class WorldJudge:
         cfg = json.loads(cfg_path.read_text())
         net = build_net(cfg.get("arch", "cnn"), cfg, {h: len(c) for h, c in cfg["classes"].items()})
         net.load_state_dict({k: v.float() for k, v in load_file(w_path).items()})
-        return cls(net, cfg["classes"], cfg["version"], hashlib.sha256(w_path.read_bytes()).hexdigest())
+        threshold = cfg.get("reject_threshold", DEFAULT_REJECT_THRESHOLD)
+        if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise InputError(f"{cfg_path}: reject_threshold must be a number in (0, 1), got {threshold!r}")
+        return cls(net, cfg["classes"], cfg["version"], hashlib.sha256(w_path.read_bytes()).hexdigest(), threshold)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -166,6 +188,8 @@ class WorldJudge:
         save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, folder / WEIGHTS_FILE)
         cfg = {"version": self.version, "arch": self.arch, **self.net.arch_config(), "classes": self.classes,
                "reject_head": REJECT_HEAD if REJECT_HEAD in self.classes else None,
+               **({"reject_threshold": self.reject_threshold}
+                  if self.reject_threshold != DEFAULT_REJECT_THRESHOLD else {}),
                "input": "float RGB N x 3 x 32 x 32 in [0, 1]", "feature_dim": self.net.feature_dim}
         (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -186,11 +210,20 @@ class WorldJudge:
         return {h: torch.cat([p[h] for p in parts]) for h in self.classes}
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Predicted class index per head."""
-        return {h: p.argmax(-1) for h, p in self.probs(images).items()}
+        """Predicted class index per head; the reject head's is "none" where its probability exceeds
+        ``reject_threshold``."""
+        return self.decide(self.probs(images))
+
+    def decide(self, probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``probs``'s class index per head (``predict`` from probabilities already computed)."""
+        out = {h: p.argmax(-1) for h, p in probs.items()}
+        if REJECT_HEAD in probs:
+            none = self.classes[REJECT_HEAD].index("none")
+            out[REJECT_HEAD] = torch.where(probs[REJECT_HEAD][:, none] > self.reject_threshold, none, 1 - none)
+        return out
 
     def rejected(self, pred: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Bool N from ``predict``'s output: no valid scene (the reject head's "none" is the likelier class)."""
+        """Bool N from ``predict``'s output: no valid scene (the reject head's verdict is "none")."""
         if REJECT_HEAD not in self.classes:
             raise ConfigError(f"judge {self.id} has no reject head ({REJECT_HEAD!r}); judges >= 2.2 have one")
         return pred[REJECT_HEAD] == self.classes[REJECT_HEAD].index("none")

@@ -19,7 +19,7 @@ from bench.world.captions import CONCEPT_SET_VERSION, CONCEPT_SET_VERSIONS, conc
 from bench.world.judge import JUDGE_VERSION
 from bench.world.render import WORLD2, Vocabulary, vocabulary
 from bench.worldgen import train
-from bench.worldgen.config import WorldConfig
+from bench.worldgen.config import ClipConfig, WorldConfig
 
 
 def write_concepts(out: Path, vocab: Vocabulary = WORLD2) -> Path:
@@ -173,6 +173,27 @@ def _intro(cfg: WorldConfig) -> list[str]:
     ]
 
 
+def _reject_lines(r: dict | None) -> list[str]:
+    """The reject option's paragraph and per-kind table (worlds evaluated before judge 2.4: none)."""
+    if not r:
+        return []
+    d = r["degraded"]
+    heads = [h for h in d["all"] if h not in ("n", "reject")]
+    vae = f", {_pct(r['non_scenes_vae'])} through the VAE" if "non_scenes_vae" in r else ""
+    lines = ["", f"The reject option (threshold {r['threshold']:.4f} on the reject head's probability of none, "
+             "calibrated on held-out degraded scenes, then on the model's own images of other seeds than the "
+             "gates': `bench/worldgen/judge_build.py` `calibrate_reject`, `calibrate_on_model`) on seeds "
+             f"no judge trained on: it rejects {_pct(r['non_scenes'])} of {r['non_scene_images']} synthetic "
+             f"non-scenes{vae}, and on {d['all']['n']} degraded but valid scenes (`bench/worldgen/degraded.py`) "
+             "it rejects and reads (each head's accuracy on the images it accepts):", "",
+             "| kind | images | rejected | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(heads)]
+    for kind, row in d.items():
+        if isinstance(row, dict):
+            lines.append(f"| {kind} | {row['n']} | {_pct(row['reject'])} | "
+                         + " | ".join(_pct(row[h]) if row[h] is not None else "" for h in heads) + " |")
+    return lines
+
+
 def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
     """The world's README: what it is, how to rebuild it, the measured quality table."""
     s = q["summary"]
@@ -198,6 +219,7 @@ def readme(cfg: WorldConfig, stages: dict, q: dict) -> str:
               "|---|" + "---|" * len(next(iter(q["judge"].values())))]
     for name, accs in q["judge"].items():
         lines.append(f"| {name} | " + " | ".join(_pct(a) for a in accs.values()) + " |")
+    lines += _reject_lines(q.get("judge_reject"))
     g = q.get("judges_on_generated")
     if g:
         heads = list(g["judge"]["head_accuracy"])
@@ -278,7 +300,11 @@ def refresh_manifest(out: Path, quality: dict) -> None:
         manifest["config"].update(record["config"])
     manifest["judges_git_commit"] = _git_commit()
     manifest["quality"] = quality
-    cfg = WorldConfig(**{k: v for k, v in manifest["config"].items() if k in {f.name for f in dataclasses.fields(WorldConfig)}})
+    known = {f.name for f in dataclasses.fields(WorldConfig)}
+    fields = {k: v for k, v in manifest["config"].items() if k in known}
+    if isinstance(fields.get("clip"), dict):
+        fields["clip"] = ClipConfig(**fields["clip"])
+    cfg = WorldConfig(**fields)
     (out / "README.md").write_text(readme(cfg, manifest["stages"], quality))
     manifest["files"] = _file_table(out)
     path.write_text(json.dumps(manifest, indent=2) + "\n")

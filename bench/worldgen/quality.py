@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -22,36 +21,18 @@ from bench.world.captions import TEMPLATES, describe
 from bench.world.judge import WorldJudge, accuracy
 from bench.world.render import CHARACTER_SPECS, VOCABULARIES, Vocabulary, render_batch, to_tensor
 from bench.worldgen.negatives import render_negatives
+from bench.worldgen.sampling import generate, load_pipeline
 
 GATES = {"judge": 0.98, "object": 0.90, "style": 0.90, "character": 0.90, "colour": 0.90, "composed": 0.75,
          # the judges on the model's own images (judge 2.2): the prompt's named attributes as the truth
          "judge_on_generated": 0.97, "reject_original": 0.02, "judge_agreement": 0.95,
          # world 3's CLIP as a zero-shot judge: on renders, and against the CNN on the model's images
-         "clip_zero_shot": 0.95, "clip_agreement": 0.95}
+         "clip_zero_shot": 0.95, "clip_agreement": 0.95,
+         # the reject option (judge 2.4): degraded but valid scenes read, not rejected; non-scenes rejected
+         "reject_degraded": 0.05, "degraded_heads": 0.95, "reject_non_scenes": 0.95}
 # world 3's gates are world 2's with composed prompts at 85 % all-right (its twice-richer concept set
 # is meant to measure selective alignment; 75 % leaves too little room above a broken model)
 GATES_BY_VOCAB = {"2": GATES, "3": {**GATES, "composed": 0.85}}
-
-
-def load_pipeline(model_dir: str | Path, sampler: SamplerSpec = WORLD_SAMPLER) -> diffusers.StableDiffusionPipeline:
-    """The world model with the sampler's scheduler, on CPU in fp32."""
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None)
-    pipe.scheduler = getattr(diffusers, sampler.scheduler).from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def generate(pipe, prompt: str | list[str], seeds: list[int], sampler: SamplerSpec = WORLD_SAMPLER,
-             batch: int = 64) -> torch.Tensor:
-    """Images (N x 3 x H x W in [0, 1]) for one prompt per seed (or one prompt each)."""
-    prompts = [prompt] * len(seeds) if isinstance(prompt, str) else list(prompt)
-    out = []
-    for i in range(0, len(seeds), batch):
-        gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
-        res = pipe(prompts[i : i + batch], num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
-                   eta=sampler.eta, height=sampler.height, width=sampler.width, generator=gens, output_type="pt")
-        out.append(res.images.float().cpu())
-    return torch.cat(out)
 
 
 def _tile(images: torch.Tensor, label: str, scale: int = 2) -> Image.Image:
@@ -99,6 +80,26 @@ def judge_quality(judge: WorldJudge, vae=None, n: int = 2000, seed: int = 987_65
     return res
 
 
+def reject_quality(judge: WorldJudge, vae=None, n: int = 2000, seed: int = 987_655) -> dict:
+    """The reject option on seeds no judge trained on: degraded but valid scenes (``degraded.py``, with
+    the VAE kind where a VAE is given; the reject rate and each head's accuracy on the images it reads)
+    and synthetic non-scenes (the share rejected, as rendered and through the VAE)."""
+    from bench.worldgen.degraded import degraded_report, render_degraded
+
+    vocab = vocabulary_of(judge)
+    x, scenes, kinds = render_degraded(seed, n, vocab, vae)
+    out = {"degraded": degraded_report(judge, x, scenes, kinds), "threshold": judge.reject_threshold}
+    neg = to_tensor(render_negatives(seed + 1, n // 2, vocab=vocab)[0])
+    out["non_scenes"] = float(judge.rejected(judge.predict(neg)).float().mean())
+    if vae is not None:
+        from bench.worldgen.data import vae_roundtrip
+
+        with torch.no_grad():
+            out["non_scenes_vae"] = float(judge.rejected(judge.predict(vae_roundtrip(vae, neg))).float().mean())
+    out["non_scene_images"] = len(neg)
+    return out
+
+
 def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: SamplerSpec = WORLD_SAMPLER,
              grid_path: str | Path | None = None) -> dict:
     """All gates of the world in ``world`` (model/, judge/, concepts.yaml); returns the quality table."""
@@ -111,7 +112,7 @@ def evaluate(world: str | Path, seeds: int = 64, composed: int = 32, sampler: Sa
     named: list[tuple[torch.Tensor, dict[str, int]]] = []  # every generated batch, with the attributes its prompt names
     pipe = load_pipeline(world / "model", sampler)
     result: dict = {"vocab": vocab.version, "sampler": sampler.to_dict(), "seeds": seeds, "judge_id": judge.id,
-                    "judge": judge_quality(judge, pipe.vae)}
+                    "judge": judge_quality(judge, pipe.vae), "judge_reject": reject_quality(judge, pipe.vae)}
     seed_list = list(range(seeds))
     per_concept, rows, gen_time, gen_n = {}, [], 0.0, 0
     for c in tqdm(cs.concepts, desc="concepts"):
@@ -268,6 +269,17 @@ def summarise(result: dict) -> dict:
         if accs:
             out[f"{kind}_min_accuracy"] = {"value": min(accs), "mean": float(np.mean(accs)), "gate": gates[kind],
                                            "pass": min(accs) >= gates[kind]}
+    r = result.get("judge_reject")
+    if r:  # worlds evaluated before judge 2.4 have none
+        d = r["degraded"]["all"]
+        out["judge_reject_rate_on_degraded"] = {"value": d["reject"], "gate": gates["reject_degraded"], "max": True,
+                                                "pass": d["reject"] <= gates["reject_degraded"]}
+        worst = min(v for h, v in d.items() if h not in ("n", "reject"))
+        out["judge_min_head_accuracy_on_degraded"] = {"value": worst, "gate": gates["degraded_heads"],
+                                                      "pass": worst >= gates["degraded_heads"]}
+        non = r["non_scenes"]  # the synthetic non-scenes as drawn; their VAE round trips are reported beside
+        out["judge_reject_rate_on_non_scenes"] = {"value": non, "gate": gates["reject_non_scenes"],
+                                                  "pass": non >= gates["reject_non_scenes"]}
     c = result["composed"]["all_right"]
     out["composed_all_right"] = {"value": c, "gate": gates["composed"], "pass": c >= gates["composed"]}
     g = result.get("judges_on_generated", {}).get("judge")
