@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.api.judge import REJECT_LABEL, SCENE_HEAD
+
 METRICS_VERSION = "7"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
 # 4: seed diversity (collapse) per prompt group; 5: selective alignment on composed prompts; 6: the judges'
 # agreement per head over the images whose numbers read that head (AGREEMENT_DEFINITION); 7: masked detections,
@@ -94,19 +96,16 @@ def agreement(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]],
            "min": rates[worst], "worst_head": worst, "n": n}
     if scored is not None:
         out["every_image"] = {h: float(same[h].mean()) if n else float("nan") for h in heads}
-    if ACCEPT_HEAD in heads:
-        out["both_accept"] = _both_accept(a, b, same, mask, [h for h in used if h != ACCEPT_HEAD])
+    if SCENE_HEAD in heads:
+        out["both_accept"] = _both_accept(a, b, same, mask, [h for h in used if h != SCENE_HEAD])
     return out
-
-
-ACCEPT_HEAD, ACCEPTED = "scene", "valid"  # bench.api.judge.SCENE_HEAD and its label on an accepted image
 
 
 def _both_accept(a: dict[str, Sequence[str]], b: dict[str, Sequence[str]], same: dict[str, np.ndarray],
                  mask: dict[str, np.ndarray], heads: list[str]) -> dict[str, Any]:
     """Agreement per attribute head over the scored images that neither judge rejects: whether the
     judges read a scene alike once both see one, apart from whether they reject alike."""
-    both = np.array([x == ACCEPTED and y == ACCEPTED for x, y in zip(a[ACCEPT_HEAD], b[ACCEPT_HEAD], strict=True)],
+    both = np.array([REJECT_LABEL not in (x, y) for x, y in zip(a[SCENE_HEAD], b[SCENE_HEAD], strict=True)],
                     dtype=bool)
     keep = {h: mask[h] & both for h in heads}
     rates = {h: float(same[h][keep[h]].mean()) for h in heads if keep[h].any()}
