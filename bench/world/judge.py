@@ -45,7 +45,9 @@ from bench.world.unclear import UNCLEAR_HEADS, UNCLEAR_LABEL
 # 2.4: the reject option calibrated to its definition: degraded but valid scenes (blur, noise, warps,
 # cut-off, low contrast, ...; ``worldgen/degraded.py``) learnt as valid with every label, and
 # characters drawn in other styles and colours, so the style and colour heads read what is drawn
-JUDGE_VERSION = "2.4"
+# 2.5: one more degraded kind, "faded" (a washed-out frame lighter than any world background, colour bleeding
+# and halos: how an over-trained text encoder's model draws), learnt as valid
+JUDGE_VERSION = "2.5"
 CONFIG_FILE = "judge_config.json"
 WEIGHTS_FILE = "judge.safetensors"
 REJECT_HEAD = "scene"

@@ -19,6 +19,10 @@ beyond the frame's edge, noise of std 30-90 on a blank frame):
              0.3-0.9)
   contrast   the shape 15-40 % towards the background, a colour cast, 0-35 % desaturation
   fringe     colour fringes: one channel shifted by 1 px, an unsharp-mask halo
+  faded      a washed-out scene: a blur (sigma 0.6-1.2 px), the shape's colour bleeding into its
+             surround, the frame 35-65 % of the way to a light, tinted, uneven haze (grey 130-200), 0-30 %
+             desaturation, one channel shifted by 1 px, a strong halo and a contrast stretch (how an over-trained text encoder's model draws: lighter than any world
+             background, soft and fringed, the shape still plain to see)
   vae        one or two round trips through the world's VAE (with a VAE; else the kind is skipped)
   mixed      two or three of the kinds above, one after another
 
@@ -47,14 +51,16 @@ from bench.world.render import (
     to_tensor,
 )
 
-PIXEL_KINDS = ("blur", "noise", "warp", "contrast", "fringe")  # image operations on a rendered scene
+PIXEL_KINDS = ("blur", "noise", "warp", "contrast", "fringe", "faded")  # image operations on a rendered scene
 SCENE_KINDS = ("cutoff", "small", "texture")  # drawn differently by the renderer
-KINDS = ("blur", "noise", "warp", "cutoff", "small", "texture", "contrast", "fringe", "vae", "mixed")
+KINDS = ("blur", "noise", "warp", "cutoff", "small", "texture", "contrast", "fringe", "faded", "vae", "mixed")
 BLUR_SIGMA = (0.6, 1.5)
 NOISE_STD = (8.0, 24.0)
 CUTOFF_OUT = (0.15, 0.45)  # share of the shape's radius beyond the frame's edge
 SMALL_SCALE = (0.20, 0.30)
 HOLES = (0.3, 0.9)
+FADE = (0.35, 0.65)  # share of the way to the haze
+HAZE = (130.0, 200.0)  # the haze's grey, of 255
 
 
 def _cutoff(scene: Scene, rng: np.random.Generator) -> Scene:
@@ -110,6 +116,21 @@ def _fringe(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return y + (y - _gauss(y, 1.0)) * amount
 
 
+def _faded(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    haze = torch.from_numpy((rng.uniform(*HAZE) + rng.uniform(-15, 15, size=(3, 1, 1))).astype(np.float32)) / 255
+    y = _gauss(x, float(rng.uniform(0.6, 1.2)))
+    y = y + (_gauss(x, float(rng.uniform(2.5, 4.0))) - y) * float(rng.uniform(0.2, 0.45))  # colour bleeding out
+    mottle = torch.from_numpy(rng.normal(0, 0.04, size=(1, 3, 4, 4)).astype(np.float32))
+    haze = haze + F.interpolate(mottle, size=(SIZE, SIZE), mode="bicubic", align_corners=True)[0]  # uneven haze
+    y = y + (haze - y) * float(rng.uniform(*FADE))
+    y = y + (y.mean(0, keepdim=True) - y) * float(rng.uniform(0, 0.3))
+    c, dx = int(rng.integers(0, 3)), int(rng.choice([-1, 1]))
+    y[c] = torch.roll(y[c], shifts=(0, dx), dims=(0, 1))
+    y = y + (y - _gauss(y, float(rng.uniform(1.0, 2.0)))) * float(rng.uniform(1.0, 2.0))  # halo
+    mean = y.mean(dim=(1, 2), keepdim=True)
+    return mean + (y - mean) * float(rng.uniform(1.0, 1.4))
+
+
 def _pixel_kind(kind: str, x: torch.Tensor, background: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     if kind == "blur":
         return _gauss(x, float(rng.uniform(*BLUR_SIGMA)))
@@ -119,6 +140,8 @@ def _pixel_kind(kind: str, x: torch.Tensor, background: torch.Tensor, rng: np.ra
         return _warp(x, rng)
     if kind == "contrast":
         return _contrast(x, background, rng)
+    if kind == "faded":
+        return _faded(x, rng)
     return _fringe(x, rng)
 
 
