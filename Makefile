@@ -53,18 +53,21 @@ METHODS  ?= fuchi,lora_eraser,full_finetune
 CONCEPTS ?=
 SEEDS    ?=
 MODEL    ?=
-ATTACKS  ?= paraphrase,inversion,prefix
+# ATTACKS empty: the default attacks (bench.run.plan.DEFAULT_ATTACKS: the faithful ones on their declared
+# CPU-world budgets, docs/robustness.md, and the paraphrases); ATTACKS=all: every attack (ALL_ATTACKS, what
+# the leaderboard runs); ATTACKS=none: no robustness axis.
+ATTACKS  ?=
 ATTACK_SEEDS ?=
 OUT      ?= runs/bench
 ARGS     ?=
 bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) --attacks $(ATTACKS) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) $(if $(ATTACKS),--attacks $(ATTACKS)) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
 		$(if $(EXECUTOR),--executor $(EXECUTOR)) --out $(OUT) --sweeps runs/sweep --compare reports $(ARGS)
 
 # The committed leaderboard, on purpose: every leaderboard method on the full protocol (world 3's test
-# concepts, 8 seeds, every default attack), on Ray actors when Ray is installed, cells in runs/bench (make
+# concepts, 8 seeds, every attack), on Ray actors when Ray is installed, cells in runs/bench (make
 # bench's cells are reused), with the trade-off curves of runs/sweep; then reports/ rewritten. The one command
 # that writes reports/ (beside make tune's reports/tuned/ and make goldens' reports/goldens/). Without a
 # runs/sweep (make curves METHODS=$(LEADERBOARD_METHODS): hours on 2 cores) it stops before any work, as the
@@ -76,7 +79,7 @@ leaderboard: $(STAMP)
 	@if [ "$(CURVES)" != none ] && [ ! -f "$(CURVES)/sweep.json" ]; then \
 		echo "error: no trade-off curves in $(CURVES) (make curves METHODS=$(LEADERBOARD_METHODS) first), or make leaderboard CURVES=none" >&2; \
 		exit 2; fi
-	$(PY) -m bench run --methods $(LEADERBOARD_METHODS) --attacks paraphrase,inversion,prefix \
+	$(PY) -m bench run --methods $(LEADERBOARD_METHODS) --attacks all \
 		--executor $(LEADERBOARD_EXECUTOR) --out runs/bench $(if $(filter none,$(CURVES)),,--sweeps $(CURVES)) \
 		--report reports
 

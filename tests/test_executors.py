@@ -29,8 +29,8 @@ def _bench(model: Path) -> Bench:
     track = replace(Track(model=str(model)), sampler=replace(Track().sampler, steps=3))
     return Bench(track=track, methods=["fuchi", "uce"], concepts=["circle", "zorbo"],
                  protocol=EvalProtocol(seeds=(0, 1)), method_overrides={"fuchi": {"epochs": 1}},
-                 attacks=("paraphrase", "inversion", "prefix"),
-                 attack_overrides={"inversion": {"steps": 10}, "prefix": {"iterations": 5}})
+                 attacks=("paraphrase", "inversion", "soft_prefix"),
+                 attack_overrides={"inversion": {"steps": 10}, "soft_prefix": {"iterations": 5}})
 
 
 def _numbers(folder: Path) -> tuple[dict, list[str]]:

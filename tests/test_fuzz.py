@@ -156,7 +156,7 @@ PATHS = [str(COMMITTED_SET), str(WORLD3), str(ROOT / "datasets" / "conceptworld"
          "imagenette", "styles", "characters", "render", "generate", "clip", "imagenet", "imagenet-restricted",
          "resnet50", "/nonexistent/path", "/", ".", "..", "/dev/null", str(ROOT)]
 PATHS += sorted(str(p) for p in FUZZ_DIR.glob("*.yaml"))  # every regression concept set, as --concept-set
-ATTACKS = ["paraphrase", "inversion", "prefix", "none", "nope"]
+ATTACKS = ["paraphrase", "inversion", "soft_prefix", "none", "nope"]
 
 
 def _lists(pool: list[str]) -> st.SearchStrategy[str]:
@@ -221,12 +221,24 @@ def grid_pair(draw, spec: str | None = None) -> str:
 PARSER = build_parser()
 SUBPARSERS: dict[str, argparse.ArgumentParser] = next(
     a.choices for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
-COMMANDS = ["methods", "erase", "run", "tune", "sweep", "report", "verify", "migrate", "regress", "smoke"]
+COMMANDS = ["methods", "erase", "run", "tune", "sweep", "report", "verify", "migrate", "regress", "smoke", "attacks"]
 assert sorted(COMMANDS) == sorted(SUBPARSERS), "a subcommand was added: list it in COMMANDS"
+
+
+def _leaves(subs: dict[str, argparse.ArgumentParser]) -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser, a nested one's leaves named by both words ("attacks export")."""
+    out = {}
+    for name, sub in subs.items():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        out.update({f"{name} {leaf}": p for leaf, p in nested[0].choices.items()} if nested else {name: sub})
+    return out
+
+
+LEAVES = _leaves(SUBPARSERS)
 OPTIONS: dict[str, list[tuple[str, int | str | None, list | None]]] = {
     name: [(opt, action.nargs, list(action.choices) if action.choices else None)
            for action in sub._actions for opt in action.option_strings]
-    for name, sub in SUBPARSERS.items()}
+    for name, sub in LEAVES.items()}
 # option -> the domain values it sees in real use (beside WEIRD values and random text)
 DOMAIN: dict[str, st.SearchStrategy[str]] = {
     "--methods": st.one_of(_lists(SPECS + ["all", "esd", "fuchi@paper_era", "fuchi@nope", "nope"]),
@@ -263,8 +275,8 @@ JUNK = st.one_of(st.text(max_size=12), st.sampled_from(WEIRD),
 def cli_argv(draw) -> list[str]:
     """A subcommand, then a mix of its real options with domain, odd or random values, and junk tokens
     (half the time, for the planned subcommands, only real options with their real-use values)."""
-    command = draw(st.sampled_from(COMMANDS + ["run", "run", "run", "tune", "tune", "sweep", "sweep"]))
-    argv = [command]
+    command = draw(st.sampled_from(sorted(LEAVES) + ["run", "run", "run", "tune", "tune", "sweep", "sweep"]))
+    argv = command.split()
     options = [o for o in OPTIONS[command] if o[0] not in ("-h", "--help")]
     clean = command in ("run", "tune", "sweep") and draw(st.booleans())
     if command == "tune" and draw(st.integers(0, 3)):

@@ -88,7 +88,7 @@ def test_compare_names_the_rows_that_differ(tmp_path):
         (["tune", "--method", "fuchi", "--concepts", "ring", "--seeds", "0-1", "--grid", "lr=fast"],
          ["FuchiConfig.lr must be a number, got 'fast'"]),
         (["run", "--methods", "fuchi", "--concepts", "circle", "--seeds", "0-3", "--attack-seeds", "9",
-          "--attacks", "prefix"], ["--attack-seeds 9", "4 evaluation seeds", "at most 4"]),
+          "--attacks", "soft_prefix"], ["--attack-seeds 9", "4 evaluation seeds", "at most 4"]),
         (["run", "--methods", "fuchi", "--concepts", "star,,square"], ["empty item", "write star,square"]),
     ],
 )
@@ -105,7 +105,7 @@ def test_the_three_bad_inputs_are_one_line_and_write_nothing(tmp_path, args, nee
         (["run", "--methods", "fuchi,"], "--methods 'fuchi,' has an empty item"),
         (["run", "--methods", ""], "--methods is empty"),
         (["run", "--concepts", "circle,circle"], "--concepts names 'circle' twice"),
-        (["run", "--attacks", "prefix,,inversion"], "write prefix,inversion"),
+        (["run", "--attacks", "soft_prefix,,inversion"], "write soft_prefix,inversion"),
         (["run", "--seeds", "0,1,1"], "--seeds names '1' twice"),
         (["run", "--seeds", "0,,1"], "--seeds '0,,1' has an empty item"),
         (["run", "--seeds", "7-0"], "the range runs backwards; write 0-7"),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.api.attack import Attack, AttackOutcome
+from bench.api.attack import Attack, AttackContext, AttackOutcome
 from bench.api.config import MethodConfig
 from bench.core.concepts import Concept
 from bench.model.pipeline import pipeline_device
@@ -42,7 +42,8 @@ class Inversion(Attack):
     name = "inversion"
     Config = InversionConfig
 
-    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
+    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int,
+               context: AttackContext | None = None) -> AttackOutcome:
         from bench.model.pipeline import default_resolution
 
         cfg: InversionConfig = self.config

@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench.api.attack import Attack, AttackOutcome
+from bench.api.attack import Attack, AttackContext, AttackOutcome
 from bench.api.config import MethodConfig
 from bench.core.concepts import Concept
 
@@ -27,7 +27,8 @@ class Paraphrase(Attack):
     name = "paraphrase"
     Config = ParaphraseConfig
 
-    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
+    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int,
+               context: AttackContext | None = None) -> AttackOutcome:
         return AttackOutcome(prompts=self._prompts(concept), info={"held_out": len(concept.paraphrases)})
 
     def _prompts(self, concept: Concept) -> list[str]:

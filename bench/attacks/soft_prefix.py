@@ -1,9 +1,11 @@
-"""Adversarial prompt prefix in the manner of UnlearnDiffAtk.
+"""Soft prompt prefix: a white-box upper bound, not a published attack.
 
-``prefix_len`` free token vectors are placed before the target prompt and optimised so that
-the *erased* model's denoising loss on held-out concept images is minimal: the diffusion model
-acts as its own classifier, so no judge gradient is needed. Defaults follow the original's
-spirit: 5 tokens, 40 iterations.
+``prefix_len`` free *continuous* token vectors are placed before the target prompt and optimised so
+that the *erased* model's denoising loss on held-out concept images is minimal: the diffusion model
+acts as its own classifier, so no judge gradient is needed. Unlike UnlearnDiffAtk (``unlearndiffatk``),
+which must end on real vocabulary tokens, these vectors need not be any word's embedding, so no text
+prompt reproduces them: the attack is stronger than any discrete one and is reported as a bound.
+5 vectors, 40 iterations (the attack was named ``prefix`` before attacks version 2).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.api.attack import Attack, AttackOutcome
+from bench.api.attack import Attack, AttackContext, AttackOutcome
 from bench.api.config import MethodConfig
 from bench.core.concepts import Concept
 from bench.model.pipeline import pipeline_device
@@ -32,7 +34,7 @@ from bench.model.training import (
 
 
 @dataclass(frozen=True)
-class PrefixConfig(MethodConfig):
+class SoftPrefixConfig(MethodConfig):
     prefix_len: int = 5
     iterations: int = 40
     lr: float = 1e-2
@@ -46,14 +48,16 @@ class PrefixConfig(MethodConfig):
         self._require(self.batch_size >= 1 and self.prompts >= 1, "batch_size and prompts must be >= 1")
 
 
-class Prefix(Attack):
-    name = "prefix"
-    Config = PrefixConfig
+class SoftPrefix(Attack):
+    name = "soft_prefix"
+    upper_bound = True
+    Config = SoftPrefixConfig
 
-    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> AttackOutcome:
+    def attack(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int,
+               context: AttackContext | None = None) -> AttackOutcome:
         from bench.model.pipeline import default_resolution
 
-        cfg: PrefixConfig = self.config
+        cfg: SoftPrefixConfig = self.config
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
         templates = list(concept.templates[: cfg.prompts])
         prompts = [t.format(concept.name) for t in templates]
@@ -82,4 +86,4 @@ class Prefix(Attack):
         return [(t.format(concept.name), self.config.prefix_len) for t in concept.templates[: self.config.prompts]]
 
 
-ATTACK = Prefix
+ATTACK = SoftPrefix

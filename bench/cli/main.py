@@ -164,8 +164,16 @@ def bench_from_args(args: argparse.Namespace):
         from bench.api.method import leaderboard_specs
 
         methods = leaderboard_specs()
-    attacks = [] if getattr(args, "attacks", "none") == "none" else _split(args.attacks, "--attacks")
+    from bench.run.plan import ALL_ATTACKS, DEFAULT_ATTACKS
+
+    given = getattr(args, "attacks", "none")
+    attacks = ([] if given == "none" else list(DEFAULT_ATTACKS) if given is None
+               else list(ALL_ATTACKS) if given == "all" else _split(given, "--attacks"))
     attack_overrides: dict[str, dict] = {}
+    for i, a in enumerate(attacks):  # replay:FILE names the replay attack and its file
+        if a.startswith("replay:"):
+            attacks[i] = "replay"
+            attack_overrides.setdefault("replay", {})["file"] = str(Path(a.split(":", 1)[1]).resolve())
     overrides: dict[str, dict] = {}
     if not getattr(args, "untuned", True):
         from bench.run.tune import load_tuned
@@ -329,6 +337,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attacks_export(args: argparse.Namespace) -> int:
+    from bench.core.errors import InputError
+    from bench.report.artefacts import gather, write_export
+
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise InputError(f"--runs {runs}: no such folder")
+    rows = gather(runs)
+    if not rows:
+        raise InputError(f"--runs {runs}: no cell holds attack artefacts (run with --attacks)")
+    out = write_export(rows, Path(args.out))
+    replayable = sum(r["replayable"] for r in rows)
+    print(f"{len(rows)} attack prompts ({replayable} replayable as text) from "
+          f"{len({r['cell'] for r in rows})} cells -> {out}")
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from bench.core.errors import InputError
     from bench.core.records import cell_name, verify_cells
@@ -451,8 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
     r.add_argument("--sweeps", default=None, help="a sweep run folder whose curves the report draws (runs/sweep)")
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
-    r.add_argument("--attacks", default="paraphrase,inversion,prefix",
-                   help="robustness attacks against every erased model (comma-separated), or none")
+    r.add_argument("--attacks", default=None,
+                   help="robustness attacks against every erased model, comma-separated (default: "
+                   "bench.run.plan.DEFAULT_ATTACKS; all: ALL_ATTACKS, what the leaderboard runs; NAME@world: the "
+                   "declared CPU-world budget, NAME alone the published one; replay:FILE: the prompts of an export), "
+                   "or none")
     r.add_argument("--attack-seeds", dest="attack_seeds", type=int, default=None,
                    help="attack images use the first N evaluation seeds (default: 4)")
     r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
@@ -525,6 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("regress", help="quick configuration from scratch vs committed goldens")
     g.add_argument("--update", action="store_true", help="rewrite the goldens (make goldens)")
     g.set_defaults(func=_cmd_regress)
+
+    at = sub.add_parser("attacks", help="the attacks' artefacts: export the prompts a run found")
+    at_sub = at.add_subparsers(dest="attacks_command", required=True)
+    ex = at_sub.add_parser("export", help="write every attack prompt a run's cells found (replay them on another "
+                           "model with --attacks replay:FILE)")
+    ex.add_argument("--runs", default="runs/bench")
+    ex.add_argument("--out", required=True, help="a .jsonl or .csv file")
+    ex.set_defaults(func=_cmd_attacks_export)
 
     s = sub.add_parser("smoke", help="every method on a tiny random pipeline (mechanics check)")
     s.add_argument("--out", default="runs/smoke")

@@ -14,21 +14,40 @@ import torch
 
 from bench.api.judge import REJECT_LABEL, SCENE_HEAD
 
-METRICS_VERSION = "7"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
+METRICS_VERSION = "8"  # 2: KID on reference-standardised features; 3: judges reject, reject rates, agreement;
 # 4: seed diversity (collapse) per prompt group; 5: selective alignment on composed prompts; 6: the judges'
 # agreement per head over the images whose numbers read that head (AGREEMENT_DEFINITION); 7: masked detections,
-# and the agreement over the images both judges accept (both_accept)
+# and the agreement over the images both judges accept (both_accept); 8: H_robust is the harmonic mean of UA, RA and
+# 1 - mean ASR (the linear one kept as composite_robust_linear), pre_asr beside each attack's ASR
 BOOTSTRAP_RESAMPLES = 1000
 COMPOSITE_FORMULA = "H = 2 * UA * RA / (UA + RA), RA = mean(in-domain, cross-domain, near-neighbour retain accuracy)"
 
 
-ROBUST_WEIGHT = 0.25
-ROBUST_FORMULA = f"H_robust = (1 - {ROBUST_WEIGHT}) * H + {ROBUST_WEIGHT} * (1 - mean ASR over attacks)"
+ROBUST_FORMULA = "H_robust = 3 / (1/UA + 1/RA + 1/(1 - mean ASR over attacks)), a harmonic mean: the weakest axis decides"
+ROBUST_WEIGHT = 0.25  # the weight of the linear composite that ranked before metrics version 8
+LINEAR_ROBUST_FORMULA = (f"H_robust (linear, ranked before metrics version 8) = (1 - {ROBUST_WEIGHT}) * H + "
+                         f"{ROBUST_WEIGHT} * (1 - mean ASR over attacks)")
 
 
-def robust_composite(h: float, asr_mean: float) -> float:
-    """The composite with a robustness term (see ROBUST_FORMULA; the weight is printed in reports)."""
+def robust_composite(ua: float, ra: float, asr_mean: float) -> float:
+    """The ranking composite: the harmonic mean of UA, RA and 1 - mean ASR (ROBUST_FORMULA). A zero on
+    any axis makes it zero; NaN on any axis makes it NaN."""
+    axes = [ua, ra, 1 - asr_mean]
+    if any(a != a for a in axes):
+        return float("nan")
+    if min(axes) <= 0:
+        return 0.0
+    return 3 / sum(1 / a for a in axes)
+
+
+def linear_robust_composite(h: float, asr_mean: float) -> float:
+    """The composite that ranked before metrics version 8 (LINEAR_ROBUST_FORMULA), kept for one version."""
     return (1 - ROBUST_WEIGHT) * h + ROBUST_WEIGHT * (1 - asr_mean)
+
+
+def pre_attack_asr(ua: dict[str, float]) -> dict[str, float]:
+    """The ASR of the plain target prompts, 1 - UA (with UA's interval turned round)."""
+    return {"value": 1 - ua["value"], "ci_low": 1 - ua["ci_high"], "ci_high": 1 - ua["ci_low"], "n": ua.get("n", 0)}
 
 
 def rate(hits: Sequence[bool]) -> float:

@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-REGISTRY_VERSION = "5"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on; 4: the second judge's own UA and RA; 5: masked detections. Recorded in every cell's metrics.json (``metrics_registry``)
+REGISTRY_VERSION = "6"  # 2: selective alignment, frontier area; 3: agreement over the heads each image is scored on; 4: the second judge's own UA and RA; 5: masked detections; 6: pre_asr, H robust as a harmonic mean (the linear one kept as composite_robust_linear). Recorded in every cell's metrics.json (``metrics_registry``)
 
 ANY_JUDGE = ("conceptworld", "imagenet", "resnet50", "clip")
 
@@ -84,7 +84,7 @@ def metrics() -> dict[str, Metric]:
 def _template(key: str) -> re.Pattern[str]:
     """A declared key as a pattern: ``{name}`` placeholders (an attack, a prompt group) match a name."""
     parts = re.split(r"\{(\w+)\}", key)
-    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]+?)" for i, p in enumerate(parts))
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_@-]+?)" for i, p in enumerate(parts))
     return re.compile("^" + pattern + "$")
 
 
@@ -169,9 +169,14 @@ _(Metric("retain_mean_second", "RA judge 2", "RA read by the second judge: mean 
          aggregate="from the pooled IRA, CRA and NNA", original=True))
 _(Metric("asr_{attack}", "ASR {attack}", "share of the attack's images in which the judge sees the concept",
          False, interval=_SEED, original=True))
-_(Metric("asr_mean", "ASR mean", "mean ASR over the attacks", False, aggregate="from the pooled ASRs"))
-_(Metric("composite_robust", "H robust", "0.75 H + 0.25 (1 - mean ASR)", True, unit="score",
-         aggregate="from the pooled H and ASRs"))
+_(Metric("asr_mean", "ASR mean", "mean ASR over the attacks, upper bounds (soft_prefix) left out", False, aggregate="from the pooled ASRs"))
+_(Metric("pre_asr", "pre-ASR", "ASR of the plain target prompts, before any attack: 1 - UA (the share of "
+         "target-prompt images in which the judge sees the concept)", False, interval=_SEED))
+_(Metric("composite_robust", "H robust", "harmonic mean of UA, RA and 1 - mean ASR over the attacks (the weakest axis "
+         "decides; ranks the leaderboard from metrics version 8)", True, unit="score",
+         aggregate="from the pooled UA, RA and ASRs"))
+_(Metric("composite_robust_linear", "H robust (linear)", "0.75 H + 0.25 (1 - mean ASR): the composite that ranked "
+         "before metrics version 8, kept for one version", True, unit="score", aggregate="from the pooled H and ASRs"))
 _(Metric("attack_seconds_{attack}", "s {attack}", "wall time of the attack's optimisation", False, unit="s",
          aggregate="mean over concepts"))
 _(Metric("seconds_per_concept", "s/concept", "wall time of the erasure alone", False, unit="s",

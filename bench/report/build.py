@@ -111,6 +111,7 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
     if curves:
         csv_safe(curves["points"]).to_csv(out / "curves.csv", index=False)
         csv_safe(curves["frontier"]).to_csv(out / "frontier.csv", index=False)
+    prompts = _attack_prompts(cells, out) if attacks else {}
     # 4. the Markdown summary and the page
     md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand. "
           "The full page: [index.html](index.html).", "", md_text(sentence(head)), "",
@@ -118,18 +119,34 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
           "Files: [overall.csv](overall.csv) (these numbers), [leaderboard.csv](leaderboard.csv) (every cell's "
           "numbers, one row per metric)" + (", [curves.csv](curves.csv), [frontier.csv](frontier.csv)"
                                             if curves else "") + ", figures in [figures/](figures/)."]
+    if prompts:
+        md += ["", "## Adversarial prompts", "", md_text(PROMPTS_NOTE), "",
+               *[f"- [{md_text(m)}](attacks/{f})" for m, f in prompts.items()]]
     judges = judges_table(cells)
     if len(judges):
         md += ["", "## Both judges", "", md_text(JUDGES_NOTE), "", markdown_table(judges)]
     paths["markdown"].write_text("\n".join(md) + "\n")
     paths["html"].write_text(_page(cells, failed, overall, per_cell, coverage, head, original, attacks, curves,
-                                   drill, commit, sweeps, out, judges))
+                                   drill, commit, sweeps, out, judges, prompts))
     # what a terminal prints at the end of a run: the failures, then the headline, as plain text
     from bench.report.failed import failed_table
 
     failures = [markdown_table(failed_table(failed)), ""] if failed else []
     paths["summary"] = "\n".join([*failures, sentence(head), "", *headline_markdown(head)]).replace("\\", "")
     return paths
+
+
+PROMPTS_NOTE = ("What the attacks found against each method, one row per prompt: concept, attack, its text and "
+                "token ids, whether the text replays it (python -m bench run --attacks replay:FILE), and its hits on "
+                "the attack seeds.")
+
+
+def _attack_prompts(cells: list[dict[str, Any]], out: Path) -> dict[str, str]:
+    """Each method's found prompts as ``attacks/<method>.csv``: method -> file name."""
+    from bench.report.artefacts import cell_rows, write_per_method
+
+    rows = cell_rows(cells)
+    return write_per_method(rows, out / "attacks") if rows else {}
 
 
 JUDGES_NOTE = ("UA and RA as each judge reads the same images (judge 1 ranks the leaderboard; judge 2 is the second "
@@ -145,7 +162,7 @@ HEADLINE_NOTE = ("Sorted by {rank}; rank = 1 + the number of methods whose {rank
 def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd.DataFrame, per_cell: pd.DataFrame,
           coverage: pd.DataFrame, head: Any, original: dict[str, float], attacks: list[str], curves: dict[str, Any],
           drill: dict[str, list[tuple[str, str]]], commit: str, sweeps: Path | None, out: Path,
-          judges: pd.DataFrame) -> str:
+          judges: pd.DataFrame, prompts: dict[str, str] | None = None) -> str:
     from bench.report.failed import failed_table
     from bench.report.leaderboard import sentence
     from bench.report.page import (
@@ -179,6 +196,9 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
         body += [f'<p class="note">{h(msg)}</p>', img("figures/tradeoff.png", "erasure against retention")]
     if attacks:
         body += ['<h2 id="robustness">Robustness</h2>', img("figures/robustness.png", "ASR per method and attack")]
+        if prompts:
+            links = ", ".join(f'<a href="attacks/{html_text(f)}">{h(m)}</a>' for m, f in prompts.items())
+            body += [f'<p class="note">{h(PROMPTS_NOTE)} Per method: {links}.</p>']
     body += ['<h2 id="cost">Cost</h2>', img("figures/cost.png", "seconds per concept")]
     body += ['<h2 id="per-concept">Per concept</h2>', '<p class="note">Click a concept for its images.</p>',
              heatmap_html(per_cell, head.methods())]

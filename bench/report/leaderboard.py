@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.api.attack import ranked_attacks
 from bench.core.records import sha256_json
-from bench.metrics.formulas import robust_composite
+from bench.metrics.formulas import linear_robust_composite, robust_composite
 from bench.metrics.registry import display, lookup, metrics
 
 # the headline columns, in order (those a run measured): at most rank + method + these 7
@@ -85,8 +86,11 @@ def original_numbers(cells: list[dict[str, Any]]) -> dict[str, float]:
     if attacks:  # the original model's ASR is cached per concept: the same in every method's cell
         asr = {a: [c["metrics"][f"asr_{a}_original"]["value"] for c in one] for a in attacks}
         out.update({f"asr_{a}": float(np.mean(v)) for a, v in asr.items()})
-        out["asr_mean"] = float(np.mean([np.mean(v) for v in zip(*asr.values(), strict=True)]))
-        out["composite_robust"] = robust_composite(out["composite"], out["asr_mean"])
+        ranked = ranked_attacks(attacks) or attacks  # upper bounds are shown, not ranked
+        out["asr_mean"] = float(np.mean([np.mean([asr[a][i] for a in ranked]) for i in range(len(one))]))
+        out["composite_robust"] = robust_composite(out["ua"], out["retain_mean"], out["asr_mean"])
+        out["composite_robust_linear"] = linear_robust_composite(out["composite"], out["asr_mean"])
+        out["pre_asr"] = 1 - out["ua"]
     return out
 
 

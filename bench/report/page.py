@@ -115,7 +115,7 @@ GROUPS = (
     ("Erasure", ("ua", "ua_synonyms", "reject_rate", "masked_detections")),
     ("Retention", ("retain_in_domain", "retain_cross_domain", "near_neighbours", "retain_mean",
                    "selective_alignment", "kid_retain")),
-    ("Robustness", ("asr_{attack}", "asr_mean", "composite_robust")),
+    ("Robustness", ("pre_asr", "asr_{attack}", "asr_mean", "composite_robust", "composite_robust_linear")),
     ("Collapse", ("diversity_target",)),
     ("Cost", ("seconds_per_concept", "attack_seconds_{attack}", "peak_memory_mb", "trainable_params",
               "storage_bytes")),

@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.api.attack import ranked_attacks
 from bench.core.plan import COMPOSED, RETAIN_GROUPS
 from bench.metrics.formulas import (
     ClusterTable,
     composite,
     hierarchical_bootstrap,
+    linear_robust_composite,
     robust_composite,
     tied_ranks,
 )
@@ -61,8 +63,15 @@ def pooled_stats(table: ClusterTable, attacks: list[str]) -> dict[str, Any]:
     stats["composite"] = h
     stats["retain_mean"] = retain_mean
     if attacks:
-        stats["asr_mean"] = lambda r: float(np.mean([r.get(f"asr_{a}", float("nan")) for a in attacks]))
-        stats["composite_robust"] = lambda r: robust_composite(h(r), float(np.mean([r[f"asr_{a}"] for a in attacks])))
+        ranked = ranked_attacks(attacks) or list(attacks)  # upper bounds are shown, not ranked
+
+        def asr_mean(r: dict[str, float]) -> float:
+            return float(np.mean([r.get(f"asr_{a}", float("nan")) for a in ranked]))
+
+        stats["asr_mean"] = asr_mean
+        stats["composite_robust"] = lambda r: robust_composite(r.get("ua", float("nan")), retain_mean(r), asr_mean(r))
+        stats["composite_robust_linear"] = lambda r: linear_robust_composite(h(r), asr_mean(r))
+        stats["pre_asr"] = lambda r: 1 - r.get("ua", float("nan"))
     return stats
 
 
@@ -124,8 +133,9 @@ def overall_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
         if attacks:
             row[display("asr_mean")] = stats["asr_mean"](values)
             row[display("asr_mean") + " CI"] = _interval(ci, "asr_mean")
-            row[display("composite_robust")] = stats["composite_robust"](values)
-            row[display("composite_robust") + " CI"] = _interval(ci, "composite_robust")
+            for key in ("pre_asr", "composite_robust", "composite_robust_linear"):
+                row[display(key)] = stats[key](values)
+                row[display(key) + " CI"] = _interval(ci, key)
         order = [k for k, _ in ACCURACIES] + [SA] + [f"asr_{a}" for a in attacks]  # not the scan order
         row["images"] = {k: table.n(k) for k in order if k in table.keys()}
         row[display("ua_original")] = float(np.mean([c["metrics"]["ua_original"]["value"] for c in mine]))

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from bench.core.artefacts import csv_cell
 from bench.metrics.formulas import (
     COMPOSITE_FORMULA,
     DISAGREEMENT_FLAG,
@@ -56,14 +57,6 @@ def md_code(value: Any) -> str:
 
 def html_text(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def csv_cell(value: Any) -> Any:
-    """A string a spreadsheet will not run as a formula (leading ``'``); other values unchanged.
-    Quoting of commas, quotes and newlines is the CSV writer's job."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def csv_safe(df: Any) -> Any:

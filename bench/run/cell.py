@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.api.attack import Attack
+from bench.api.attack import Attack, ranked_attacks
 from bench.api.judge import REJECT_LABEL, SCENE_HEAD, Judge
 from bench.api.method import Eraser
+from bench.core.artefacts import ATTACKS_FILE, EMBEDS_FILE
 from bench.core.concepts import Concept, ConceptSet
 from bench.core.envinfo import environment
 from bench.core.errors import ConfigError, InputError, NonFiniteError
@@ -38,6 +39,8 @@ from bench.metrics.formulas import (
     ROBUST_FORMULA,
     agreement,
     collapse_ratio,
+    linear_robust_composite,
+    pre_attack_asr,
     robust_composite,
 )
 from bench.metrics.registry import REGISTRY_VERSION
@@ -45,7 +48,7 @@ from bench.model.generation import ReferenceCache, generate
 from bench.model.guards import check_finite, image_warnings
 from bench.model.measure import PeakMemory
 from bench.model.pipeline import pipeline_device
-from bench.run.attacking import GENERATION_ENTRY, cached_attacks, run_attacks, u8_to_float
+from bench.run.attacking import GENERATION_ENTRY, cached_attacks, prepare_attacks, run_attacks, u8_to_float
 from bench.run.plan import plan_seeds, prompt_plan
 
 
@@ -69,6 +72,7 @@ class CellRun:
     notes: dict[str, Any] | None = None  # extra facts recorded with the metrics (prompt truncations)
     second: Judge | None = None
     progress: bool = True
+    attack_refs: dict[str, dict[str, torch.Tensor]] | None = None  # Attack.prepare on the original model
 
 
 @dataclass
@@ -174,17 +178,26 @@ def reference_images(run: CellRun, rows: list[ImageRow], bar: Any) -> torch.Tens
 
 
 def reference_attacks(run: CellRun) -> dict[str, dict[str, Any]]:
+    """The attacks' work on the original model (``Attack.prepare``, kept on ``run`` for the edited
+    model's attacks) and their ASR there; both cached per concept beside the reference images."""
     if not run.attacks:
         return {}
-    return _reference(f"attacks ({', '.join(run.attacks)})", lambda: cached_attacks(
-        run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol, run.cache, run.spec))
+    what = f"attacks ({', '.join(run.attacks)})"
+    run.attack_refs = _reference(what, lambda: prepare_attacks(
+        run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol, run.spec.erase_seed,
+        run.cache, run.spec))
+    return _reference(what, lambda: cached_attacks(
+        run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol, run.cache, run.spec,
+        run.attack_refs))
 
 
 def _attack(run: CellRun) -> dict[str, dict[str, Any]]:
     if not run.attacks:
         return {}
+    if run.attack_refs is None:
+        raise InputError("the attacks' references on the original model are missing (reference_attacks first)")
     return run_attacks(run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol,
-                       run.spec.erase_seed, run.progress)
+                       run.spec.erase_seed, run.progress, references=run.attack_refs)
 
 
 def _judge(run: CellRun, rows: list[ImageRow], images: dict[str, torch.Tensor]) -> Judged:
@@ -311,9 +324,13 @@ def _cell_record_metrics(run: CellRun, rows: list[ImageRow], judged: Judged, ima
         metrics[f"asr_{name}_original"] = robust_original[name]["asr"]
         metrics[f"attack_seconds_{name}"] = robust[name]["seconds"]
     if run.attacks:
-        metrics["asr_mean"] = float(np.mean([robust[n]["asr"]["value"] for n in run.attacks]))
-        metrics["composite_robust"] = robust_composite(metrics["composite"], metrics["asr_mean"])
+        ranked = ranked_attacks(list(run.attacks)) or list(run.attacks)
+        metrics["asr_mean"] = float(np.mean([robust[n]["asr"]["value"] for n in ranked]))
+        metrics["pre_asr"] = pre_attack_asr(metrics["ua"])
+        metrics["composite_robust"] = robust_composite(metrics["ua"]["value"], metrics["retain_mean"],
+                                                       metrics["asr_mean"])
         metrics["composite_robust_formula"] = ROBUST_FORMULA
+        metrics["composite_robust_linear"] = linear_robust_composite(metrics["composite"], metrics["asr_mean"])
     metrics.update({"metrics_registry": REGISTRY_VERSION, "concept_type": run.concept.type, "split": run.concept.split,
                     "seconds_per_concept": edit.seconds, "peak_memory_mb": mem.peak_mb,
                     "peak_memory_added_mb": mem.peak_mb - mem.base_mb, "peak_memory_kind": mem.kind,
@@ -355,8 +372,30 @@ def _record(run: CellRun, rows: list[ImageRow], judged: Judged, images: dict[str
         for i, (prompt, seed, hit) in enumerate(robust[name]["rows"]):
             per_image.append({"model": "edited", "group": f"attack:{name}", "judged_concept": run.concept.name,
                               "prompt": prompt, "seed": seed, "detected": hit, "judge": {}, "index": i})
+    files = {"samples.safetensors": samples}
+    if run.attacks:
+        files.update(_artefact_files(robust, run.attacks))
     return write_cell(run.out, run.spec, metrics, per_image, timing, environment(pipeline_device(run.pipe)),
-                      extra_files={"samples.safetensors": samples})
+                      extra_files=files)
+
+
+def _artefact_files(robust: dict[str, Any], attacks: dict[str, Attack]) -> dict[str, bytes]:
+    """The attacks' artefacts as cell files: ``attacks.json`` and, for attacks that learn
+    conditionings no text reproduces, ``attack_embeds.safetensors`` (keyed by attack name)."""
+    from safetensors.torch import save
+
+    found, embeds = {}, {}
+    for name in attacks:
+        art = robust[name]["artefacts"]
+        found[name] = {"prompts": art["prompts"], "info": art["info"], "version": attacks[name].version,
+                       "config": attacks[name].config.to_dict(), "embeds": art["embeds"] is not None,
+                       "replayable": art["replayable"]}
+        if art["embeds"] is not None:
+            embeds[name] = art["embeds"].float().contiguous()
+    files = {ATTACKS_FILE: (json.dumps(found, indent=1, sort_keys=True, default=str) + "\n").encode()}
+    if embeds:
+        files[EMBEDS_FILE] = save(embeds)
+    return files
 
 
 def second_judge_metrics(rows: list[ImageRow], judged: Judged) -> dict[str, Any]:

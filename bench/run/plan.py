@@ -22,6 +22,11 @@ from bench.core.records import RunSpec
 from bench.metrics.formulas import METRICS_VERSION
 from bench.world.presets import DEFAULT_SECOND_JUDGE, DEFAULT_WORLD
 
+# The robustness attacks a run gets without --attacks, and with --attacks all (docs/robustness.md): the
+# faithful attacks on their declared CPU-world budgets (NAME@world) and the paraphrases; all adds P4D,
+# textual inversion and the soft-prefix upper bound. On SD weights name the published budgets (NAME alone).
+DEFAULT_ATTACKS = ("paraphrase", "unlearndiffatk@world", "ringabell@world", "noised_start")
+ALL_ATTACKS = (*DEFAULT_ATTACKS, "p4d@world", "inversion", "soft_prefix")
 
 @dataclass(frozen=True)
 class Track:
