@@ -149,8 +149,10 @@ def protocol_text(cells: list[dict[str, Any]], code: Any = md_code, text: Any = 
         f"- composite: {COMPOSITE_FORMULA}",
         (f"- robustness: attacks {text(_attack_list(s['attacks']))}"
          f" run against every erased model and the original one (ASR orig; a null edit is bit-identical to it); "
-         f"ASR = share of attack images in which the judge sees the concept; attack images use "
-         f"{_attack_seed_text(p)}, so their CIs resample those seeds; {ROBUST_FORMULA}")
+         f"pre-ASR = share of the plain target prompts' images in which the judge sees the concept, before any "
+         f"attack (1 - UA); ASR = share of an attack's images (its found prompts, or a probe's own images) in which "
+         f"the judge sees the concept; attack images use {_attack_seed_text(p)}, so their CIs resample those seeds; "
+         f"an upper bound no text reproduces (soft_prefix) is shown but left out of the mean ASR; {ROBUST_FORMULA}")
         if s.get("attacks") else "",
         "- metrics (bench/metrics/registry.py): " + "; ".join(
             text(f"{m.display}: {m.definition} ({m.direction})") for m in _shown_metrics(cells)),
