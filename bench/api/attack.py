@@ -109,6 +109,11 @@ def attack_registry(refresh: bool = False) -> Registry[type[Attack]]:
     return _REGISTRY
 
 
+def template_prompts(concept: Concept, n: int) -> list[str]:
+    """The concept's first ``n`` templates filled with its name: the target prompts an attack works on."""
+    return [t.format(concept.name) for t in concept.templates[:n]]
+
+
 def ranked_attacks(specs: list[str] | tuple[str, ...]) -> list[str]:
     """The attacks whose mean ASR the ranking composite reads: all but upper bounds (``soft_prefix``)."""
     reg = attack_registry()

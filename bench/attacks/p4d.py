@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.api.attack import Attack, AttackContext, AttackOutcome
+from bench.api.attack import Attack, AttackContext, AttackOutcome, template_prompts
 from bench.api.config import MethodConfig
 from bench.core.concepts import Concept
 from bench.model.discrete import decode_ids, encode_with_slots, nearest_tokens, slot_ids
@@ -88,7 +88,7 @@ class P4D(Attack):
     variants = {"world": {"iterations": 300, "eval_every": 30, "prompts": 1}}
 
     def _prompts(self, concept: Concept) -> list[str]:
-        return [t.format(concept.name) for t in concept.templates[: self.config.prompts]]
+        return template_prompts(concept, self.config.prompts)
 
     @torch.no_grad()
     def prepare(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int,

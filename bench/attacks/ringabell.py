@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.api.attack import Attack, AttackContext, AttackOutcome
+from bench.api.attack import Attack, AttackContext, AttackOutcome, template_prompts
 from bench.api.config import MethodConfig
 from bench.core.concepts import Concept
 from bench.model.discrete import decode_ids, special_ids
@@ -96,7 +96,7 @@ class RingABell(Attack):
     variants = {"world": {"generations": 300, "prompts": 1}}
 
     def _prompts(self, concept: Concept) -> list[str]:
-        return [t.format(concept.name) for t in concept.templates[: self.config.prompts]]
+        return template_prompts(concept, self.config.prompts)
 
     def prepare(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int,
                 context: AttackContext) -> dict[str, torch.Tensor]:
