@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow layers lint bench leaderboard fuzz smoke world world-judge world-eval regress goldens perf report tune curves scaleout
+.PHONY: setup test test-slow layers lint bench leaderboard fuzz smoke world world-judge world-eval world-reference costs regress goldens perf report tune curves scaleout gpu-check
 
 # pip compiles every installed module to bytecode on one core (half of a fresh install); compileall
 # does it on every core afterwards (a fresh install on 2 cores: 146 s before, about 100 s so)
@@ -60,11 +60,14 @@ ATTACKS  ?=
 ATTACK_SEEDS ?=
 OUT      ?= runs/bench
 ARGS     ?=
+# EXECUTOR empty: Ray where it is installed (make setup installs it), one single-threaded worker per core,
+# else this process (docs/cluster.md: 0.73x the wall time of one 2-thread process on 2 cores).
+DEFAULT_EXECUTOR = $(or $(EXECUTOR),$(shell $(PY) -c 'import ray' 2>/dev/null && echo ray),local)
 bench: $(STAMP)
 	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) $(if $(ATTACKS),--attacks $(ATTACKS)) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
-		$(if $(EXECUTOR),--executor $(EXECUTOR)) --out $(OUT) --sweeps runs/sweep --compare reports $(ARGS)
+		--executor $(DEFAULT_EXECUTOR) --out $(OUT) --sweeps runs/sweep --compare reports $(ARGS)
 
 # The committed leaderboard, on purpose: every leaderboard method on the full protocol (world 3's test
 # concepts, 8 seeds, every attack), on Ray actors when Ray is installed, cells in runs/bench (make
@@ -73,14 +76,13 @@ bench: $(STAMP)
 # runs/sweep (make curves METHODS=$(LEADERBOARD_METHODS): hours on 2 cores) it stops before any work, as the
 # page would lose its curves; CURVES=none rebuilds the page without them.
 LEADERBOARD_METHODS := fuchi,lora_eraser,full_finetune,esd@x,esd@u,uce,concept_ablation
-LEADERBOARD_EXECUTOR = $(or $(EXECUTOR),$(shell $(PY) -c 'import ray' 2>/dev/null && echo ray),local)
 CURVES ?= runs/sweep
 leaderboard: $(STAMP)
 	@if [ "$(CURVES)" != none ] && [ ! -f "$(CURVES)/sweep.json" ]; then \
 		echo "error: no trade-off curves in $(CURVES) (make curves METHODS=$(LEADERBOARD_METHODS) first), or make leaderboard CURVES=none" >&2; \
 		exit 2; fi
 	$(PY) -m bench run --methods $(LEADERBOARD_METHODS) --attacks all \
-		--executor $(LEADERBOARD_EXECUTOR) --out runs/bench $(if $(filter none,$(CURVES)),,--sweeps $(CURVES)) \
+		--executor $(DEFAULT_EXECUTOR) --out runs/bench $(if $(filter none,$(CURVES)),,--sweeps $(CURVES)) \
 		--report reports
 
 # Choose each method's strength on dev concepts (log steps of <= 2x; every point recorded in
@@ -118,6 +120,15 @@ perf: $(STAMP)
 scaleout: $(STAMP)
 	$(PY) -m bench.devtools.scaleout --methods $(METHODS) --out runs/scaleout
 
+# GPU timing (docs/testing.md): every method's erase, each attack's step and generation throughput (bf16, fp16; batch
+# 8, 32) on SD v1.5- and v2.1-size random pipelines, in at most 8 minutes on one H100, beside the papers' times, into
+# GPU_OUT (gpu-check.json, gpu-check.md). Without CUDA it runs --tiny (tiny pipelines on the CPU, seconds) and says so.
+# GPU_ARGS: any other flag (--archs sd15 --methods esd@x --budget-s 300 --tiny ...).
+GPU_OUT  ?= runs/gpu-check
+GPU_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) -m bench.devtools.gpucheck --out $(GPU_OUT) $(GPU_ARGS)
+
 # Every method on a tiny *random* pipeline: the real code path end to end, a mechanics check.
 smoke: $(STAMP)
 	$(PY) -m bench smoke --out runs/smoke
@@ -140,3 +151,16 @@ world-judge: $(STAMP)
 
 world-eval: $(STAMP)
 	$(PY) -m bench.world evaluate --preset $(WORLD_PRESET)
+
+# The original model's references (images, every attack's work and ASR on it) for the world's default run,
+# computed once on Ray workers at one thread each and packed into WORLD/reference/references.safetensors,
+# listed in its MANIFEST: make bench and make leaderboard read them instead of computing them (same numbers;
+# --no-shipped-references computes them). Rewrites a committed world file, so it is named for it.
+world-reference: $(STAMP)
+	$(PY) -m bench.world reference --preset $(WORLD_PRESET) --attacks all --executor $(DEFAULT_EXECUTOR)
+
+# The unit costs bench plan estimates with (bench/run/costs.json), measured from the cells and run logs of
+# COST_RUNS (run folders of one executor: make bench's, make leaderboard's).
+COST_RUNS ?= runs/bench
+costs: $(STAMP)
+	$(PY) -m bench plan --calibrate $(COST_RUNS) --costs-out bench/run/costs.json

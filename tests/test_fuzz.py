@@ -221,7 +221,8 @@ def grid_pair(draw, spec: str | None = None) -> str:
 PARSER = build_parser()
 SUBPARSERS: dict[str, argparse.ArgumentParser] = next(
     a.choices for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
-COMMANDS = ["methods", "erase", "run", "tune", "sweep", "report", "verify", "migrate", "regress", "smoke", "attacks"]
+COMMANDS = ["methods", "erase", "run", "plan", "tune", "sweep", "report", "verify", "migrate", "regress", "smoke",
+            "attacks"]
 assert sorted(COMMANDS) == sorted(SUBPARSERS), "a subcommand was added: list it in COMMANDS"
 
 
@@ -278,7 +279,7 @@ def cli_argv(draw) -> list[str]:
     command = draw(st.sampled_from(sorted(LEAVES) + ["run", "run", "run", "tune", "tune", "sweep", "sweep"]))
     argv = command.split()
     options = [o for o in OPTIONS[command] if o[0] not in ("-h", "--help")]
-    clean = command in ("run", "tune", "sweep") and draw(st.booleans())
+    clean = command in ("run", "plan", "tune", "sweep") and draw(st.booleans())
     if command == "tune" and draw(st.integers(0, 3)):
         argv += ["--method", draw(DOMAIN["--method"])]
     for _ in range(draw(st.integers(0, 7))):
@@ -310,6 +311,11 @@ def _plan(args: argparse.Namespace) -> None:
     """What ``run --dry-run`` does, and the pure parsing part of ``tune`` and ``sweep``: no model, no writes."""
     from bench.run.plan import plan_bench
 
+    if args.command == "plan":  # pure: the committed costs and the grid (--calibrate reads run folders: not here)
+        args.calibrate = None
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert args.func(args) == 0
+        return
     if args.command == "run":
         args.dry_run = True  # forced: the only subcommand function the fuzzer calls, and only dry
         assert args.func.__name__ == "_cmd_run"
@@ -346,7 +352,7 @@ def check_cli(argv: list[str]) -> None:
     if args is None:
         return
     assert args.command == argv[0] or args.command in COMMANDS
-    if args.command in ("run", "tune", "sweep"):
+    if args.command in ("run", "plan", "tune", "sweep"):
         holds("cli-plan", _plan, args)
 
 

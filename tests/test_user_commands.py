@@ -46,6 +46,7 @@ def test_make_bench_leaves_the_committed_reports_untouched(tmp_path, tiny_model_
     res = subprocess.run(
         ["make", "--no-print-directory", "-o", ".venv/.installed", "bench", f"PY={sys.executable}",
          f"MODEL={tiny_model_dir}", "METHODS=fuchi", "CONCEPTS=circle", "SEEDS=0", "ATTACKS=none", f"OUT={out}",
+         "EXECUTOR=local",  # make bench's default is Ray where installed: its start-up is tests/test_executors.py's
          "ARGS=--steps 3 --set fuchi.epochs=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -140,7 +141,8 @@ def bench_from_args(args: argparse.Namespace):
     for key in ("images", "judge_weights", "clip_model", "clip_checkpoint", "device", "dtype"):
         if getattr(args, key, None):
             track = replace(track, **{key: getattr(args, key)})
-    track = replace(track, verify_world=getattr(args, "verify_world", True))
+    track = replace(track, verify_world=getattr(args, "verify_world", True),
+                    shipped_references=getattr(args, "shipped_references", True))
     if getattr(args, "second_judge", None):
         track = replace(track, second_judge=None if args.second_judge == "none" else args.second_judge)
     sampler = track.sampler
@@ -228,6 +230,9 @@ def _add_world_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify-world", dest="verify_world", action="store_false",
                         help="do not check the world's files against its MANIFEST.json before the first cell "
                              "(default: check, and refuse a file that differs); each cell's spec records it")
+    parser.add_argument("--no-shipped-references", dest="shipped_references", action="store_false",
+                        help="compute the original model's images and attacks instead of reading the ones the "
+                             "world ships (its verified reference pack; the numbers are the same)")
 
 
 def _add_executor_args(parser: argparse.ArgumentParser) -> None:
@@ -260,17 +265,62 @@ def _cmd_run(args: argparse.Namespace) -> int:
         total = sum(c["images"] for c in grid)
         print(f"{len(grid)} cells, {total} edited images (+ the original model's, generated once)")
         return 0
+    from bench import STARTED
+    from bench.run.cost import log_run
+
     out = Path(args.out)
     with _executor(args) as executor:
         cells = run_bench(bench, out, executor=executor)
+        shape = executor.shape(bench.track)
     # the run's own report; only an explicit --report (make leaderboard: --report reports) writes elsewhere
     paths = build_report(out, Path(args.report) if args.report else out / "report", only=cells,
                          sweeps=Path(args.sweeps) if args.sweeps else None)
+    log_run(out, STARTED, time.time() - STARTED, cells, args.executor, *shape)
     if paths.get("summary"):
         print(paths["summary"])
     print(f"report: {paths['html']} (beside it: leaderboard.md, leaderboard.csv, overall.csv)")
     if args.compare:
         _compare_with(Path(paths["html"]).parent, Path(args.compare))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """``bench plan``: the grid's estimated wall time per method and phase (``bench.run.cost``), or the
+    unit costs measured from run folders (``--calibrate``)."""
+    import os
+
+    from bench.core.errors import ConfigError
+    from bench.run.cost import COSTS, UnitCosts, calibrate, estimate, missing_references
+    from bench.run.plan import plan_bench
+
+    if args.calibrate:
+        if not args.costs_out:
+            raise ConfigError("--calibrate writes a cost file: give --costs-out FILE")
+        import platform
+
+        from bench.core.io import write_json
+
+        machine = args.machine or f"{platform.machine()} CPU, {os.cpu_count()} cores"
+        costs = calibrate([Path(r) for r in args.calibrate], machine)
+        write_json(args.costs_out, costs.to_dict())
+        print(f"{args.costs_out}: {costs.executor} x{costs.workers} ({costs.threads} threads), "
+              f"{costs.generate_per_image * 1e3:.1f} ms per image, startup {costs.startup:.0f} s, "
+              f"{len(costs.erase)} methods, {len(costs.attack)} attacks")
+        return 0
+    costs = UnitCosts.load(Path(args.costs) if args.costs else COSTS)
+    bench = bench_from_args(args)
+    grid = plan_bench(bench)
+    workers = 1
+    if args.executor == "ray":
+        workers = args.workers or max(1, (os.cpu_count() or 1) // (args.worker_threads or 1))
+    est = estimate(grid, bench.attacks, costs, workers, missing_references(bench))
+    print(f"{est.cells} cells, {len(bench.attacks)} attacks, {args.executor} x{workers}; costs of {costs.machine} "
+          f"({costs.executor} x{costs.workers})")
+    print(est.table())
+    print(f"startup {est.startup:.0f} s + work {est.work:.0f} s / {workers} worker(s) = about "
+          f"{est.wall / 60:.1f} min")
+    for note in est.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -418,9 +468,52 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {flat} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_grid_args(r: argparse.ArgumentParser) -> None:
+    """What names a grid: track, methods, concepts, protocol, attacks, executor (bench run and bench plan)."""
     from bench.world.presets import DEFAULT_SECOND_JUDGE
 
+    r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
+                   help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
+    r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
+    _add_world_arg(r)
+    r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
+    r.add_argument("--concept-set", dest="concept_set", default=None,
+                   help="concept-set YAML (with --track sd also: imagenette, styles, characters)")
+    r.add_argument("--judge", default=None,
+                   help="judge folder, imagenet, imagenet-restricted, resnet50[-restricted] or clip")
+    r.add_argument("--second-judge", dest="second_judge", default=None,
+                   help="a second judge, built differently, whose agreement per head each cell records (same "
+                        f"forms as --judge), or none (default: {_shown(str(DEFAULT_SECOND_JUDGE))}; with --world W: "
+                        "W/judge_vit, else W/clip; with --track sd: none)")
+    r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
+    r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
+    r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
+    r.add_argument("--guidance", type=float, default=None)
+    r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
+    r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
+    r.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
+                   help="cut prompts over the tokenizer's limit and record it in each cell (default: refuse them)")
+    r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
+    r.add_argument("--sweeps", default=None, help="a sweep run folder whose curves the report draws (runs/sweep)")
+    r.add_argument("--attacks", default=None,
+                   help="robustness attacks against every erased model, comma-separated (default: "
+                   "bench.run.plan.DEFAULT_ATTACKS; all: ALL_ATTACKS, what the leaderboard runs; NAME@world: the "
+                   "declared CPU-world budget, NAME alone the published one; replay:FILE: the prompts of an export), "
+                   "or none")
+    r.add_argument("--attack-seeds", dest="attack_seeds", type=int, default=None,
+                   help="attack images use the first N evaluation seeds (default: 4)")
+    r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
+                   help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
+    r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")
+    r.add_argument("--clip-model", dest="clip_model", default=None, help="for --judge clip: an open_clip model name (with --clip-checkpoint), "
+                        "or a transformers CLIPModel folder (e.g. clip-vit-large-patch14 saved locally)")
+    r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file (not with a CLIPModel folder)")
+    r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
+    _add_executor_args(r)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m bench", description="Concept-erasure benchmark for diffusion models")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -447,52 +540,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_erase)
 
     r = sub.add_parser("run", help="run the benchmark grid (resumable) and build the report")
-    r.add_argument("--methods", default="fuchi,lora_eraser,full_finetune",
-                   help="comma-separated method specs, or all (every registered method as the leaderboard reports it)")
-    r.add_argument("--concepts", default=None, help="comma-separated concept names (default: the test split)")
-    _add_world_arg(r)
-    r.add_argument("--model", default=None, help="pipeline folder (default: the committed ConceptWorld model)")
-    r.add_argument("--concept-set", dest="concept_set", default=None,
-                   help="concept-set YAML (with --track sd also: imagenette, styles, characters)")
-    r.add_argument("--judge", default=None,
-                   help="judge folder, imagenet, imagenet-restricted, resnet50[-restricted] or clip")
-    r.add_argument("--second-judge", dest="second_judge", default=None,
-                   help="a second judge, built differently, whose agreement per head each cell records (same "
-                        f"forms as --judge), or none (default: {_shown(str(DEFAULT_SECOND_JUDGE))}; with --world W: "
-                        "W/judge_vit, else W/clip; with --track sd: none)")
-    r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
-    r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
-    r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
-    r.add_argument("--guidance", type=float, default=None)
-    r.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="override a method's config field")
-    r.add_argument("--out", default="runs/bench", help="run folder (cells are reused across invocations)")
+    _add_grid_args(r)
     r.add_argument("--report", default=None,
                    help="where the leaderboard is written (default: OUT/report; make leaderboard names reports)")
-    r.add_argument("--truncate-prompts", dest="truncate_prompts", action="store_true",
-                   help="cut prompts over the tokenizer's limit and record it in each cell (default: refuse them)")
     r.add_argument("--compare", default=None, metavar="REPORT_DIR",
                    help="compare the run's leaderboard with the one in REPORT_DIR (make bench: the committed "
                         "reports/): the same numbers where the cells are the same, else the rows that differ")
-    r.add_argument("--untuned", action="store_true", help="use the methods' defaults, not the dev-tuned configs")
-    r.add_argument("--sweeps", default=None, help="a sweep run folder whose curves the report draws (runs/sweep)")
     r.add_argument("--dry-run", action="store_true", help="print the exact grid and exit (loads no model)")
-    r.add_argument("--attacks", default=None,
-                   help="robustness attacks against every erased model, comma-separated (default: "
-                   "bench.run.plan.DEFAULT_ATTACKS; all: ALL_ATTACKS, what the leaderboard runs; NAME@world: the "
-                   "declared CPU-world budget, NAME alone the published one; replay:FILE: the prompts of an export), "
-                   "or none")
-    r.add_argument("--attack-seeds", dest="attack_seeds", type=int, default=None,
-                   help="attack images use the first N evaluation seeds (default: 4)")
-    r.add_argument("--track", choices=["conceptworld", "sd"], default="conceptworld",
-                   help="sd: SD sampler, generated few-shot images, Imagenette + ImageNet judge by default")
-    r.add_argument("--judge-weights", dest="judge_weights", default=None, help="weights for --judge resnet50")
-    r.add_argument("--clip-model", dest="clip_model", default=None, help="for --judge clip: an open_clip model name (with --clip-checkpoint), "
-                        "or a transformers CLIPModel folder (e.g. clip-vit-large-patch14 saved locally)")
-    r.add_argument("--clip-checkpoint", dest="clip_checkpoint", default=None, help="open_clip checkpoint file (not with a CLIPModel folder)")
-    r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    r.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 (CUDA)")
-    _add_executor_args(r)
     r.set_defaults(func=_cmd_run)
+
+    pl = sub.add_parser("plan", help="estimate a grid's wall time on this machine, per method and phase, before "
+                                     "running it (bench run's arguments), or --calibrate the costs from run folders")
+    _add_grid_args(pl)
+    pl.add_argument("--costs", default=None, help="a cost file (default: bench/run/costs.json, measured on 2 CPU cores)")
+    pl.add_argument("--calibrate", nargs="+", default=None, metavar="RUNS",
+                    help="measure unit costs from these run folders' cells and run logs (one executor) instead")
+    pl.add_argument("--costs-out", dest="costs_out", default=None, help="with --calibrate: the cost file to write")
+    pl.add_argument("--machine", default=None, help="with --calibrate: how the machine is named in the cost file")
+    pl.set_defaults(func=_cmd_plan, report=None)
 
     t = sub.add_parser("tune", help="choose a method's strength on dev concepts (log steps of <= 2x; records every point)")
     t.add_argument("--method", required=True)

@@ -80,6 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--merge", action="store_true",
                      help="keep the entries already in --out's .json (other methods or sides, measured earlier; "
                           "one measured again replaces its own) and write the table of them all")
+    r = sub.add_parser("reference", help="compute the original model's references (images, attacks) for the "
+                                         "world's default run and pack them into the world, listed in its MANIFEST")
+    r.add_argument("--world", default=None, help="the built world (default: --preset's folder)")
+    r.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="whose folder --world defaults to")
+    r.add_argument("--attacks", default="all",
+                   help="comma-separated attacks whose references to compute, 'default' or 'all' (default: all, "
+                        "what make bench and make leaderboard run)")
+    r.add_argument("--concepts", default=None, help="comma-separated concepts (default: the test split)")
+    r.add_argument("--work", default="runs/world-reference", help="where they are computed (a run folder, kept)")
+    r.add_argument("--from", dest="from_runs", default=None,
+                   help="pack the reference folder of this run instead (a run on this world's model, e.g. runs/bench)")
+    r.add_argument("--pack-only", dest="pack_only", action="store_true",
+                   help="pack what --work holds (computed earlier by this command), computing nothing")
+    r.add_argument("--replace", action="store_true", help="drop what the pack held before (default: keep it)")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="ray: the concepts spread over one worker per --threads CPUs (default: local)")
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: what make bench's Ray workers use on 2 cores)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "judge":
@@ -123,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.with_suffix(".md").write_text(md + "\n")
                 out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        elif args.cmd == "reference":
+            _reference(args)
         elif args.cmd == "judge":
             from bench.worldgen.judge_build import retrain_judges
 
@@ -153,6 +173,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _reference(args: argparse.Namespace) -> None:
+    """``reference``: compute (or take from --from) the original model's references, then pack them."""
+    from bench.run.plan import ALL_ATTACKS, DEFAULT_ATTACKS
+    from bench.run.shipped import MAX_ENTRY_BYTES, check_run_model, compute_references, pack_references
+
+    world = Path(args.world)
+    if args.from_runs:
+        runs = Path(args.from_runs)
+        print(f"{runs}: {check_run_model(world, runs)}")
+    elif args.pack_only:
+        runs = Path(args.work)
+    else:
+        named = {"all": ALL_ATTACKS, "default": DEFAULT_ATTACKS}
+        attacks = named.get(args.attacks) or tuple(a for a in args.attacks.split(",") if a and a != "none")
+        runs = Path(args.work)
+        seconds = compute_references(world, runs, attacks, args.concepts.split(",") if args.concepts else None,
+                                     executor=args.executor, threads=args.threads)
+        print(f"references computed in {seconds:.0f} s -> {runs}")
+    info = pack_references(world, runs / "reference", keep=not args.replace)
+    print(f"{info['path']}: {info['tensor entries']} tensor entries, {info['records']} records, "
+          f"{info['bytes'] / 1e6:.1f} MB ({info['left out']} attack references over "
+          f"{MAX_ENTRY_BYTES // 1024} KB left out: runs compute them); listed in {world / 'MANIFEST.json'}")
 
 
 if __name__ == "__main__":  # python -m bench.cli.world (python -m bench.world is the usual spelling)

@@ -41,3 +41,13 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise InputError(f"output folder {path} cannot be written: {e.strerror or e}") from None
     return path
+
+
+def append_jsonl(path: str | os.PathLike, record: Any) -> None:
+    """Append one JSON line to ``path`` in one write (several processes may append to one log)."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

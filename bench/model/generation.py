@@ -94,23 +94,144 @@ def _load_cached(path: Path) -> torch.Tensor:
         from bench.core.errors import RecordError
 
         raise RecordError(f"reference image cache file {path} is unreadable ({e}); delete it to regenerate") from None
-    if image.dtype != torch.uint8 or image.ndim != 3:
+    return _checked(image, path)
+
+
+def _checked(image: torch.Tensor | None, where: Path) -> torch.Tensor:
+    if image is None or image.dtype != torch.uint8 or image.ndim != 3:
         from bench.core.errors import RecordError
 
-        raise RecordError(f"reference image cache file {path} does not hold a uint8 image; delete it to regenerate")
+        raise RecordError(f"reference image {where} does not hold a uint8 image; delete it to regenerate")
     return image
 
 
-class ReferenceCache:
-    """The original model's images, generated once per (model, prompt, seed, sampler)."""
+class ReferencePack:
+    """The original model's references a world ships (``python -m bench.world reference``), read-only.
 
-    def __init__(self, folder: Path, model_sha256: str, sampler: SamplerSpec) -> None:
+    One safetensors file holding what a run's reference folder holds (``ReferenceCache.folder``), under
+    the same relative names: each tensor as ``RELATIVE_PATH::NAME`` and each JSON record as metadata
+    under its relative path. Its keys carry the model's sha256, the sampler, prompt and seed (images),
+    and the attack, its config, judge, protocol and seeds (attacks), so a run that differs in any of
+    them finds nothing here and computes its own. The world's MANIFEST lists the file, so a run checks
+    its bytes with the rest of the world before the first cell.
+    """
+
+    FORMAT = "erasebench-reference-pack/1"
+    SEP = "::"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._tensors: dict[str, dict[str, torch.Tensor]] | None = None
+        self._texts: dict[str, str] = {}
+
+    def _load(self) -> dict[str, dict[str, torch.Tensor]]:
+        if self._tensors is None:
+            from safetensors import safe_open
+
+            from bench.core.errors import RecordError
+
+            try:
+                with safe_open(str(self.path), framework="pt") as f:
+                    meta = dict(f.metadata() or {})
+                flat = load_file(str(self.path))
+            except Exception as e:  # safetensors raises its own error types for corrupt files
+                raise RecordError(f"reference pack {self.path} is unreadable ({e}); restore it (git checkout) "
+                                  "or rebuild it (python -m bench.world reference)") from None
+            if meta.pop("format", None) != self.FORMAT:
+                raise RecordError(f"{self.path} is not a reference pack ({self.FORMAT})")
+            grouped: dict[str, dict[str, torch.Tensor]] = {}
+            for name, value in flat.items():
+                rel, _, key = name.rpartition(self.SEP)
+                grouped.setdefault(rel, {})[key] = value
+            self._tensors, self._texts = grouped, meta
+        return self._tensors
+
+    def tensors(self, rel: str) -> dict[str, torch.Tensor] | None:
+        return self._load().get(rel)
+
+    def text(self, rel: str) -> str | None:
+        self._load()
+        return self._texts.get(rel)
+
+    @classmethod
+    def write(cls, folder: Path, out: Path, keep: ReferencePack | None = None,
+              max_entry_bytes: int | None = None) -> dict[str, int]:
+        """Pack a reference folder (its ``*.safetensors`` and ``*.json``) into ``out``, after what the pack
+        ``keep`` holds (the folder's entries win); counts of each. ``max_entry_bytes``: an entry (one
+        file's tensors) larger than this is left out, so runs that need it compute it (P4D's reference
+        predictions, 0.6 MB per concept on world 3); images are always packed."""
+        flat: dict[str, torch.Tensor] = {}
+        meta = {"format": cls.FORMAT}
+        if keep is not None:
+            for rel, tensors in keep._load().items():
+                flat.update({f"{rel}{cls.SEP}{k}": v for k, v in tensors.items()})
+            meta.update(keep._texts)
+        left_out = 0
+        for path in sorted(folder.rglob("*")):
+            if ".tmp" in path.name or not path.is_file():
+                continue
+            rel = path.relative_to(folder).as_posix()
+            if path.suffix == ".safetensors":
+                tensors = load_file(str(path))
+                size = sum(v.numel() * v.element_size() for v in tensors.values())
+                if max_entry_bytes is not None and size > max_entry_bytes and "image" not in tensors:
+                    left_out += 1
+                    continue
+                for key, value in tensors.items():
+                    flat[f"{rel}{cls.SEP}{key}"] = value.contiguous()
+            elif path.suffix == ".json":
+                meta[rel] = path.read_text(encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(out)
+        save_file(dict(sorted(flat.items())), str(tmp), metadata=meta)
+        os.replace(tmp, out)
+        return {"tensor entries": len({name.rpartition(cls.SEP)[0] for name in flat}), "records": len(meta) - 1,
+                "left out": left_out}
+
+
+class ReferenceCache:
+    """The original model's references, computed once per (model, prompt, seed, sampler): images, and
+    the attacks' references (``bench.run.attacking``) under the same folder. A ``pack`` (what the world
+    ships) answers what the folder lacks; what is computed is written to the folder only."""
+
+    def __init__(self, folder: Path, model_sha256: str, sampler: SamplerSpec,
+                 pack: ReferencePack | None = None) -> None:
         self.folder = Path(folder)
         self.prefix = {"model": model_sha256, "sampler": sampler.to_dict()}
+        self.pack = pack
+        self.generated = 0  # images this cache generated (not found in the folder or the pack)
 
-    def _path(self, prompt: str, seed: int) -> Path:
+    def _rel(self, prompt: str, seed: int) -> str:
         key = hashlib.sha256(canonical_json({**self.prefix, "prompt": prompt, "seed": seed}).encode()).hexdigest()
-        return self.folder / key[:2] / f"{key[:24]}.safetensors"
+        return f"{key[:2]}/{key[:24]}.safetensors"
+
+    def tensors(self, rel: str) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under ``rel`` (the folder first, then the pack), or None."""
+        path = self.folder / rel
+        if path.is_file():
+            return load_file(str(path))
+        return self.pack.tensors(rel) if self.pack is not None else None
+
+    def text(self, rel: str) -> str | None:
+        """The JSON text stored under ``rel`` (the folder first, then the pack), or None."""
+        path = self.folder / rel
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+        return self.pack.text(rel) if self.pack is not None else None
+
+    def put_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+
+    def _image(self, rel: str) -> torch.Tensor | None:
+        path = self.folder / rel
+        if path.is_file():
+            return _load_cached(path)
+        found = self.pack.tensors(rel) if self.pack is not None else None
+        return None if found is None else _checked(found.get("image"), self.pack.path)
 
     def get_or_generate(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerSpec,
                         batch_size: int = 64, progress: Any = None) -> torch.Tensor:
@@ -118,21 +239,19 @@ class ReferenceCache:
         out = []
         for i in range(0, len(prompts), batch_size):
             p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
-            paths = [self._path(a, b) for a, b in zip(p, s, strict=True)]
-            have = [path.is_file() for path in paths]
-            if all(have):
-                out.append(torch.stack([_load_cached(path) for path in paths]))
+            rels = [self._rel(a, b) for a, b in zip(p, s, strict=True)]
+            have = [self._image(rel) for rel in rels]
+            if all(h is not None for h in have):
+                out.append(torch.stack(have))
                 if progress is not None:
                     progress.update(len(p))
                 continue
             fresh = generate(pipe, p, s, sampler, batch_size, progress)
-            for j, path in enumerate(paths):
-                if have[j]:  # keep what earlier cells were judged on
-                    fresh[j] = _load_cached(path)
+            self.generated += len(p)
+            for j, rel in enumerate(rels):
+                if have[j] is not None:  # keep what earlier cells were judged on
+                    fresh[j] = have[j]
                     continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = temp_path(path)
-                save_file({"image": fresh[j].contiguous()}, str(tmp), metadata={"prompt": p[j], "seed": str(s[j])})
-                os.replace(tmp, path)
+                self.put_tensors(rel, {"image": fresh[j]}, {"prompt": p[j], "seed": str(s[j])})
             out.append(fresh)
         return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)

@@ -46,16 +46,12 @@ def attack_context(judge: Judge, concept: Concept, sampler: SamplerSpec, p: Eval
 
 def prepare_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
                     judge: Judge, sampler: SamplerSpec, p: EvalProtocol, seed: int,
-                    cache: ReferenceCache | None = None, spec: RunSpec | None = None
-                    ) -> dict[str, dict[str, torch.Tensor]]:
+                    cache: ReferenceCache | None = None, spec: RunSpec | None = None,
+                    seconds: dict[str, float] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Each attack's work on the *original* model (``Attack.prepare``), run with the pipeline as it is
     now; with a ``cache`` (and the cell's ``spec``) kept as safetensors beside the reference images,
-    keyed by model, concept, attack, its config, seed, sampler, attack seeds and held-out images."""
-    from safetensors.torch import load_file, save_file
-
-    from bench.core.io import temp_path
-    from bench.core.records import hash_key, sha256_json
-
+    keyed by model, concept, attack, its config, seed, sampler, attack seeds and held-out images.
+    ``seconds``: where each ``prepare`` that ran (not found in the cache) adds its wall time."""
     if held_out is None:
         raise InputError("attacks need held-out concept images")
     out = {}
@@ -63,24 +59,33 @@ def prepare_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, hel
         if type(a).prepare is Attack.prepare:
             out[name] = {}
             continue
-        path = None
+        rel = None
         if cache is not None and spec is not None:
-            key = sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": a.name,
-                               "version": a.version, "config": a.config.to_dict(), "seed": seed,
-                               "sampler": sampler.to_dict(), "seeds": list(attack_seeds(p)), "judge": judge.ref,
-                               "images": hash_key(spec.to_dict())["images"], "protocol": spec.protocol})
-            path = cache.folder / "attack_refs" / f"{key[:24]}.safetensors"
-            if path.is_file():
-                out[name] = load_file(str(path))
+            rel = f"attack_refs/{_attack_key(a, concept, seed, sampler, p, judge, spec)}.safetensors"
+            found = cache.tensors(rel)
+            if found is not None:
+                out[name] = found
                 continue
+        t0 = time.perf_counter()
         ref = a.prepare(pipe, concept, held_out, seed, attack_context(judge, concept, sampler, p))
         out[name] = {k: v.detach().cpu().contiguous() for k, v in ref.items()}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_path(path)
-            save_file(out[name], str(tmp))
-            tmp.replace(path)
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+        if cache is not None and rel is not None:
+            cache.put_tensors(rel, out[name])
     return out
+
+
+def _attack_key(a: Attack, concept: Concept, seed: int, sampler: SamplerSpec, p: EvalProtocol, judge: Judge,
+                spec: RunSpec) -> str:
+    """What an attack's work on the original model depends on, hashed: the model, concept, attack and its
+    config, seed, sampler, attack seeds, judge, few-shot images and protocol."""
+    from bench.core.records import hash_key, sha256_json
+
+    return sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": a.name,
+                        "version": a.version, "config": a.config.to_dict(), "seed": seed,
+                        "sampler": sampler.to_dict(), "seeds": list(attack_seeds(p)), "judge": judge.ref,
+                        "images": hash_key(spec.to_dict())["images"], "protocol": spec.protocol})[:24]
 
 
 def run_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
@@ -187,27 +192,28 @@ def run_attack(pipe: Any, attack: Attack, concept: Concept, held_out: list[Image
 
 def cached_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
                    judge: Judge, sampler: SamplerSpec, p: EvalProtocol, cache: ReferenceCache,
-                   spec: RunSpec, references: dict[str, dict[str, torch.Tensor]] | None = None
-                   ) -> dict[str, dict[str, Any]]:
+                   spec: RunSpec, references: dict[str, dict[str, torch.Tensor]] | None = None,
+                   seconds: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """The attacks on the original model (the sanity reference; a null edit is bit-identical to it),
-    computed once per concept and cached beside the reference images; the missing ones run together."""
+    computed once per concept and cached beside the reference images; the missing ones run together.
+    ``seconds``: where each attack that ran adds its own seconds and its share of the generation."""
     from bench.core.io import write_json
-    from bench.core.records import hash_key, sha256_json
 
-    paths = {}
-    for name, a in attacks.items():
-        key = sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": a.name,
-                           "version": a.version, "config": a.config.to_dict(), "seed": spec.erase_seed,
-                           "sampler": sampler.to_dict(), "seeds": list(attack_seeds(p)), "judge": judge.ref,
-                           "images": hash_key(spec.to_dict())["images"], "protocol": spec.protocol})
-        paths[name] = cache.folder / "attacks" / f"{key[:24]}.json"
-    out = {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
+    rels = {name: f"attacks/{_attack_key(a, concept, spec.erase_seed, sampler, p, judge, spec)}.json"
+            for name, a in attacks.items()}
+    texts = {name: cache.text(rel) for name, rel in rels.items()}
+    out = {name: json.loads(text) for name, text in texts.items() if text is not None}
     missing = {name: a for name, a in attacks.items() if name not in out}
     if missing:
         res = run_attacks(pipe, missing, concept, held_out, judge, sampler, p, spec.erase_seed,
                           references=None if references is None else {n: references[n] for n in missing})
+        total = sum(res[n]["asr"]["n"] for n in missing) or 1
         for name in missing:
             out[name] = {"asr": res[name]["asr"], "seconds": res[name]["seconds"]}
-            paths[name].parent.mkdir(parents=True, exist_ok=True)
-            write_json(paths[name], out[name])
+            if seconds is not None:
+                share = res[GENERATION_ENTRY]["seconds"] * res[name]["asr"]["n"] / total
+                seconds[name] = seconds.get(name, 0.0) + res[name]["seconds"] + share
+            path = cache.folder / rels[name]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, out[name])
     return {name: out[name] for name in attacks}

@@ -125,10 +125,13 @@ def _measure_cell(run: CellRun) -> Path:
     bar = tqdm(total=2 * len(rows), desc=f"  {run.spec.method}/{run.concept.name}", leave=False,
                disable=not run.progress)
     # 2. reference: the original model's images and attacks, cached across methods
+    generated = run.cache.generated
     with _timed(timing, "reference_seconds"):
         original = reference_images(run, rows, bar)
+    timing["reference_images"] = run.cache.generated - generated  # 0 where the folder or the world's pack had them
+    timing["reference_attack_seconds"] = {}  # per attack, where computed here (bench.run.cost)
     with _timed(timing, "attack_seconds"):
-        robust_original = reference_attacks(run)
+        robust_original = reference_attacks(run, timing["reference_attack_seconds"])
     # 3. erase, 4. generate and 5. attack with the edited model, then put the model back
     with PeakMemory(pipeline_device(run.pipe)) as mem:
         edit = run.method.erase(run.pipe, run.concept, run.images, seed=run.spec.erase_seed)
@@ -177,18 +180,19 @@ def reference_images(run: CellRun, rows: list[ImageRow], bar: Any) -> torch.Tens
         run.pipe, [r.prompt for r in rows], [r.seed for r in rows], run.sampler, run.protocol.batch_size, bar))
 
 
-def reference_attacks(run: CellRun) -> dict[str, dict[str, Any]]:
+def reference_attacks(run: CellRun, seconds: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """The attacks' work on the original model (``Attack.prepare``, kept on ``run`` for the edited
-    model's attacks) and their ASR there; both cached per concept beside the reference images."""
+    model's attacks) and their ASR there; both cached per concept beside the reference images.
+    ``seconds``: each attack's wall time here, where it was computed rather than found."""
     if not run.attacks:
         return {}
     what = f"attacks ({', '.join(run.attacks)})"
     run.attack_refs = _reference(what, lambda: prepare_attacks(
         run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol, run.spec.erase_seed,
-        run.cache, run.spec))
+        run.cache, run.spec, seconds))
     return _reference(what, lambda: cached_attacks(
         run.pipe, run.attacks, run.concept, run.held_out, run.judge, run.sampler, run.protocol, run.cache, run.spec,
-        run.attack_refs))
+        run.attack_refs, seconds))
 
 
 def _attack(run: CellRun) -> dict[str, dict[str, Any]]:

@@ -70,6 +70,12 @@ class LocalExecutor:
     def close(self) -> None:
         pass
 
+    def shape(self, track: Track) -> tuple[int, int]:
+        """(workers, torch threads per worker) this executor runs ``track``'s cells on."""
+        import torch
+
+        return 1, torch.get_num_threads()
+
 
 class _Actor:
     """The body of a Ray actor: a ``CellWorker`` and the checks a remote node must pass."""
@@ -155,6 +161,7 @@ class RayExecutor:
         self._pids: dict[Any, int] = {}
         self._running: dict[Any, tuple[str, CellJob, Any, float]] = {}  # task -> (kind, job, actor, sent)
         self.overheads: list[float] = []  # per task: round trip on the driver minus the actor's own time
+        self.references_only = False  # run each concept's reference task and no cell (bench.run.shipped)
 
     # -- the actor pool -------------------------------------------------------------------------
     def _size(self, track: Track) -> tuple[int, int, int]:
@@ -170,6 +177,11 @@ class RayExecutor:
             raise ConfigError(f"--workers {n} x --worker-threads {threads} needs {n * threads} CPUs; the Ray "
                               f"cluster has {self.cpus}")
         return n, 0, threads
+
+    def shape(self, track: Track) -> tuple[int, int]:
+        """(workers, torch threads per worker; 0 on GPUs) this executor runs ``track``'s cells on."""
+        n, gpus, cpus = self._size(track)
+        return n, 0 if gpus else cpus
 
     def actors(self, track: Track) -> list[Any]:
         """The pool for ``track`` (created on first use, kept for later grids on the same track)."""
@@ -217,10 +229,10 @@ class RayExecutor:
         for job in jobs:
             first.setdefault(job.concept, job)
         references = deque(first.values())  # a concept's reference runs with its first cell's spec
-        cells, ready = deque(jobs), set()
+        cells, ready = deque([] if self.references_only else jobs), set()
         running = self._running
         running.clear()
-        with tqdm(total=len(jobs), desc=f"cells on {len(idle)} ray workers", disable=not progress) as bar:
+        with tqdm(total=len(cells), desc=f"cells on {len(idle)} ray workers", disable=not progress) as bar:
             while references or cells or running:
                 while idle and (references or any(j.concept in ready for j in cells)):
                     if references:

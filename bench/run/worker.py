@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from bench.api.attack import build_attack
@@ -25,6 +26,9 @@ from bench.model.generation import ReferenceCache
 from bench.model.pipeline import load_pipeline
 from bench.run.cell import CellRun, plan_rows, reference_attacks, reference_images, run_cell
 from bench.run.plan import Bench, Track, few_shot_images, load_judge
+from bench.world.manifest import shipped_references
+
+REFERENCE_LOG = "reference_timing.jsonl"  # one line per concept whose references a reference task computed
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class CellWorker:
                       load_judge(track, self.cs, track.second_judge) if track.second_judge else None)
         self.judge, self.second = judges
         self.pipe: Any = None
+        # the world's verified reference pack (only where the run verifies the world: grid._check_worlds)
+        self.pack = shipped_references(track.model) if track.shipped_references and track.verify_world else None
         self._images: dict[tuple, list[Image.Image] | None] = {}
 
     def pipeline(self) -> Any:
@@ -80,17 +86,30 @@ class CellWorker:
         attacks = {name: build_attack(name, bench.attack_overrides.get(name)) for name in bench.attacks}
         cuts = grid.cuts[job.concept]
         return CellRun(self.pipeline(), self.cs, job.spec, method, concept, self._few_shot(concept, p, False),
-                       self.judge, ReferenceCache(grid.out / "reference", grid.model_sha, self.track.sampler),
+                       self.judge, ReferenceCache(grid.out / "reference", grid.model_sha, self.track.sampler, self.pack),
                        self.track.sampler, p, grid.out, attacks,
                        self._few_shot(concept, p, True) if attacks else None,
                        {"prompt_truncations": cuts} if cuts else None, self.second, progress)
 
     def reference(self, grid: Grid, job: CellJob) -> None:
         """The original model's images and attacks for the job's concept, into the reference cache
-        (what every cell of the concept reuses); the same calls, in the same batches, as a cell's."""
+        (what every cell of the concept reuses); the same calls, in the same batches, as a cell's.
+        What it computed (images, each attack's seconds) is appended to ``REFERENCE_LOG`` in the run
+        folder, where ``bench plan --calibrate`` reads the original model's costs."""
+        import time
+
+        from bench.core.io import append_jsonl
+
         run = self.cell_run(grid, job)
+        t0 = time.perf_counter()
         reference_images(run, plan_rows(run), None)
-        reference_attacks(run)
+        images_seconds = time.perf_counter() - t0
+        seconds: dict[str, float] = {}
+        reference_attacks(run, seconds)
+        if run.cache.generated or seconds:
+            append_jsonl(grid.out / REFERENCE_LOG, {"concept": job.concept, "images": run.cache.generated,
+                                                    "images_seconds": images_seconds, "attack_seconds": seconds,
+                                                    "threads": torch.get_num_threads()})
 
     def run(self, grid: Grid, job: CellJob, progress: bool = False) -> str | None:
         """Measure one cell into the run folder; None, or why the cell failed (recorded as such).

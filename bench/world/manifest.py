@@ -12,11 +12,17 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.core.errors import InputError
 from bench.core.records import file_sha256
 
+if TYPE_CHECKING:
+    from bench.model.generation import ReferencePack
+
 MANIFEST_NAME = "MANIFEST.json"
+# the original model's references a world ships (``python -m bench.world reference``; ``ReferencePack``)
+REFERENCE_PACK = "reference/references.safetensors"
 # what a cell's run spec records (``RunSpec.world_check``)
 VERIFIED, SKIPPED = "verified against MANIFEST.json", "not verified (--no-verify-world)"
 
@@ -79,3 +85,27 @@ def verify_worlds(paths: Iterable[str | os.PathLike | None]) -> list[Path]:
             raise InputError(f"{problems[0]}{more}: a corrupted clone or an edit; restore the world (git checkout "
                              f"-- {world}) or rebuild it (make world), or pass --no-verify-world to run on it as it is")
     return worlds
+
+
+def shipped_references(model: str | os.PathLike) -> ReferencePack | None:
+    """The reference pack of the world ``model`` lies in, when that world ships one and its MANIFEST lists it."""
+    from bench.model.generation import ReferencePack
+
+    world = world_of(model)
+    if world is None or REFERENCE_PACK not in manifest_files(world / MANIFEST_NAME):
+        return None
+    return ReferencePack(world / REFERENCE_PACK)
+
+
+def add_to_manifest(world: Path, rel: str) -> None:
+    """List (or re-list) ``world/rel`` in the world's MANIFEST with its sha256 and size."""
+    from bench.core.io import temp_path
+
+    manifest = world / MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    path = world / rel
+    data.setdefault("files", {})[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    data["files"] = dict(sorted(data["files"].items()))
+    tmp = temp_path(manifest)
+    tmp.write_text(json.dumps(data, indent=2) + "\n")  # the layout make world writes
+    os.replace(tmp, manifest)
