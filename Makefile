@@ -41,15 +41,19 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check bench methods tests
 
-# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none ATTACK_SEEDS=8
+# Overridable: make bench METHODS=fuchi CONCEPTS=circle,star SEEDS=0-3 MODEL=path/to/pipeline ATTACKS=none ATTACK_SEEDS=2 PROTOCOL=full
 # EXECUTOR=ray (cells on Ray actors; README "Running on a cluster"; tune and curves take it too) OUT=runs/mine
 # ARGS='--steps 5' (any other bench run flag).
-# The default runs the founding methods on world 3's 16 test concepts in 25 minutes on 2 cores (48 cells;
-# world 2.1's 8 concepts took under 10). Its report goes to OUT/report (runs/bench/report), never to the
+# The default runs the founding methods on world 3's 16 test concepts, the quick protocol and the default
+# attacks in about 7 minutes on 2 cores (48 cells on 2 Ray workers, the original model's references read from
+# the world's pack; python -m bench plan estimates any grid). Its report goes to OUT/report (runs/bench/report), never to the
 # committed reports/: it prints where, and how its numbers compare with the committed leaderboard's
 # (make leaderboard is the one command that rewrites reports/). METHODS=all (python -m bench methods --specs)
 # adds advunlearn too, whose published budget costs about an hour per concept on 2 cores (see the README).
 METHODS  ?= fuchi,lora_eraser,full_finetune
+# quick: the declared quick protocol (bench.core.protocol.PROTOCOLS: evaluation seeds 0-3 of the full 0-7);
+# its report says it is not the leaderboard. PROTOCOL=full: the leaderboard's protocol (about 18 minutes).
+PROTOCOL ?= quick
 CONCEPTS ?=
 SEEDS    ?=
 MODEL    ?=
@@ -64,7 +68,7 @@ ARGS     ?=
 # else this process (docs/cluster.md: 0.73x the wall time of one 2-thread process on 2 cores).
 DEFAULT_EXECUTOR = $(or $(EXECUTOR),$(shell $(PY) -c 'import ray' 2>/dev/null && echo ray),local)
 bench: $(STAMP)
-	$(PY) -m bench run --methods $(METHODS) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
+	$(PY) -m bench run --methods $(METHODS) --protocol $(PROTOCOL) $(if $(CONCEPTS),--concepts $(CONCEPTS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(MODEL),--model $(MODEL)) $(if $(ATTACKS),--attacks $(ATTACKS)) \
 		$(if $(ATTACK_SEEDS),--attack-seeds $(ATTACK_SEEDS)) \
 		--executor $(DEFAULT_EXECUTOR) --out $(OUT) --sweeps runs/sweep --compare reports $(ARGS)

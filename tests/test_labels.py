@@ -52,3 +52,17 @@ def test_report_labels_cells_from_their_specs(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "scan_cells", lambda root: [json.loads(json.dumps(cell))])
     (c,) = report.load_cells(tmp_path / "runs")
     assert c["label"] == f"fuchi+{sha256_json(config)[:6]}"
+
+
+def test_a_report_of_any_protocol_but_the_full_one_says_it_is_not_the_leaderboard():
+    from bench.core.protocol import PROTOCOLS, EvalProtocol, protocol_name
+    from bench.report.labels import protocol_banner
+
+    def cells(*protocols):
+        return [{"spec": {"protocol": p.to_dict()}} for p in protocols]
+
+    assert protocol_name(PROTOCOLS["full"].to_dict()) == "full" and protocol_banner(cells(EvalProtocol())) is None
+    quick = protocol_banner(cells(PROTOCOLS["quick"], PROTOCOLS["quick"]))
+    assert quick.startswith("Not the leaderboard") and "quick protocol (make bench)" in quick and "[0, 1, 2, 3]" in quick
+    mixed = protocol_banner(cells(PROTOCOLS["full"], EvalProtocol(seeds=(0, 1))))
+    assert "custom, full" in mixed and mixed.startswith("Not the leaderboard")

@@ -122,7 +122,7 @@ def bench_from_args(args: argparse.Namespace):
 
     from bench.api.config import parse_overrides
     from bench.core.errors import ConfigError
-    from bench.core.protocol import EvalProtocol
+    from bench.core.protocol import PROTOCOLS
     from bench.run.plan import Bench, Track, world_track
 
     if getattr(args, "track", "conceptworld") == "sd":
@@ -151,7 +151,7 @@ def bench_from_args(args: argparse.Namespace):
     if args.guidance is not None:
         sampler = replace(sampler, guidance=args.guidance)
     track = replace(track, sampler=sampler)
-    protocol = EvalProtocol()
+    protocol = PROTOCOLS[getattr(args, "protocol", None) or "full"]
     seeds = _parse_seeds(args.seeds)
     if seeds is not None:
         protocol = replace(protocol, seeds=seeds)
@@ -486,6 +486,10 @@ def _add_grid_args(r: argparse.ArgumentParser) -> None:
                         f"forms as --judge), or none (default: {_shown(str(DEFAULT_SECOND_JUDGE))}; with --world W: "
                         "W/judge_vit, else W/clip; with --track sd: none)")
     r.add_argument("--images", default=None, help="few-shot image ROOT with ROOT/<concept>/ (default: rendered)")
+    r.add_argument("--protocol", default="full", choices=["full", "quick"],
+                   help="the declared protocol (bench.core.protocol.PROTOCOLS): full, the leaderboard's (seeds 0-7), "
+                        "or quick, make bench's (seeds 0-3; its report says it is not the leaderboard); --seeds "
+                        "overrides its seeds")
     r.add_argument("--seeds", default=None, help="evaluation seeds: 0-7 or 0,1,2")
     r.add_argument("--steps", type=int, default=None, help="sampler steps (default: the track's)")
     r.add_argument("--guidance", type=float, default=None)

@@ -96,3 +96,18 @@ class EvalProtocol:
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         return d
+
+
+# The declared protocols (``bench run --protocol NAME``). ``full`` is the leaderboard's. ``quick`` is what
+# ``make bench`` runs in 10 minutes on 2 cores: the first 4 evaluation seeds of the full protocol's 8, every
+# other choice the same (attack and composed images already use the first 4 seeds, so their numbers are the
+# full protocol's). A report of any protocol but ``full`` says so in its title and is never the leaderboard.
+PROTOCOLS: dict[str, EvalProtocol] = {"full": EvalProtocol(), "quick": EvalProtocol(seeds=(0, 1, 2, 3))}
+
+
+def protocol_name(recorded: dict) -> str:
+    """The declared protocol a cell's recorded protocol is (``full``, ``quick``), or ``custom``."""
+    for name, p in PROTOCOLS.items():
+        if recorded == p.to_dict():
+            return name
+    return "custom"

@@ -16,6 +16,7 @@ from bench.core.io import ensure_writable_dir
 from bench.metrics.formulas import DISAGREEMENT_FLAG
 from bench.metrics.registry import display
 from bench.report.cells import cell_table, load_cells
+from bench.report.labels import protocol_banner
 from bench.report.pooling import agreement_table, judges_table, overall_table
 from bench.report.text import csv_safe, file_stem, html_text, markdown_table, md_text, protocol_text
 
@@ -113,7 +114,10 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
         csv_safe(curves["frontier"]).to_csv(out / "frontier.csv", index=False)
     prompts = _attack_prompts(cells, out) if attacks else {}
     # 4. the Markdown summary and the page
-    md = ["# Leaderboard", "", "Built by `bench.report` from the run folders; do not edit by hand. "
+    banner = protocol_banner(cells)
+    md = ["# Leaderboard" if banner is None else "# Run report (not the leaderboard)", "",
+          *([f"**{md_text(banner)}**", ""] if banner else []),
+          "Built by `bench.report` from the run folders; do not edit by hand. "
           "The full page: [index.html](index.html).", "", md_text(sentence(head)), "",
           *headline_markdown(head), "", md_text(HEADLINE_NOTE.format(rank=display(head.rank_key))), "",
           "Files: [overall.csv](overall.csv) (these numbers), [leaderboard.csv](leaderboard.csv) (every cell's "
@@ -132,7 +136,8 @@ def _write_report(out: Path, cells: list[dict[str, Any]], failed: list[dict[str,
     from bench.report.failed import failed_table
 
     failures = [markdown_table(failed_table(failed)), ""] if failed else []
-    paths["summary"] = "\n".join([*failures, sentence(head), "", *headline_markdown(head)]).replace("\\", "")
+    paths["summary"] = "\n".join([*failures, *([banner] if banner else []), sentence(head), "",
+                                  *headline_markdown(head)]).replace("\\", "")
     return paths
 
 
@@ -182,7 +187,10 @@ def _page(cells: list[dict[str, Any]], failed: list[dict[str, Any]], overall: pd
 
     rank_col = f"rank ({display(head.rank_key)})"
     held = sorted({str(c["metrics"].get("metrics_registry", "?")) for c in cells})  # what wrote the numbers
-    body = ["<h1>Concept-erasure leaderboard</h1>", provenance_html(cells, commit, ", ".join(held)),
+    banner = protocol_banner(cells)
+    body = ["<h1>Concept-erasure leaderboard</h1>" if banner is None else
+            f'<h1>Concept-erasure run (not the leaderboard)</h1><p class="lead"><strong>{h(banner)}</strong></p>',
+            provenance_html(cells, commit, ", ".join(held)),
             f'<p class="lead">{h(sentence(head))}</p>', headline_html(head),
             f'<p class="note">{h(HEADLINE_NOTE.format(rank=display(head.rank_key)))}</p>']
     body.append('<h2 id="tradeoff">Erasure against retention</h2>')

@@ -58,3 +58,23 @@ def method_label(method: str, config: dict[str, Any], tuned: dict[str, Any] | No
 def cell_label(spec: dict[str, Any], tuned: dict[str, dict[str, Any]]) -> str:
     """A cell's label from its run spec and the concept set's tuned configs."""
     return method_label(spec["method"], spec["method_config"], tuned.get(spec["method"]))
+
+
+def protocol_banner(cells: list[dict[str, Any]]) -> str | None:
+    """What a report of anything but the full protocol says in its title line (None for the leaderboard's
+    protocol): the declared protocol its cells ran, and that it is not the leaderboard."""
+    from bench.core.protocol import PROTOCOLS, protocol_name
+
+    names = sorted({protocol_name(c["spec"].get("protocol", {})) for c in cells})
+    if names == ["full"]:
+        return None
+    full = PROTOCOLS["full"]
+    if names == ["quick"]:
+        quick = PROTOCOLS["quick"]
+        what = (f"the quick protocol (make bench): evaluation seeds {list(quick.seeds)}, the first "
+                f"{len(quick.seeds)} of the full protocol's {len(full.seeds)}; every other choice is the full "
+                "protocol's")
+    else:
+        what = f"protocol(s) {', '.join(names)}, not the full protocol (evaluation seeds {list(full.seeds)})"
+    return (f"Not the leaderboard: these cells ran {what}. The leaderboard (reports/, make leaderboard) runs the "
+            "full protocol.")
