@@ -79,13 +79,16 @@ def prepare_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, hel
 def _attack_key(a: Attack, concept: Concept, seed: int, sampler: SamplerSpec, p: EvalProtocol, judge: Judge,
                 spec: RunSpec) -> str:
     """What an attack's work on the original model depends on, hashed: the model, concept, attack and its
-    config, seed, sampler, attack seeds, judge, few-shot images and protocol."""
+    config, seed, sampler, attack seeds, judge, few-shot images and the protocol. The protocol's evaluation
+    seeds beyond the attack seeds are left out: an attack sees only ``attack_seeds(p)`` (keyed as
+    ``seeds``), so the quick protocol (seeds 0-3) shares the full protocol's (0-7) attack references."""
     from bench.core.records import hash_key, sha256_json
 
+    protocol = {k: v for k, v in spec.protocol.items() if k != "seeds"}
     return sha256_json({"model": spec.model_sha256, "concept": concept.name, "attack": a.name,
                         "version": a.version, "config": a.config.to_dict(), "seed": seed,
                         "sampler": sampler.to_dict(), "seeds": list(attack_seeds(p)), "judge": judge.ref,
-                        "images": hash_key(spec.to_dict())["images"], "protocol": spec.protocol})[:24]
+                        "images": hash_key(spec.to_dict())["images"], "protocol": protocol})[:24]
 
 
 def run_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held_out: list[Image.Image] | None,
