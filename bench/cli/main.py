@@ -311,6 +311,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     bench = bench_from_args(args)
     grid = plan_bench(bench)
     workers = 1
+    for flag, value in (("--workers", args.workers), ("--worker-threads", args.worker_threads)):
+        if value is not None and not 1 <= value <= 100_000:
+            raise ConfigError(f"{flag} must be in 1..100000, got {value}")
+        if value is not None and args.executor != "ray":
+            raise ConfigError(f"{flag} needs --executor ray")
     if args.executor == "ray":
         workers = args.workers or max(1, (os.cpu_count() or 1) // (args.worker_threads or 1))
     est = estimate(grid, bench.attacks, costs, workers, missing_references(bench))
