@@ -318,7 +318,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} needs --executor ray")
     if args.executor == "ray":
         workers = args.workers or max(1, (os.cpu_count() or 1) // (args.worker_threads or 1))
-    est = estimate(grid, bench.attacks, costs, workers, missing_references(bench))
+    try:
+        est = estimate(grid, bench.attacks, costs, workers, missing_references(bench))
+    except OverflowError as e:  # a grid whose seconds overflow a float is no grid to run
+        raise ConfigError(f"cannot estimate this grid: {e}") from None
     print(f"{est.cells} cells, {len(bench.attacks)} attacks, {args.executor} x{workers}; costs of {costs.machine} "
           f"({costs.executor} x{costs.workers})")
     print(est.table())
