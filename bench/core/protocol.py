@@ -18,7 +18,7 @@ def _number(name: str, value: object, low: float, high: float, integer: bool = F
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int of any size is finite (isfinite overflows)
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if not low <= value <= high:
         span = f"[{low}, {high}]" if integer else f"[{low:g}, {high:g}]"
