@@ -201,7 +201,8 @@ class ReferenceCache:
         self.pack = pack
         self.generated = 0  # images this cache generated (not found in the folder or the pack)
 
-    def _rel(self, prompt: str, seed: int) -> str:
+    def image_rel(self, prompt: str, seed: int) -> str:
+        """Where the image of (prompt, seed) is stored, relative to the folder (and named in the pack)."""
         key = hashlib.sha256(canonical_json({**self.prefix, "prompt": prompt, "seed": seed}).encode()).hexdigest()
         return f"{key[:2]}/{key[:24]}.safetensors"
 
@@ -239,7 +240,7 @@ class ReferenceCache:
         out = []
         for i in range(0, len(prompts), batch_size):
             p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
-            rels = [self._rel(a, b) for a, b in zip(p, s, strict=True)]
+            rels = [self.image_rel(a, b) for a, b in zip(p, s, strict=True)]
             have = [self._image(rel) for rel in rels]
             if all(h is not None for h in have):
                 out.append(torch.stack(have))

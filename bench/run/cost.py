@@ -237,7 +237,7 @@ def missing_references(bench: Any) -> set[str]:
     for name in names:
         rows = [(q, s) for g, _, q in prompt_plan(cs, cs.get(name), bench.protocol)
                 for s in plan_seeds(g, bench.protocol)]
-        if any(pack.tensors(cache._rel(q, s)) is None for q, s in rows):
+        if any(pack.tensors(cache.image_rel(q, s)) is None for q, s in rows):
             missing.add(name)
     return missing
 
