@@ -3,7 +3,8 @@
 The default world's judge on seeds no judge trained on: degraded but valid scenes (blur, noise,
 warps, cut-off, small shapes, holed textures, low contrast, colour fringes, VAE round trips and
 mixes; ``bench/worldgen/degraded.py``) are rejected <= 5 % and read >= 95 % right on every head;
-synthetic non-scenes (``negatives.py``) are still rejected >= 95 % (their VAE round trips >= 90 %);
+synthetic non-scenes (``negatives.py``) are still rejected >= 95 % (their VAE round trips >= 90 %), the
+threshold raised as far as that budget allows (``judge_non_scene_recall``);
 a character drawn in another style or colour is read as drawn, not as the character's own attributes
 (the model's own images are the world gate judge_reject_rate_on_generated). Then how a masked detection
 (a rejected image whose own head names the concept) reaches the cell's numbers and the report.
@@ -93,6 +94,38 @@ def test_non_scenes_are_still_rejected(judge, vae):
     # rejects about 93 % of the round trips (judge 2.3 93.4 %); the target reads the non-scenes as drawn
     with torch.no_grad():
         assert judge.rejected(judge.predict(vae_roundtrip(vae, x))).float().mean() >= 0.90
+
+
+@needs_world
+def test_the_threshold_rises_as_far_as_the_non_scene_recall_allows_and_never_falls(judge):
+    """``raise_to_non_scene_recall``: the highest threshold (4 decimals) that still rejects the asked share
+    of every set; a set that would ask for a lower threshold than the judge's leaves it where it is."""
+    from bench.world.judge import REJECT_HEAD
+    from bench.worldgen.judge_build import raise_to_non_scene_recall
+
+    x = to_tensor(render_negatives(424_245, 200, vocab=WORLD3)[0])
+    p_none = judge.probs(x)[REJECT_HEAD][:, judge.classes[REJECT_HEAD].index("none")]
+    low = judge.with_threshold(0.3)
+    for recall in (0.8, 0.9, 0.97):
+        tuned = raise_to_non_scene_recall(low, [(x, recall)])
+        assert float((p_none > tuned.reject_threshold).float().mean()) >= recall
+        above = tuned.reject_threshold + 1e-4  # one step higher rejects too few (or the range ends)
+        assert float((p_none > above).float().mean()) < recall or above > 0.98
+        assert tuned.id.endswith(f"+reject{tuned.reject_threshold:.4f}")
+    both = raise_to_non_scene_recall(low, [(x, 0.8), (x[:100], 0.97)])  # the strictest set binds
+    assert both.reject_threshold <= raise_to_non_scene_recall(low, [(x[:100], 0.97)]).reject_threshold
+    assert raise_to_non_scene_recall(judge.with_threshold(0.97), [(x, 0.99)]).reject_threshold == 0.97
+    with pytest.raises(ValueError, match="recall"):
+        raise_to_non_scene_recall(low, [(x, 1.5)])
+
+
+def test_the_non_scene_step_is_off_unless_asked_for(capsys):
+    """World 3 ships without it (its CLIP-agreement gate): ``--threshold-only`` with no recall is a one-line
+    error before any file is read or written."""
+    from bench.cli.world import main
+
+    assert main(["judge", "--world", str(DEFAULT_WORLD), "--preset", "3", "--threshold-only"]) == 2
+    assert "judge_non_scene_recall" in capsys.readouterr().err
 
 
 @needs_world

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{DEFAULT_PRESET} without --world)")
     j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a WorldConfig field (after the preset's)")
+    j.add_argument("--threshold-only", dest="threshold_only", action="store_true",
+                   help="train nothing: raise the judges' reject threshold as far as the non-scene budget allows "
+                        "(judge_non_scene_recall, judge_build.calibrate_on_non_scenes), in --world")
     c = sub.add_parser("clip", help="pretrain the world CLIP alone (ConceptWorld 3, stage 1; resumable) and "
                                     "print its zero-shot accuracy per attribute on fresh renders")
     c.add_argument("--work", default="work/world-clip", help="scenes, checkpoints and the trained CLIPModel folder")
@@ -147,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             from bench.worldgen.judge_build import retrain_judges
 
             cfg = WorldConfig().override(PRESETS[args.preset] + args.set)
-            info = retrain_judges(Path(args.world), cfg, Path(args.out) if args.out else None)
+            if args.threshold_only:
+                from bench.worldgen.judge_build import recalibrate_judges
+
+                if args.out:
+                    raise InputError("--threshold-only rewrites the judges in --world: no --out")
+                info = recalibrate_judges(Path(args.world), cfg)
+            else:
+                info = retrain_judges(Path(args.world), cfg, Path(args.out) if args.out else None)
             print(json.dumps(info, indent=2))
         else:
             from dataclasses import replace

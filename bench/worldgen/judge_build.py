@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -220,6 +221,92 @@ def calibrate_on_model(cfg: WorldConfig, judges: Path, model_dir: Path, concepts
     return out
 
 
+NON_SCENE_CALIBRATION_SEED = 31_337  # the non-scenes the threshold is raised on: no gate (987_656) or test (424_244) draws it
+
+
+def raise_to_non_scene_recall(judge: WorldJudge, non_scenes: list[tuple[torch.Tensor, float]]) -> WorldJudge:
+    """``judge`` with its reject threshold raised to the highest value at which it still rejects, in each
+    ``(images, recall)`` set of non-scenes, at least that ``recall`` share of them; never lowered (the
+    false-reject budgets set before still hold), clipped into ``REJECT_THRESHOLD_RANGE``. The reject
+    option's job is to catch non-scenes: spending exactly its miss budget on them rejects as few valid
+    scenes as that budget allows, the odd ones edited models draw among them."""
+    none = judge.classes[REJECT_HEAD].index("none")
+    bound = REJECT_THRESHOLD_RANGE[1]
+    for images, recall in non_scenes:
+        if not 0 < recall <= 1:
+            raise ValueError(f"a non-scene recall must be in (0, 1], got {recall!r}")
+        p = judge.probs(images)[REJECT_HEAD][:, none].double().sort().values
+        if not len(p):
+            continue
+        # rejecting "p > t" keeps at least ceil(recall * n) images when t is below the k-th largest p
+        k = int(np.ceil(recall * len(p) - 1e-9))
+        kth = float(p[len(p) - k]) if k > 0 else 1.0
+        bound = min(bound, math.floor(kth * 10_000 - 1e-6) / 10_000)  # 4 decimals, strictly below it
+    t = min(max(bound, judge.reject_threshold), REJECT_THRESHOLD_RANGE[1])
+    return judge.with_threshold(round(max(t, REJECT_THRESHOLD_RANGE[0]), 4))
+
+
+def non_scene_sets(cfg: WorldConfig, vae) -> list[tuple[torch.Tensor, float]]:
+    """The held-out synthetic non-scenes of ``NON_SCENE_CALIBRATION_SEED`` with the recall each must keep:
+    as drawn (``judge_non_scene_recall``) and, with a VAE, their round trips (``judge_non_scene_recall_vae``)."""
+    from bench.worldgen.data import vae_roundtrip
+
+    neg = to_tensor(render_negatives(NON_SCENE_CALIBRATION_SEED, cfg.judge_non_scene_images,
+                                     vocab=vocabulary(cfg.vocab))[0])
+    sets = [(neg, cfg.judge_non_scene_recall)]
+    if vae is not None and cfg.judge_non_scene_recall_vae > 0:
+        with torch.no_grad():
+            sets.append((vae_roundtrip(vae, neg), cfg.judge_non_scene_recall_vae))
+    return sets
+
+
+def calibrate_on_non_scenes(cfg: WorldConfig, judges: Path, vae) -> dict:
+    """Last calibration step: each judge in ``judges`` has its threshold raised as far as the non-scene
+    budget allows (``raise_to_non_scene_recall``), and is saved. Returns each one's thresholds."""
+    if cfg.judge_non_scene_recall <= 0 or cfg.judge_non_scene_images <= 0:
+        return {}
+    sets = non_scene_sets(cfg, vae)
+    out = {}
+    for which in judges_of(cfg):
+        judge = WorldJudge.load(judges / which)
+        tuned = raise_to_non_scene_recall(judge, sets)
+        tuned.save(judges / which)
+        none = judge.classes[REJECT_HEAD].index("none")
+        rejected = {name: float((tuned.probs(x)[REJECT_HEAD][:, none] > tuned.reject_threshold).double().mean())
+                    for name, (x, _) in zip(("non_scenes", "non_scenes_vae")[:len(sets)], sets, strict=True)}
+        out[which] = {"non_scene_images": len(sets[0][0]), "seed": NON_SCENE_CALIBRATION_SEED,
+                      "recall": cfg.judge_non_scene_recall, "recall_vae": cfg.judge_non_scene_recall_vae,
+                      "threshold_before": judge.reject_threshold, "threshold": tuned.reject_threshold,
+                      "rejected": rejected, "id": tuned.id}
+    return out
+
+
+def recalibrate_judges(world: Path, cfg: WorldConfig) -> dict:
+    """The non-scene step alone on a built world's judges (their weights untouched), recorded in its
+    judge training record (``TRAINING_FILE``) under ``calibration_on_non_scenes``."""
+    from diffusers import AutoencoderKL
+
+    from bench.core.errors import InputError
+
+    if cfg.judge_non_scene_recall <= 0 or cfg.judge_non_scene_images <= 0:
+        raise InputError("the non-scene step is off (judge_non_scene_recall 0, the default): give "
+                         "--set judge_non_scene_recall=R (and judge_non_scene_recall_vae) to raise the threshold")
+    if not (world / "model" / "vae").is_dir():
+        raise InputError(f"{world} holds no built world (expected model/vae/)")
+    vae = AutoencoderKL.from_pretrained(world / "model" / "vae").eval()
+    cal = calibrate_on_non_scenes(cfg, world, vae)
+    path = world / TRAINING_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["calibration_on_non_scenes"] = cal
+    record.setdefault("config", {}).update({k: getattr(cfg, k) for k in (
+        "judge_non_scene_recall", "judge_non_scene_recall_vae", "judge_non_scene_images")})
+    for which, c in cal.items():
+        if isinstance(record.get(which), dict):
+            record[which].update(id=c["id"], reject_threshold=c["threshold"])
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def build_judges(cfg: WorldConfig, vae, out: Path) -> dict:
     """Train the judges into ``out/judge`` and (``cfg.second_judge`` "vit") ``out/judge_vit``; held-out
     accuracy per head."""
@@ -266,8 +353,10 @@ def retrain_judges(world: Path, cfg: WorldConfig, out: Path | None = None) -> di
     out = out or world
     info = build_judges(cfg, vae, out)
     info["calibration_on_model"] = calibrate_on_model(cfg, out, world / "model", world / "concepts.yaml")
-    for which, cal in info["calibration_on_model"].items():  # the held-out rows above read the first threshold
-        info[which].update(id=cal["id"], reject_threshold=cal["threshold"])
+    info["calibration_on_non_scenes"] = calibrate_on_non_scenes(cfg, out, vae)
+    for step in ("calibration_on_model", "calibration_on_non_scenes"):  # the held-out rows above read the first threshold
+        for which, cal in info[step].items():
+            info[which].update(id=cal["id"], reject_threshold=cal["threshold"])
     keys = [f.name for f in dataclasses.fields(cfg) if f.name.startswith(("judge_", "vit_", "n_judge"))]
     record = {"judge_version": JUDGE_VERSION, "config": {k: getattr(cfg, k) for k in ["seed", *keys]},
               "vae": "the world's model/vae (stored in fp16, loaded as fp32)", **info}

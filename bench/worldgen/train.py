@@ -478,13 +478,15 @@ def export_pipeline(cfg: WorldConfig, work: Path, out: Path) -> dict:
     pipe.save_pretrained(model_dir, safe_serialization=True)
     for sub in ("vae", "text_encoder", "unet"):
         fp16_files(model_dir / sub)
-    from bench.worldgen.judge_build import calibrate_on_model, judges_of
+    from bench.worldgen.judge_build import calibrate_on_model, calibrate_on_non_scenes, judges_of
 
     for which in judges_of(cfg):
         WorldJudge.load(work / which).save(out / which)
     calibrated = calibrate_on_model(cfg, out, model_dir, out / "concepts.yaml")
+    on_non_scenes = calibrate_on_non_scenes(cfg, out, pipe.vae)
     if cfg.text_encoder == "frozen-clip":  # the world CLIP itself ships too: the zero-shot second judge
         from bench.worldgen.clip_train import ship_world_clip
 
         ship_world_clip(work / "world_clip" / "clip", out / "clip", model_dir / "text_encoder")
-    return {"model": str(model_dir), "reject_calibration_on_model": calibrated}
+    return {"model": str(model_dir), "reject_calibration_on_model": calibrated,
+            "reject_calibration_on_non_scenes": on_non_scenes}
