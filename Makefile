@@ -52,7 +52,7 @@ lint: $(STAMP)
 # adds advunlearn too, whose published budget costs about an hour per concept on 2 cores (see the README).
 METHODS  ?= fuchi,lora_eraser,full_finetune
 # quick: the declared quick protocol (bench.core.protocol.PROTOCOLS: evaluation seeds 0-3 of the full 0-7);
-# its report says it is not the leaderboard. PROTOCOL=full: the leaderboard's protocol (about 18 minutes).
+# its report says it is not the leaderboard. PROTOCOL=full: the leaderboard's protocol (9:25 and 10:51 on 2 cores).
 PROTOCOL ?= quick
 CONCEPTS ?=
 SEEDS    ?=
@@ -125,7 +125,7 @@ scaleout: $(STAMP)
 	$(PY) -m bench.devtools.scaleout --methods $(METHODS) --out runs/scaleout
 
 # GPU timing (docs/testing.md): every method's erase, each attack's step and generation throughput (bf16, fp16; batch
-# 8, 32) on SD v1.5- and v2.1-size random pipelines, in at most 8 minutes on one H100, beside the papers' times, into
+# 8, 32) on SD v1.5- and v2.1-size random pipelines, budgeted at 8 minutes on one H100 (not yet run on a GPU), beside the papers' times, into
 # GPU_OUT (gpu-check.json, gpu-check.md). Without CUDA it runs --tiny (tiny pipelines on the CPU, seconds) and says so.
 # GPU_ARGS: any other flag (--archs sd15 --methods esd@x --budget-s 300 --tiny ...).
 GPU_OUT  ?= runs/gpu-check

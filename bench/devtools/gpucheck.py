@@ -3,7 +3,8 @@
     python -m bench.devtools.gpucheck [--out runs/gpu-check] [--archs sd15,sd21] [--methods all]
                                       [--attacks ...] [--budget-s 480] [--device auto] [--tiny]
 
-Built for one H100 in at most 8 minutes. SD v1.5- and v2.1-size pipelines are built from their published
+Budgeted at 8 minutes on one H100 (``--budget-s``: once spent, no new item starts; not yet run on
+a GPU). SD v1.5- and v2.1-size pipelines are built from their published
 architectures with random weights (``bench.devtools.fullsize.build_full_size``: no download) and moved to
 the device. Random weights change no cost: what is measured is time at real size, not erasure quality.
 Per architecture, in this order (each a numbered phase of ``run``, which ``main`` calls):
@@ -65,12 +66,20 @@ from typing import Any
 
 import torch
 
+from bench.core.io import temp_path
+from bench.model.pipeline import DTYPES, default_resolution
+from bench.model.training import Stopwatch, count_params
+from bench.report.text import md_text
+from bench.run.attacking import attack_seeds
+from bench.run.plan import ALL_ATTACKS
+
 DEFAULT_BUDGET_S = 480.0  # 8 minutes on one H100
 TINY_BUDGET_S = 60.0  # --tiny: a CPU check of the code path
-DEFAULT_ATTACKS = ("unlearndiffatk", "ringabell", "p4d", "noised_start", "inversion", "soft_prefix", "paraphrase")
-GEN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# every attack a run can name (bench.run.plan.ALL_ATTACKS), at its published budget (no @world)
+TIMED_ATTACKS = tuple(a.split("@")[0] for a in ALL_ATTACKS)
+GEN_DTYPES = {k: DTYPES[k] for k in ("bf16", "fp16")}
 GEN_BATCHES = (8, 32)
-ERASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ERASE_DTYPES = {k: DTYPES[k] for k in ("fp32", "bf16", "fp16")}
 
 # Dense bf16 tensor peak (TFLOP/s, no sparsity) by device name: every listed word must be in the name
 # (case-insensitive); the first row that matches wins. H100 SXM reports itself as "NVIDIA H100 80GB HBM3".
@@ -90,20 +99,17 @@ REFERENCES: tuple[dict[str, Any], ...] = (
     {"method": "lora_eraser", "label": "LoRA eraser", "reported": "about 50 s (SD v2)", "reported_s": 50.0,
      "hardware": "", "source": "Aadarsh & Shreyas (2025)"},
     {"method": "esd", "label": "ESD", "reported": "106 min", "reported_s": 106 * 60.0, "hardware": "A6000",
-     "source": "HUB"},
+     "source": "HUB (arXiv 2410.05664)"},
     {"method": "concept_ablation", "label": "Concept Ablation", "reported": "59.6 min", "reported_s": 59.6 * 60,
-     "hardware": "A6000", "source": "HUB"},
-    {"method": "uce", "label": "UCE", "reported": "0.1 min", "reported_s": 6.0, "hardware": "A6000", "source": "HUB"},
+     "hardware": "A6000", "source": "HUB (arXiv 2410.05664)"},
+    {"method": "uce", "label": "UCE", "reported": "0.1 min", "reported_s": 6.0, "hardware": "A6000", "source": "HUB (arXiv 2410.05664)"},
     {"method": None, "label": "MACE", "reported": "137 min", "reported_s": 137 * 60.0, "hardware": "A6000",
-     "source": "HUB"},
+     "source": "HUB (arXiv 2410.05664)"},
     {"method": None, "label": "Receler", "reported": "100 min", "reported_s": 100 * 60.0, "hardware": "A6000",
-     "source": "HUB"},
+     "source": "HUB (arXiv 2410.05664)"},
     {"method": None, "label": "FMN (Forget-Me-Not)", "reported": "about 30 s", "reported_s": 30.0, "hardware": "",
      "source": "Forget-Me-Not (Zhang et al. 2023)"},
 )
-
-# the order reduced erases run in: cheap first, so a spent budget skips the dear ones
-COST_ORDER = ("uce", "fuchi", "full_finetune", "lora_eraser", "esd", "concept_ablation", "advunlearn")
 
 
 def _advunlearn_probes(c: Any) -> list[tuple[dict[str, Any], float]]:
@@ -124,7 +130,8 @@ class ErasePlan:
     rule: str
 
 
-# method -> the config field that counts its steps, the reduced run, how it is extrapolated
+# method -> the config field that counts its steps, the reduced run, how it is extrapolated; in the order
+# reduced erases run in: cheap first, so a spent budget skips the dear ones
 ERASE_PLAN: dict[str, ErasePlan] = {
     "uce": ErasePlan((), lambda c: [({}, 1.0)], "closed form: no step count, run as published"),
     "fuchi": ErasePlan(("epochs",), lambda c: [({"epochs": 1}, float(c.epochs))], "1 epoch, x epochs"),
@@ -190,18 +197,17 @@ CONCEPT_KW: dict[str, Any] = {
 
 
 # -- small helpers -----------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall seconds of ``fn()``, CUDA synchronised before and after."""
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, out
+    """Wall seconds of ``fn()``, CUDA synchronised before and after (``Stopwatch``)."""
+    with Stopwatch(device) as watch:
+        out = fn()
+    return watch.seconds, out
+
+
+def _latent_side(unet: Any) -> int:
+    """The UNet's latent side (``sample_size``: an int, or a pair as some configs give it)."""
+    size = unet.config.sample_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def _error(e: BaseException) -> str:
@@ -281,7 +287,7 @@ class Results:
 
         self.meta["elapsed_s"] = round(budget.elapsed(), 2)
         write_json(self.out / "gpu-check.json", self.data())
-        tmp = self.out / "gpu-check.md.tmp"
+        tmp = temp_path(self.out / "gpu-check.md")
         tmp.write_text(_markdown(self.data()), encoding="utf-8")
         tmp.replace(self.out / "gpu-check.md")
 
@@ -335,7 +341,7 @@ def _unet_flops(unet: Any, device: torch.device) -> int:
 def _unet_inputs(unet: Any, n: int, device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:
     """Random latents, a mid timestep and random text embeddings for ``n`` UNet rows."""
     cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    size = _latent_side(unet)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cfg.in_channels, size, size, generator=g).to(device, unet.dtype)
     e = torch.randn(n, 77, cfg.cross_attention_dim, generator=g).to(device, unet.dtype)
@@ -486,7 +492,7 @@ def _attack_call(pipe: Any, spec: str, plan: AttackPlan, n: int | None, concept:
     attack = build_attack(spec, overrides)
     device = pipeline_device(pipe)
     unet = pipe.unet
-    size = int(unet.config.sample_size)
+    size = _latent_side(unet)
     g = torch.Generator().manual_seed(0)
     if plan.call == "prepare":
         return lambda: attack.prepare(pipe, concept, images, 0, context)
@@ -564,7 +570,7 @@ def _markdown(data: dict[str, Any]) -> str:
             done = f"{done}: {r['error']}" if done else f"failed: {r['error']}"
         counted = r.get("fields", "-") != "-"  # a closed form (UCE) has no steps
         published, ran = (r.get("steps_published", "-"), r.get("steps_run", "-")) if counted else ("-", "-")
-        lines.append(f"| {r['method']} | {r['arch']} | {r.get('fields', '-')} | {published} | {ran} | {done} | "
+        lines.append(f"| {r['method']} | {r['arch']} | {r.get('fields', '-')} | {published} | {ran} | {md_text(done)} | "
                      f"{_fmt_s(r.get('seconds_run'))} | {_fmt_s(r.get('seconds_published'))} | {paper} |")
     for ref in data["references"]:
         if ref["method"] is None:
@@ -582,7 +588,7 @@ def _markdown(data: dict[str, Any]) -> str:
         share = r.get("share_of_bf16_peak")
         lines.append(f"| {r['arch']} | {r['dtype']} | {r['batch']} | {_num(r.get('unet_step_s'))} | "
                      f"{_num(r.get('images_per_s'))} | {r.get('sampler_steps', '-')} | {_num(r.get('unet_tflops'))} | "
-                     f"{f'{share:.1%}' if share is not None else 'n/a'} | {r.get('error', '')} |")
+                     f"{f'{share:.1%}' if share is not None else 'n/a'} | {md_text(r.get('error', ''))} |")
     lines += ["", "## Attacks: seconds per optimisation step", "",
               "From two runs of the attack's own code at two step counts (their slope; a warm-up run first). "
               "Est. per concept: seconds per step x the published steps (optimisation only; renders are generation).",
@@ -592,7 +598,7 @@ def _markdown(data: dict[str, Any]) -> str:
         note = r.get("error") or r.get("note", "")
         lines.append(f"| {r['attack']} | {r['arch']} | {r.get('step', '-')} | {_num(r.get('s_per_step'))} | "
                      f"{r.get('steps_published', '-')} | {_fmt_s(r.get('est_s_per_concept'))} | "
-                     f"{r.get('timed_by', '-')} | {note} |")
+                     f"{r.get('timed_by', '-')} | {md_text(note)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -636,7 +642,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default="runs/gpu-check", help="folder for gpu-check.json and gpu-check.md")
     ap.add_argument("--archs", default="sd15,sd21", help=f"comma-separated, of {', '.join(sorted(ARCHS))}")
     ap.add_argument("--methods", default="all", help="comma-separated method specs (all: every method and variant)")
-    ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated attacks, or none")
+    ap.add_argument("--attacks", default=",".join(TIMED_ATTACKS), help="comma-separated attacks, or none")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available, else --tiny on the CPU), cpu or cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny random pipelines: the code path in seconds (CI)")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -669,7 +675,7 @@ def _setup(args: argparse.Namespace) -> tuple[torch.device, bool, list[str], lis
         tiny = True
     methods = (method_specs() if args.methods.strip() == "all"
                else [s.strip() for s in args.methods.split(",") if s.strip()])
-    order = {n: i for i, n in enumerate(COST_ORDER)}
+    order = {n: i for i, n in enumerate(ERASE_PLAN)}  # cheap first: a spent budget skips the dear ones
     methods.sort(key=lambda s: order.get(_base(s), len(order)))  # cheap first
     attacks = [] if args.attacks.strip() == "none" else [a.strip() for a in args.attacks.split(",") if a.strip()]
     budget = args.budget_s or (TINY_BUDGET_S if tiny else DEFAULT_BUDGET_S)
@@ -736,7 +742,7 @@ def run(out: Path, device: torch.device, tiny: bool, archs: list[str], methods: 
     peak = res.meta["peak_bf16_tflops"]
     sampler = SamplerSpec(steps=2, guidance=SD_SAMPLER.guidance) if tiny else SD_SAMPLER
     protocol = EvalProtocol()
-    seeds = tuple(protocol.seeds[: protocol.attack_seeds])
+    seeds = attack_seeds(protocol)
     concept = Concept(**CONCEPT_KW)
     unet_steps = 2 if tiny else 5
     probe_seconds: dict[str, float] = {}  # a method's reduced-run seconds on the first arch: the next one's guess
@@ -748,9 +754,9 @@ def run(out: Path, device: torch.device, tiny: bool, archs: list[str], methods: 
         arch_end = budget.elapsed() + budget.left() / (len(archs) - k)
         # 1. build (CPU), move to the device
         build_s, pipe = _timed(device, lambda a=arch: _build(a, tiny, device, ERASE_DTYPES[erase_dtype]))
-        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        side = default_resolution(pipe)
         info: dict[str, Any] = {"build_s": build_s, "resolution": side, "params": {
-            c: sum(p.numel() for p in getattr(pipe, c).parameters()) for c in ("unet", "text_encoder", "vae")}}
+            c: count_params(list(getattr(pipe, c).parameters())) for c in ("unet", "text_encoder", "vae")}}
         res.archs[arch] = info
         _say(budget, f"{arch}: built in {build_s:.1f} s ({info['params']['unet'] / 1e6:.1f} M UNet parameters, "
              f"{side} px)")

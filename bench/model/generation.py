@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.core.io import temp_path
+from bench.core.io import temp_path, write_json
 from bench.core.protocol import SamplerSpec
 from bench.core.records import canonical_json
 from bench.model.guards import check_finite
@@ -95,6 +95,14 @@ def _load_cached(path: Path) -> torch.Tensor:
 
         raise RecordError(f"reference image cache file {path} is unreadable ({e}); delete it to regenerate") from None
     return _checked(image, path)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
+    """Write safetensors atomically (a temporary name beside ``path``, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 def _checked(image: torch.Tensor | None, where: Path) -> torch.Tensor:
@@ -181,10 +189,7 @@ class ReferencePack:
                     flat[f"{rel}{cls.SEP}{key}"] = value.contiguous()
             elif path.suffix == ".json":
                 meta[rel] = path.read_text(encoding="utf-8")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(out)
-        save_file(dict(sorted(flat.items())), str(tmp), metadata=meta)
-        os.replace(tmp, out)
+        _save_tensors(out, dict(sorted(flat.items())), meta)
         return {"tensor entries": len({name.rpartition(cls.SEP)[0] for name in flat}), "records": len(meta) - 1,
                 "left out": left_out}
 
@@ -221,11 +226,12 @@ class ReferenceCache:
         return self.pack.text(rel) if self.pack is not None else None
 
     def put_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+        _save_tensors(self.folder / rel, {k: v.contiguous() for k, v in tensors.items()}, metadata)
+
+    def put_json(self, rel: str, record: Any) -> None:
         path = self.folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        write_json(path, record)
 
     def _image(self, rel: str) -> torch.Tensor | None:
         path = self.folder / rel

@@ -71,7 +71,7 @@ def prepare_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, hel
         out[name] = {k: v.detach().cpu().contiguous() for k, v in ref.items()}
         if seconds is not None:
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-        if cache is not None and rel is not None:
+        if rel is not None:
             cache.put_tensors(rel, out[name])
     return out
 
@@ -200,8 +200,6 @@ def cached_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held
     """The attacks on the original model (the sanity reference; a null edit is bit-identical to it),
     computed once per concept and cached beside the reference images; the missing ones run together.
     ``seconds``: where each attack that ran adds its own seconds and its share of the generation."""
-    from bench.core.io import write_json
-
     rels = {name: f"attacks/{_attack_key(a, concept, spec.erase_seed, sampler, p, judge, spec)}.json"
             for name, a in attacks.items()}
     texts = {name: cache.text(rel) for name, rel in rels.items()}
@@ -216,7 +214,5 @@ def cached_attacks(pipe: Any, attacks: dict[str, Attack], concept: Concept, held
             if seconds is not None:
                 share = res[GENERATION_ENTRY]["seconds"] * res[name]["asr"]["n"] / total
                 seconds[name] = seconds.get(name, 0.0) + res[name]["seconds"] + share
-            path = cache.folder / rels[name]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, out[name])
+            cache.put_json(rels[name], out[name])
     return {name: out[name] for name in attacks}

@@ -29,9 +29,10 @@ from bench.world.presets import DEFAULT_SECOND_JUDGE, DEFAULT_WORLD
 # P4D on their declared CPU-world budgets, NAME@world: 35-45 s each per erased model on 2 cores), textual
 # inversion and the soft-prefix upper bound: what the leaderboard runs. On SD weights name the published
 # budgets (NAME alone).
-DEFAULT_ATTACKS = ("paraphrase", "ringabell@world", "noised_start")
 ALL_ATTACKS = ("paraphrase", "unlearndiffatk@world", "ringabell@world", "noised_start", "p4d@world", "inversion",
                "soft_prefix")
+_ON_EVERY_ERASED_MODEL = {"unlearndiffatk@world", "p4d@world", "inversion", "soft_prefix"}  # all only
+DEFAULT_ATTACKS = tuple(a for a in ALL_ATTACKS if a not in _ON_EVERY_ERASED_MODEL)
 
 @dataclass(frozen=True)
 class Track:

@@ -170,8 +170,8 @@ class WorldConfig:
     # (judge_non_scene_images of a seed no gate or test draws) and judge_non_scene_recall_vae of their VAE
     # round trips (``judge_build.calibrate_on_non_scenes``; ``python -m bench.world judge --threshold-only``
     # applies it to a built world). 0 skips it, as world 3 does: on world 3's judge 2.5, recall 0.975 / 0.91
-    # raises the threshold from 0.5579 to 0.7991 and cuts full_finetune's masked detections on stored
-    # images from 5.9 % to 2.7 %, but the world CLIP's style agreement with the judge on the model's own
+    # raises the threshold from 0.5579 to 0.7991 and cuts full_finetune's masked detections on a quick run's
+    # edited images from 9.3 % to 5.4 %, but the world CLIP's style agreement with the judge on the model's own
     # images falls from 95.1 % to 94.8 %, under its 95 % gate, at any threshold above about 0.6
     # (docs/conceptworld.md, "Raising the threshold to the non-scene budget")
     judge_non_scene_recall: float = 0.0

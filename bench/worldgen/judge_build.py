@@ -230,20 +230,29 @@ def raise_to_non_scene_recall(judge: WorldJudge, non_scenes: list[tuple[torch.Te
     false-reject budgets set before still hold), clipped into ``REJECT_THRESHOLD_RANGE``. The reject
     option's job is to catch non-scenes: spending exactly its miss budget on them rejects as few valid
     scenes as that budget allows, the odd ones edited models draw among them."""
-    none = judge.classes[REJECT_HEAD].index("none")
+    return judge.with_threshold(_non_scene_threshold([(_p_none(judge, x), r) for x, r in non_scenes],
+                                                     judge.reject_threshold))
+
+
+def _p_none(judge: WorldJudge, images: torch.Tensor) -> torch.Tensor:
+    return judge.probs(images)[REJECT_HEAD][:, judge.classes[REJECT_HEAD].index("none")].double()
+
+
+def _non_scene_threshold(p_sets: list[tuple[torch.Tensor, float]], floor: float) -> float:
+    """The threshold ``raise_to_non_scene_recall`` sets, from each set's probabilities of "none"."""
     bound = REJECT_THRESHOLD_RANGE[1]
-    for images, recall in non_scenes:
+    for p, recall in p_sets:
         if not 0 < recall <= 1:
             raise ValueError(f"a non-scene recall must be in (0, 1], got {recall!r}")
-        p = judge.probs(images)[REJECT_HEAD][:, none].double().sort().values
+        p = p.sort().values
         if not len(p):
             continue
         # rejecting "p > t" keeps at least ceil(recall * n) images when t is below the k-th largest p
         k = int(np.ceil(recall * len(p) - 1e-9))
         kth = float(p[len(p) - k]) if k > 0 else 1.0
         bound = min(bound, math.floor(kth * 10_000 - 1e-6) / 10_000)  # 4 decimals, strictly below it
-    t = min(max(bound, judge.reject_threshold), REJECT_THRESHOLD_RANGE[1])
-    return judge.with_threshold(round(max(t, REJECT_THRESHOLD_RANGE[0]), 4))
+    t = min(max(bound, floor), REJECT_THRESHOLD_RANGE[1])
+    return round(max(t, REJECT_THRESHOLD_RANGE[0]), 4)
 
 
 def non_scene_sets(cfg: WorldConfig, vae) -> list[tuple[torch.Tensor, float]]:
@@ -269,11 +278,11 @@ def calibrate_on_non_scenes(cfg: WorldConfig, judges: Path, vae) -> dict:
     out = {}
     for which in judges_of(cfg):
         judge = WorldJudge.load(judges / which)
-        tuned = raise_to_non_scene_recall(judge, sets)
+        p_sets = [(_p_none(judge, x), r) for x, r in sets]
+        tuned = judge.with_threshold(_non_scene_threshold(p_sets, judge.reject_threshold))
         tuned.save(judges / which)
-        none = judge.classes[REJECT_HEAD].index("none")
-        rejected = {name: float((tuned.probs(x)[REJECT_HEAD][:, none] > tuned.reject_threshold).double().mean())
-                    for name, (x, _) in zip(("non_scenes", "non_scenes_vae")[:len(sets)], sets, strict=True)}
+        rejected = {name: float((p > tuned.reject_threshold).double().mean())
+                    for name, (p, _) in zip(("non_scenes", "non_scenes_vae")[:len(sets)], p_sets, strict=True)}
         out[which] = {"non_scene_images": len(sets[0][0]), "seed": NON_SCENE_CALIBRATION_SEED,
                       "recall": cfg.judge_non_scene_recall, "recall_vae": cfg.judge_non_scene_recall_vae,
                       "threshold_before": judge.reject_threshold, "threshold": tuned.reject_threshold,
