@@ -43,3 +43,16 @@ def state(pipe) -> dict[str, torch.Tensor]:
     from bench.api.edit import pipeline_parameters
 
     return {k: v.detach().clone() for k, v in pipeline_parameters(pipe).items()}
+
+
+# make test runs each file's tests together on one of its workers (--dist loadfile), handing files out in
+# collection order: the longest files (make test's --durations) go first, so no worker is left with a long
+# file while the other sits idle at the end
+LONGEST_FIRST = ("test_method_contract.py", "test_executors.py", "test_cli.py", "test_user_commands.py",
+                 "test_fuzz.py", "test_nothing_silently_scores.py", "test_reference_pack.py", "test_world_clip.py",
+                 "test_harness.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
