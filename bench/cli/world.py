@@ -101,6 +101,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="ray: the concepts spread over one worker per --threads CPUs (default: local)")
     r.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: what make bench's Ray workers use on 2 cores)")
+    pr = sub.add_parser("probe", help="why the world orders erasures' robustness as it does: probes of each "
+                                      "method's edit in the text and cross-attention space (bench.worldgen.probe)")
+    pr.add_argument("--world", default=None, help="the built world (default: --preset's folder)")
+    pr.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="whose folder --world defaults to")
+    pr.add_argument("--methods", default="uce,esd@x", help="comma-separated method specs, each in its tuned config")
+    pr.add_argument("--concepts", default=None, help="comma-separated concepts (default: the test split)")
+    pr.add_argument("--reach-steps", dest="reach_steps", type=int, default=None,
+                    help="soft-prefix steps of the reach probe (default: ProbeConfig's)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", default=None, help="write every number (.json) and the table (.md) here")
+    pr.add_argument("--leaderboard", default=None,
+                    help="a leaderboard.csv measured on this world: split its robustness numbers by the concepts' "
+                         "crowding (reports/leaderboard.csv for world 3)")
+    pr.add_argument("--from", dest="from_result", default=None,
+                    help="read the probes from this .json (an earlier --out) instead of measuring them")
     args = p.parse_args(argv)
     try:
         if args.cmd == "judge":
@@ -146,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                 out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         elif args.cmd == "reference":
             _reference(args)
+        elif args.cmd == "probe":
+            from bench.worldgen.probe import ProbeConfig, main_result
+
+            fields = {"methods": tuple(args.methods.split(",")), "seed": args.seed,
+                      "concepts": tuple(args.concepts.split(",")) if args.concepts else ()}
+            if args.reach_steps is not None:
+                fields["reach_steps"] = args.reach_steps
+            print(main_result(Path(args.world), ProbeConfig(**fields), Path(args.out) if args.out else None,
+                              Path(args.leaderboard) if args.leaderboard else None,
+                              Path(args.from_result) if args.from_result else None))
         elif args.cmd == "judge":
             from bench.worldgen.judge_build import retrain_judges
 
