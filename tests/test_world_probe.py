@@ -114,3 +114,15 @@ def test_crowding_split_reads_a_leaderboard(tmp_path):
     assert "| asr_ringabell@world | crowded | 0.500 | 0.750 | -0.250" in split_table(split, ["esd@x", "uce"])
     with pytest.raises(InputError, match="no ua for esd@x"):
         crowding_split(result, csv, ("ua",))
+
+
+def test_probe_command_refuses_bad_inputs_in_one_line(tmp_path, capsys):
+    from bench.cli.world import main
+
+    assert main(["probe", "--from", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read a probe result" in capsys.readouterr().err
+    saved = tmp_path / "result.json"
+    saved.write_text('{"summary": {"uce": {}}, "rows": [{"method": "uce", "concept": "a", '
+                     '"footprint": {"cosine_others": 0.1}}]}')
+    assert main(["probe", "--from", str(saved), "--leaderboard", str(tmp_path / "none.csv")]) == 2
+    assert "no leaderboard at" in capsys.readouterr().err

@@ -301,7 +301,11 @@ def leaderboard_values(csv: Path, metric: str, methods: list[str], concepts: lis
     if " - " in metric:
         first, second = (leaderboard_values(csv, m, methods, concepts) for m in metric.split(" - ", 1))
         return {m: [a - b for a, b in zip(first[m], second[m], strict=True)] for m in methods}
+    if not csv.is_file():
+        raise InputError(f"no leaderboard at {csv} (a leaderboard.csv: reports/leaderboard.csv, or a run's report/)")
     d = pd.read_csv(csv, keep_default_na=False)
+    if not {"metric", "method", "variant", "concept", "value"} <= set(d.columns):
+        raise InputError(f"{csv} is not a leaderboard.csv (no metric/method/variant/concept/value columns)")
     d = d[d["metric"] == metric]
     label = d["method"] + d["variant"].map(lambda v: f"@{v}" if v else "")
     out = {}
@@ -380,6 +384,7 @@ def write_result(result: dict[str, Any], out: Path) -> None:
     """``out`` (.json, every number) and the table beside it (.md)."""
     from bench.core.io import temp_path, write_json
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), result)
     md = out.with_suffix(".md")
     tmp = temp_path(md)
