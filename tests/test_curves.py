@@ -19,7 +19,8 @@ from bench.run.plan import Bench, Track
 def test_every_method_declares_a_strength_knob_with_a_valid_default_sweep():
     for name in method_registry().names():
         cls = get_method(name)
-        assert cls.strength, f"{name} declares no strength knob"
+        assert cls.strength or cls.no_strength_knob, f"{name} declares no strength knob, nor why it has none"
+        assert not (cls.strength and cls.no_strength_knob), f"{name} declares a knob and a reason to have none"
         for knob in cls.strength:
             assert knob.field in cls.Config.__dataclass_fields__, (name, knob.field)
             for concept_set in (None, *knob.ranges):  # the default range and each world's own

@@ -69,7 +69,37 @@ def test_changes_exactly_the_declared_parameters(spec, erased):
     assert set(e.after) == set(e.before), "a method must not leave new parameters (e.g. LoRA layers) behind"
     declared = set(build_method(spec, quick=True).edited_parameters(e.pipe))
     assert _changed(e) == declared == set(e.edit.param_names)
-    assert e.edit.trainable_params > 0 and e.edit.storage_bytes > 0 and e.edit.seconds > 0
+    if get_method(spec.partition("@")[0]).inference_time:  # no weight, no trained parameter, no file
+        assert e.edit.format == "sampling"
+        assert not declared and e.edit.trainable_params == 0 and e.edit.storage_bytes == 0 and e.edit.sampling
+    else:
+        assert e.edit.trainable_params > 0 and e.edit.storage_bytes > 0 and e.edit.seconds > 0
+
+
+def _images(pipe) -> torch.Tensor:
+    from bench.core.protocol import SamplerSpec
+    from bench.model.generation import generate
+
+    return generate(pipe, ["a photo of a cat"] * 2, [0, 1], SamplerSpec(steps=3, guidance=5.0))
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if get_method(s.partition("@")[0]).inference_time])
+def test_a_sampling_edit_changes_sampling_until_restored(spec, images, tmp_path):
+    """What the ordinary pipeline call draws changes while the edit is applied (also from a saved edit, the
+    same images), and restore() brings back the plain sampling bit for bit."""
+    pipe = build_tiny_pipeline(seed=0)
+    plain = _images(pipe)
+    edit = build_method(spec, quick=True).erase(pipe, CONCEPT, images, seed=0)
+    edited = _images(pipe)
+    assert edit.format == "sampling" and not torch.equal(plain, edited)
+    with pytest.raises(Exception, match="already samples under"):
+        Edit.load(edit.save(tmp_path / "edit.safetensors")).apply(pipe)
+    edit.restore()
+    assert torch.equal(_images(pipe), plain)
+    loaded = Edit.load(tmp_path / "edit.safetensors").apply(pipe)
+    assert torch.equal(_images(pipe), edited)
+    loaded.restore()
+    assert torch.equal(_images(pipe), plain)
 
 
 def test_trainable_sets_match_the_papers(erased):

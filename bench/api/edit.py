@@ -2,13 +2,16 @@
 
 An ``Edit`` is stored as one safetensors file (tensors + a JSON header in the metadata), so
 loading one never unpickles anything. ``dense`` edits hold the new values of the changed
-parameters; ``lora`` edits hold low-rank factors (A, B) merged as ``W + scale * B @ A``.
+parameters; ``lora`` edits hold low-rank factors (A, B) merged as ``W + scale * B @ A``;
+``sampling`` edits change no weight: they change how the pipeline samples (``SAMPLING_KINDS``: the
+ordinary pipeline call uses them while applied, and ``restore()`` removes them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +24,31 @@ from bench.core.errors import InputError
 
 COMPONENTS = ("text_encoder", "unet", "vae")
 _FORMAT_VERSION = 1
+_SAMPLING_MARK = "_erasebench_sampling_edit"  # the pipeline attribute naming the sampling edit applied to it
+
+
+def _negative_prompt(pipe: Any, text: str) -> Callable[[], None]:
+    """Every call of the pipeline encodes ``text`` as its unconditional (negative) prompt, also where the
+    caller passes its own negative prompt or embeddings (the harness passes the empty prompt's): the
+    pipeline's ``encode_prompt`` is wrapped on the instance. Returns what removes the wrapper."""
+    original = pipe.encode_prompt
+
+    def encode_prompt(prompt: Any, device: Any, num_images_per_prompt: int, do_classifier_free_guidance: bool,
+                      negative_prompt: Any = None, prompt_embeds: Any = None, negative_prompt_embeds: Any = None,
+                      **kwargs: Any) -> Any:
+        n = len(prompt) if isinstance(prompt, list) else 1 if isinstance(prompt, str) else prompt_embeds.shape[0]
+        negative = text if isinstance(prompt, str) else [text] * n
+        return original(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative,
+                        prompt_embeds=prompt_embeds, negative_prompt_embeds=None, **kwargs)
+
+    own = pipe.__dict__.get("encode_prompt")  # an instance's own override stays under ours, and comes back
+    pipe.encode_prompt = encode_prompt
+    return lambda: setattr(pipe, "encode_prompt", own) if own is not None else delattr(pipe, "encode_prompt")
+
+
+# what a sampling edit may change, by the key of its ``sampling`` spec: each installs itself on a pipeline
+# and returns what uninstalls it
+SAMPLING_KINDS: dict[str, Callable[[Any, Any], Callable[[], None]]] = {"negative_prompt": _negative_prompt}
 
 
 def pipeline_parameters(pipe: Any, components: tuple[str, ...] = COMPONENTS) -> dict[str, torch.nn.Parameter]:
@@ -52,20 +80,30 @@ class Edit:
 
     method: str
     config: dict[str, Any]
-    format: Literal["dense", "lora"]
+    format: Literal["dense", "lora", "sampling"]
     tensors: dict[str, torch.Tensor]
     trainable_params: int
     seconds: float
     lora_scale: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)  # a sampling edit's changes (SAMPLING_KINDS keys)
     _pipe: Any = field(default=None, repr=False, compare=False)
     _originals: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _uninstall: list[Callable[[], None]] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.format == "sampling":
+            unknown = sorted(set(self.sampling) - set(SAMPLING_KINDS))
+            if not self.sampling or unknown:
+                raise InputError(f"a sampling edit changes one of {sorted(SAMPLING_KINDS)}; got {sorted(self.sampling)}")
+            if self.tensors:
+                raise InputError("a sampling edit holds no weights")
 
     # -- what it touches -------------------------------------------------------------------
     @property
     def param_names(self) -> list[str]:
-        """Pipeline parameters this edit changes."""
-        if self.format == "dense":
+        """Pipeline parameters this edit changes (none for a sampling edit)."""
+        if self.format in ("dense", "sampling"):
             return sorted(self.tensors)
         return sorted({k.rsplit(".lora_", 1)[0] for k in self.tensors})
 
@@ -91,6 +129,8 @@ class Edit:
         """Write the edit into ``pipe`` (keeping the original values for ``restore``)."""
         if self.applied:
             raise RuntimeError("this edit is already applied; restore() it first")
+        if self.format == "sampling":
+            return self._install(pipe)
         params = {name: resolve_parameter(pipe, name) for name in self.param_names}
         values = {name: self._new_value(name, p.data) for name, p in params.items()}  # LoRA merges once
         for name, p in params.items():
@@ -108,9 +148,24 @@ class Edit:
         """Put back the exact original weights (bit-identical)."""
         if not self.applied or self._originals is None:
             raise RuntimeError("this edit is not applied to a pipeline; nothing to restore")
+        if self.format == "sampling":
+            for uninstall in reversed(self._uninstall):
+                uninstall()
+            delattr(self._pipe, _SAMPLING_MARK)
+            self._uninstall.clear()
         for name, value in self._originals.items():
             resolve_parameter(self._pipe, name).data.copy_(value)
         self._pipe, self._originals = None, None
+
+    def _install(self, pipe: Any) -> Edit:
+        """A sampling edit's changes, installed on ``pipe`` (one sampling edit per pipeline at a time)."""
+        if getattr(pipe, _SAMPLING_MARK, None) is not None:
+            raise InputError(f"the pipeline already samples under the {getattr(pipe, _SAMPLING_MARK)} edit; "
+                             "restore() it before applying another sampling edit")
+        self._uninstall = [SAMPLING_KINDS[kind](pipe, value) for kind, value in sorted(self.sampling.items())]
+        setattr(pipe, _SAMPLING_MARK, self.method)
+        self._pipe, self._originals = pipe, {}
+        return self
 
     def bind(self, pipe: Any, originals: dict[str, torch.Tensor]) -> Edit:
         """Mark the edit as already applied to ``pipe`` by training, with the pre-training values."""
@@ -152,6 +207,7 @@ class Edit:
             "seconds": self.seconds,
             "storage_bytes": self.storage_bytes,
             "info": self.info,
+            **({"sampling": self.sampling} if self.sampling else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -186,4 +242,5 @@ class Edit:
             seconds=h["seconds"],
             lora_scale=h["lora_scale"],
             info=h.get("info", {}),
+            sampling=h.get("sampling", {}),
         )

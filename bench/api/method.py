@@ -115,12 +115,20 @@ class Eraser(ABC):
     tune_choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
     quick: ClassVar[dict[str, Any]] = {}
     erasure_check: ClassVar[dict[str, Any] | None] = None
+    # an inference-time method: its erase returns a sampling edit (``Edit.format == "sampling"``) that
+    # changes how the pipeline samples and no weight
+    inference_time: ClassVar[bool] = False
+    # why a method without a strength knob has none (its trade-off curve is then one point); a method
+    # declares either ``strength`` or this
+    no_strength_knob: ClassVar[str] = ""
 
     @classmethod
     def knob(cls, field: str | None = None) -> Knob:
         """The strength knob named ``field`` (None: the method's first, its default sweep)."""
         if not cls.strength:
-            raise ConfigError(f"method {cls.name!r} declares no strength knob (class attribute `strength`)")
+            why = f": {cls.no_strength_knob}; its trade-off curve is one point" if cls.no_strength_knob else \
+                " (class attribute `strength`)"
+            raise ConfigError(f"method {cls.name!r} declares no strength knob{why}")
         if field is None:
             return cls.strength[0]
         for k in cls.strength:

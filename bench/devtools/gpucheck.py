@@ -134,6 +134,7 @@ class ErasePlan:
 # reduced erases run in: cheap first, so a spent budget skips the dear ones
 ERASE_PLAN: dict[str, ErasePlan] = {
     "uce": ErasePlan((), lambda c: [({}, 1.0)], "closed form: no step count, run as published"),
+    "negative_prompt": ErasePlan((), lambda c: [({}, 1.0)], "a sampling edit: nothing trains, run as published"),
     "fuchi": ErasePlan(("epochs",), lambda c: [({"epochs": 1}, float(c.epochs))], "1 epoch, x epochs"),
     "full_finetune": ErasePlan(("epochs",), lambda c: [({"epochs": 1}, float(c.epochs))], "1 epoch, x epochs"),
     "lora_eraser": ErasePlan(("ti_steps", "steps"),
