@@ -27,6 +27,7 @@ ONE_STEP: dict[str, dict[str, Any]] = {
     "full_finetune": {"epochs": 1, "batch_size": 1},
     "uce": {},
     "negative_prompt": {},
+    "rece": {"rounds": 1},
     "esd": {"iterations": 1, "steps": 2},
     "concept_ablation": {"steps": 1, "batch_size": 1, "anchor_steps": 1},
     "advunlearn": {"iterations": 1, "warmup": 0, "attack_steps": 1, "retain_batch": 1, "steps": 2},

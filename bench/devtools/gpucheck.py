@@ -135,6 +135,7 @@ class ErasePlan:
 ERASE_PLAN: dict[str, ErasePlan] = {
     "uce": ErasePlan((), lambda c: [({}, 1.0)], "closed form: no step count, run as published"),
     "negative_prompt": ErasePlan((), lambda c: [({}, 1.0)], "a sampling edit: nothing trains, run as published"),
+    "rece": ErasePlan((), lambda c: [({}, 1.0)], "closed forms (UCE, then rounds): no step count, run as published"),
     "fuchi": ErasePlan(("epochs",), lambda c: [({"epochs": 1}, float(c.epochs))], "1 epoch, x epochs"),
     "full_finetune": ErasePlan(("epochs",), lambda c: [({"epochs": 1}, float(c.epochs))], "1 epoch, x epochs"),
     "lora_eraser": ErasePlan(("ti_steps", "steps"),
