@@ -126,3 +126,25 @@ def test_probe_command_refuses_bad_inputs_in_one_line(tmp_path, capsys):
                      '"footprint": {"cosine_others": 0.1}}]}')
     assert main(["probe", "--from", str(saved), "--leaderboard", str(tmp_path / "none.csv")]) == 2
     assert "no leaderboard at" in capsys.readouterr().err
+
+
+def test_world_size_candidates_parse_and_measure(tiny_pipe):
+    import pytest
+
+    from bench.core.errors import InputError
+    from bench.devtools.worldsize import Candidate, build, measure, table
+
+    cand = Candidate.parse("text_hidden=64,text_layers=1,channels=32/32,max_length=16,vocab=1000")
+    assert (cand.text_hidden, cand.channels, cand.heads, cand.max_length) == (64, (32, 32), 2, 16)
+    for bad, why in (("text_width=64", "KEY=VALUE"), ("channels=32/x", "integers"), ("text_hidden=99", "divide")):
+        with pytest.raises(InputError, match=why):
+            Candidate.parse(bad)
+    pipe = build(tiny_pipe, cand)
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim == 64
+    assert pipe.tokenizer.model_max_length == 16 and tiny_pipe.tokenizer.model_max_length == 77
+    from bench.core.protocol import SamplerSpec
+
+    m = measure(pipe, cand.vocab, batch=2, sampler=SamplerSpec(steps=2, guidance=5.0))
+    assert m["table_params"] == 1000 * 64 and m["fp16_mb"] * 2 == pytest.approx(m["fp32_mb"])
+    assert m["images_per_s"] > 0
+    assert table([("tiny", m)], 2).count("\n") == 2
