@@ -31,7 +31,7 @@ Defaults, from the authors' ``rohitgandikota/erasing`` (commit 25613d2, 2025-07-
 | sampling model | the frozen original, prompted with ``erase_from`` or the concept | L127-141 |
 | batch | 1 latent per iteration | L77 |
 | loss | MSE, mean | L85, L191 |
-| ``erase_from`` | none (the concept itself) | L55, L112-119, L176-188 |
+| ``erase_from`` | none (the concept itself) | L55, L112-119, L164-188 |
 | noise seeds | a fresh ``random.randint`` seed per iteration | L130 |
 
 Choices we had to make, exposed as config fields: the resolution (``resolution``; 0 = the pipeline's
@@ -41,7 +41,10 @@ the concept's wording (``prompt_template``; the authors pass the bare concept te
 (trainable weights train in fp32 under autocast for half-precision pipelines; the script trains in
 bf16), every per-iteration seed drawn from the run's seed, and ``x_t`` drawn up front in batches of
 ``sample_batch`` (the original model never changes, so this is the same distribution; it only
-makes CPU runs affordable). Images the harness passes are not used: ESD makes its own ``x_t``, and
+makes CPU runs affordable). The frozen model's two predictions, e("") and e(c), come from one batch
+of 2 (the script makes two calls, L143-174): the same rule, and float32 weights within 1e-7 of the
+script's after 3 iterations of ESD-x on the tiny pipeline (docs/methods.md, "UCE and ESD against the
+authors' code"). Images the harness passes are not used: ESD makes its own ``x_t``, and
 that sampling counts in its seconds.
 """
 
