@@ -8,7 +8,8 @@ encoder and UNet of the given shape: speed does not depend on the weights. World
 measured first, in the same run, as the baseline. Per candidate: parameters of the text encoder (its
 token table apart) and of the UNet, the model folder's safetensors size in fp32 and fp16 at the given
 token-table size (``vocab``), and images per second at ``--batch`` with the world sampler (DDIM, 25
-steps, classifier-free guidance), after one warm-up batch.
+steps, classifier-free guidance), after one warm-up batch: the median of ``--repeats`` timed batches
+and their range (one batch alone varied by a third between runs on 2 cores).
 
 Candidate keys (world 3's value when left out): ``text_hidden`` (128), ``text_layers`` (6), ``text_heads``
 (text_hidden / 64, at least 2), ``text_ff`` (4 x text_hidden), ``max_length`` (77: the tokens every prompt
@@ -98,9 +99,10 @@ def build(base: Any, cand: Candidate) -> Any:
     return pipe
 
 
-def measure(pipe: Any, vocab: int, batch: int, sampler: Any = None) -> dict[str, float]:
+def measure(pipe: Any, vocab: int, batch: int, sampler: Any = None, repeats: int = 3) -> dict[str, float]:
     """Parameters, folder size at a ``vocab``-row token table, and images per second at ``batch`` under
-    ``sampler`` (None: the world sampler)."""
+    ``sampler`` (None: the world sampler): the median of ``repeats`` timed batches, with the slowest and
+    fastest."""
     from bench.core.protocol import WORLD_SAMPLER
     from bench.worldgen.sampling import generate
 
@@ -114,19 +116,25 @@ def measure(pipe: Any, vocab: int, batch: int, sampler: Any = None) -> dict[str,
     with torch.no_grad():
         warm = min(8, batch)
         generate(pipe, prompts[:warm], list(range(warm)), sampler)
-        start = time.perf_counter()
-        generate(pipe, prompts, list(range(batch)), sampler, batch=batch)
-        seconds = time.perf_counter() - start
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate(pipe, prompts, list(range(batch)), sampler, batch=batch)
+            rates.append(batch / (time.perf_counter() - start))
+    rates.sort()
     return {"text_params": text, "table_params": vocab * table.shape[1], "unet_params": unet,
-            "fp32_mb": total * 4 / 1e6, "fp16_mb": total * 2 / 1e6, "images_per_s": batch / seconds}
+            "fp32_mb": total * 4 / 1e6, "fp16_mb": total * 2 / 1e6, "images_per_s": rates[len(rates) // 2],
+            "images_per_s_range": (rates[0], rates[-1])}
 
 
 def table(rows: list[tuple[str, dict[str, float]]], batch: int) -> str:
     lines = [f"| model | text encoder (M, table apart) | token table (M) | UNet (M) | folder fp32 / fp16 (MB) | "
-             f"images/s at batch {batch} |", "|---|---|---|---|---|---|"]
+             f"images/s at batch {batch} (median; range) |", "|---|---|---|---|---|---|"]
     for label, m in rows:
+        lo, hi = m["images_per_s_range"]
         lines.append(f"| {label} | {m['text_params'] / 1e6:.2f} | {m['table_params'] / 1e6:.2f} | "
-                     f"{m['unet_params'] / 1e6:.2f} | {m['fp32_mb']:.0f} / {m['fp16_mb']:.0f} | {m['images_per_s']:.1f} |")
+                     f"{m['unet_params'] / 1e6:.2f} | {m['fp32_mb']:.0f} / {m['fp16_mb']:.0f} | "
+                     f"{m['images_per_s']:.1f} ({lo:.1f}-{hi:.1f}) |")
     return "\n".join(lines)
 
 
@@ -138,15 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidate", action="append", default=[], metavar="KEY=VALUE,...",
                    help="a candidate architecture (repeatable; keys in the module docstring)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed batches per model (the median is reported)")
     p.add_argument("--out", default=None, help="also write the table here (.md)")
     args = p.parse_args(argv)
     try:
         cands = [Candidate.parse(c) for c in args.candidate]
         base = load_pipeline(WORLD3_MODEL)
-        rows = [("world 3 (its trained model)", measure(base, base.text_encoder.config.vocab_size, args.batch))]
+        rows = [("world 3 (its trained model)", measure(base, base.text_encoder.config.vocab_size, args.batch,
+                                                               repeats=args.repeats))]
         for cand in cands:
             rows.append((cand.label() + (f", {cand.vocab} tokens in the table" if cand.vocab != 49_408 else ""),
-                         measure(build(base, cand), cand.vocab, args.batch)))
+                         measure(build(base, cand), cand.vocab, args.batch, repeats=args.repeats)))
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
