@@ -18,7 +18,6 @@ from bench.run.smoke import method_specs
 from tests.conftest import state
 
 
-
 def _distinct(specs: list[str]) -> list[str]:
     """Each method and variant whose config differs from every earlier one's: a variant that restates its
     method's defaults (``esd@x`` is ``esd``) is the same erase, checked once."""
