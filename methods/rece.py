@@ -73,12 +73,8 @@ from PIL import Image
 from bench.api.config import MethodConfig
 from bench.api.method import Eraser, Knob
 from bench.core.concepts import Concept
+from bench.model.crossattn import expansion_templates, kv_parameter_names, kv_parameters
 from bench.model.pipeline import pipeline_device
-
-_TARGET = ("attn2.to_k.weight", "attn2.to_v.weight")
-# the authors' UCE prompt expansion (train_uce.py L231-245), our wording of their two template sets
-ART_TEMPLATES = ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}")
-OBJECT_TEMPLATES = ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
 
 
 @dataclass(frozen=True)
@@ -166,31 +162,23 @@ class Rece(Eraser):
     quick = {"rounds": 1}  # closed forms only: one round is the whole method at the authors' object default
 
     def edited_parameters(self, pipe: Any) -> list[str]:
-        from bench.api.edit import pipeline_parameters
-
-        return sorted(n for n in pipeline_parameters(pipe, ("unet",)) if n.endswith(_TARGET))
+        return kv_parameter_names(pipe)
 
     def _prompts(self, concept: Concept) -> tuple[list[str], list[str]]:
         cfg = self.config
         erase = [concept.name]
         if cfg.expand_prompts:
-            templates = ART_TEMPLATES if concept.type == "style" else OBJECT_TEMPLATES
+            templates = expansion_templates(concept.type)
             erase += [t.format(concept.name) for t in templates]
         retain = [""] + (list(concept.preserve) if cfg.preserve == "concept" else [])
         return erase, retain
 
     @torch.no_grad()
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.api.edit import pipeline_parameters
         from bench.model.training import Stopwatch, count_params, snapshot
 
         cfg = self.config
-        every = pipeline_parameters(pipe)
-        params = {n: every[n] for n in self.edited_parameters(pipe)}
-        if not params:
-            from bench.core.errors import InputError
-
-            raise InputError("rece edits UNet cross-attention (attn2.to_k/to_v); this pipeline has none")
+        params = kv_parameters(pipe, self.name)
         originals = snapshot(params)
         dtype = torch.float64 if cfg.solve_dtype == "float64" else torch.float32
         with Stopwatch(pipeline_device(pipe)) as sw:

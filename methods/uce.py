@@ -36,7 +36,6 @@ pipeline's dtype and the result is cast back (``solve_dtype``: float32 as the au
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,12 +46,8 @@ from PIL import Image
 from bench.api.config import MethodConfig
 from bench.api.method import Eraser, Knob
 from bench.core.concepts import Concept
+from bench.model.crossattn import expansion_templates, kv_parameter_names, kv_parameters, word_embeddings
 from bench.model.pipeline import pipeline_device
-
-_TARGET = re.compile(r"^unet\..*attn2\.to_[kv]\.weight$")
-# the authors' prompt expansion (uce_sd_erase.py L155-190), our wording of their two template sets
-ART_TEMPLATES = ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}")
-OBJECT_TEMPLATES = ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
 
 
 @dataclass(frozen=True)
@@ -71,17 +66,6 @@ class UceConfig(MethodConfig):
         self._require(self.lamb > 0, f"lamb must be > 0 (it keeps the solve invertible), got {self.lamb}")
 
 
-def word_embeddings(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """(n, d): the text encoder's last hidden state at each prompt's last word token."""
-    tok = pipe.tokenizer
-    enc = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt")
-    ids = enc.input_ids.to(pipeline_device(pipe))
-    hidden = pipe.text_encoder(ids)[0]
-    idx = enc.attention_mask.sum(dim=1) - 2  # the token before end-of-text (start token for "")
-    return hidden[torch.arange(len(prompts)), idx.to(hidden.device)].float()
-
-
 class Uce(Eraser):
     name = "uce"
     version = "1"
@@ -96,31 +80,23 @@ class Uce(Eraser):
     tune_choices = {"expand_prompts": (False, True)}  # bench tune walks the erase_scale ladder for each
 
     def edited_parameters(self, pipe: Any) -> list[str]:
-        from bench.api.edit import pipeline_parameters
-
-        return sorted(n for n in pipeline_parameters(pipe, ("unet",)) if _TARGET.match(n))
+        return kv_parameter_names(pipe)
 
     def _prompts(self, concept: Concept) -> tuple[list[str], list[str]]:
         cfg = self.config
         erase, guide = [concept.name], [cfg.guide]
         if cfg.expand_prompts:
-            templates = ART_TEMPLATES if concept.type == "style" else OBJECT_TEMPLATES
+            templates = expansion_templates(concept.type)
             erase += [t.format(concept.name) for t in templates]
             guide += [t.format(cfg.guide) for t in templates]
         return erase, guide
 
     @torch.no_grad()
     def erase(self, pipe: Any, concept: Concept, images: Sequence[Image.Image], seed: int) -> Any:
-        from bench.api.edit import pipeline_parameters
         from bench.model.training import Stopwatch, count_params, snapshot
 
         cfg = self.config
-        every = pipeline_parameters(pipe)
-        params = {n: every[n] for n in self.edited_parameters(pipe)}
-        if not params:
-            from bench.core.errors import InputError
-
-            raise InputError("uce edits UNet cross-attention (attn2.to_k/to_v); this pipeline has none")
+        params = kv_parameters(pipe, self.name)
         originals = snapshot(params)
         dtype = torch.float64 if cfg.solve_dtype == "float64" else torch.float32
         with Stopwatch(pipeline_device(pipe)) as sw:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bench.core.concepts import Concept, ConceptSet
+from bench.model.crossattn import kv_matrix
 from bench.worldgen.probe import (
     ProbeConfig,
     detour,
     footprint,
-    kv_matrix,
     probe_concept,
     relative_change,
     restored,
@@ -67,15 +69,15 @@ def test_probe_reads_an_edit_and_puts_the_weights_back(tiny_pipe):
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
     cat = Concept(name="cat")
     cs = ConceptSet(name="probe-test", version="1", concepts=(cat, Concept(name="dog"), Concept(name="car")))
-    before = kv_matrix(tiny_pipe.unet)
+    before = kv_matrix(tiny_pipe)
     cfg = ProbeConfig(reach_steps=3, random_prefixes=4, prefix_len=2, attack_iterations=2)
     row = probe_concept(tiny_pipe, build_method("uce"), cat, cs, images, images, cfg)
-    assert torch.equal(kv_matrix(tiny_pipe.unet), before)
+    assert torch.equal(kv_matrix(tiny_pipe), before)
     assert row["detour"]["residual"] < 1e-3  # UCE: one map for every layer
     assert row["footprint"]["target"] > 0
     assert row["footprint"]["others"] == len({t.format(w) for w in ("dog", "car") for t in cat.templates})
     for key in ("restored", "random_best", "random_median"):
-        assert row["reach"][key] <= 1.0
+        assert math.isfinite(row["reach"][key])
     assert set(row["attack"]) == {"restored", "change", "seconds"}
     table = summary_table({"summary": summarise([{"method": "uce", "concept": "cat", **row}])})
     assert table.splitlines()[0] == "| probe | uce |"

@@ -29,8 +29,6 @@ from typing import Any
 
 import torch
 
-WORLD3_MODEL = Path("datasets/conceptworld3/model")
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -74,27 +72,23 @@ class Candidate:
 
 
 def build(base: Any, cand: Candidate) -> Any:
-    """World 3's pipeline with a random text encoder and UNet of ``cand``'s shape."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """World 3's pipeline with a random text encoder and UNet of ``cand``'s shape, made by the world
+    build's own constructors (``bench.worldgen.train``)."""
+    from diffusers import StableDiffusionPipeline
 
+    from bench.worldgen.config import WorldConfig
+    from bench.worldgen.train import make_text_encoder, make_unet
+
+    cfg = WorldConfig().override([
+        "text_encoder=joint", f"text_hidden={cand.text_hidden}", f"text_layers={cand.text_layers}",
+        f"text_heads={cand.heads}", f"text_ff={cand.text_ff or 4 * cand.text_hidden}",
+        f"unet_channels={','.join(map(str, cand.channels))}", f"unet_head_width={cand.head_width}"])
     torch.manual_seed(0)
     tok = copy.deepcopy(base.tokenizer)
-    tok.model_max_length = cand.max_length
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=base.text_encoder.config.vocab_size, hidden_size=cand.text_hidden,
-        intermediate_size=cand.text_ff or 4 * cand.text_hidden, num_hidden_layers=cand.text_layers,
-        num_attention_heads=cand.heads, max_position_embeddings=cand.max_length, projection_dim=cand.text_hidden,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
-    n = len(cand.channels)
-    unet = UNet2DConditionModel(
-        sample_size=base.unet.config.sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=cand.channels, down_block_types=("CrossAttnDownBlock2D",) * n,
-        up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cand.text_hidden,
-        attention_head_dim=tuple(c // cand.head_width for c in cand.channels),
-        norm_num_groups=min(16, cand.channels[0])).eval()
-    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=base.scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    tok.model_max_length = cand.max_length  # every prompt padded to this many tokens
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=make_text_encoder(cfg).eval(), tokenizer=tok,
+                                   unet=make_unet(cfg).eval(), scheduler=base.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -140,6 +134,8 @@ def table(rows: list[tuple[str, dict[str, float]]], batch: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.core.errors import BenchError
+    from bench.core.paths import ROOT
+    from bench.world.presets import PRESET_FOLDERS
     from bench.worldgen.sampling import load_pipeline
 
     p = argparse.ArgumentParser(prog="python -m bench.devtools.worldsize", description=__doc__.split("\n\n")[0])
@@ -151,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cands = [Candidate.parse(c) for c in args.candidate]
-        base = load_pipeline(WORLD3_MODEL)
+        base = load_pipeline(ROOT / PRESET_FOLDERS["3"][0] / "model")
         rows = [("world 3 (its trained model)", measure(base, base.text_encoder.config.vocab_size, args.batch,
                                                                repeats=args.repeats))]
         for cand in cands:

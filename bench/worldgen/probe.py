@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from bench.core.concepts import Concept, ConceptSet
+from bench.model.crossattn import kv_matrix, word_embeddings
 
 PROBE_VERSION = "1"
 
@@ -71,16 +72,6 @@ class ProbeConfig:
 
 
 # -- what the probes read ----------------------------------------------------------------------
-def kv_matrix(unet: torch.nn.Module) -> torch.Tensor:
-    """Every cross-attention key and value projection stacked: (sum of their output widths) x text width."""
-    rows = [m.weight.detach().float() for name, m in unet.named_modules()
-            if ".attn2.to_k" in f".{name}" or ".attn2.to_v" in f".{name}"]
-    rows = [w for w in rows if w.dim() == 2]
-    if not rows:
-        raise ValueError("the UNet has no cross-attention key/value projections (attn2.to_k/to_v)")
-    return torch.cat(rows)
-
-
 def token_states(pipe: Any, prompts: list[str]) -> torch.Tensor:
     """N x 77 x D text-encoder states (no gradient)."""
     from bench.model.training import encode_prompts
@@ -175,10 +166,11 @@ def attack_restoration(pipe: Any, k0: torch.Tensor, k1: torch.Tensor, concept: C
     out = attack.attack(pipe, concept, images, seed)
     k = attack.config.prefix_len
     prompts = [t.format(concept.name) for t in concept.templates[: attack.config.prompts]]
-    plain = _aligned(token_states(pipe, prompts), k)
+    states = token_states(pipe, prompts)
     found = out.prompt_embeds.float()
-    change = relative_change(k0, k1, found).mean() / relative_change(k0, k1, token_states(pipe, prompts)).mean()
-    return {"restored": restored(k0, k1, plain, found[:, 1 + k :]), "change": float(change), "seconds": out.seconds}
+    change = relative_change(k0, k1, found).mean() / relative_change(k0, k1, states).mean()
+    return {"restored": restored(k0, k1, _aligned(states, k), found[:, 1 + k :]), "change": float(change),
+            "seconds": out.seconds}
 
 
 # -- one world -----------------------------------------------------------------------------------
@@ -194,9 +186,7 @@ def _other_prompts(cs: ConceptSet, concept: Concept) -> list[str]:
 def probe_concept(pipe: Any, method: Any, concept: Concept, cs: ConceptSet, images: list, held_out: list,
                   cfg: ProbeConfig) -> dict[str, Any]:
     """Erase ``concept`` with ``method``, read the five probes, put the weights back."""
-    from methods.uce import word_embeddings
-
-    k0 = kv_matrix(pipe.unet)
+    k0 = kv_matrix(pipe)
     target_prompts = concept.prompts()
     target = token_states(pipe, target_prompts)
     with torch.no_grad():
@@ -204,7 +194,7 @@ def probe_concept(pipe: Any, method: Any, concept: Concept, cs: ConceptSet, imag
     torch.manual_seed(cfg.seed)
     edit = method.erase(pipe, concept, images, seed=cfg.seed)
     try:
-        k1 = kv_matrix(pipe.unet)
+        k1 = kv_matrix(pipe)
         row = {"footprint": footprint(k0, k1, words, other_words, cfg.moved), "detour": detour(k0, k1, target),
                "reach": reach(pipe, k0, k1, target_prompts, cfg),
                "attack": attack_restoration(pipe, k0, k1, concept, held_out, cfg.seed, cfg.attack_iterations),
